@@ -1,0 +1,3 @@
+module github.com/kilnfaas/kiln
+
+go 1.26.8
