@@ -1,0 +1,103 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/registry/registrytest"
+)
+
+func TestBoltConformance(t *testing.T) {
+	registrytest.Run(t, func(t *testing.T) registry.Store {
+		s, err := registry.OpenBolt(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestBoltSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := registry.OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"sha256:01", "sha256:02"} {
+		if _, err := s.PutFunction(ctx, registry.Spec{Name: "keep", ImageDigest: d, Kind: registry.KindExec}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SetAlias(ctx, "keep", "prod", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = registry.OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f, err := s.GetFunction(ctx, "keep", "")
+	if err != nil || f.Version != 2 || f.ImageDigest != "sha256:02" {
+		t.Fatalf("after reopen latest = %+v, %v", f, err)
+	}
+	if f, err := s.GetFunction(ctx, "keep", "prod"); err != nil || f.Version != 1 {
+		t.Fatalf("after reopen prod = %+v, %v", f, err)
+	}
+	v, err := s.PutFunction(ctx, registry.Spec{Name: "keep", ImageDigest: "sha256:03", Kind: registry.KindExec})
+	if err != nil || v != 3 {
+		t.Fatalf("deploy after reopen got version %d, %v; want 3", v, err)
+	}
+}
+
+func TestBoltLockedByAnotherOpen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := registry.OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := registry.OpenBolt(dir); err == nil {
+		t.Fatal("second OpenBolt of the same directory succeeded")
+	}
+}
+
+func TestClosedStoreFails(t *testing.T) {
+	s, err := registry.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, err = s.GetFunction(context.Background(), "x", "")
+	if err == nil || errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("GetFunction on a closed store = %v, want a closed-database error", err)
+	}
+}
+
+func FuzzParseRef(f *testing.F) {
+	for _, s := range []string{"", "latest", "1", "0", "18446744073709551616", "prod", "Prod", "-1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ref string) {
+		v, alias, err := registry.ParseRef(ref)
+		if err != nil {
+			if !errors.Is(err, registry.ErrInvalidName) {
+				t.Fatalf("ParseRef(%q) err = %v, not ErrInvalidName", ref, err)
+			}
+			return
+		}
+		if (v == 0) == (alias == "") {
+			t.Fatalf("ParseRef(%q) = %d, %q: want exactly one of version or alias", ref, v, alias)
+		}
+		if alias != "" && !registry.ValidName(alias) {
+			t.Fatalf("ParseRef(%q) returned invalid alias %q", ref, alias)
+		}
+	})
+}
