@@ -1,0 +1,145 @@
+// Package gateway is Kiln's only public surface: the HTTP API that invokes
+// functions (/function/{name}), manages them (/system/functions), and
+// reports health and metrics. It owns what a caller is allowed to send
+// (body limits) and turns every platform outcome into an HTTP answer with a
+// JSON error that says what happened and what to do.
+//
+// The gateway keeps no state of its own: the registry says what a name
+// means, the image store keeps deployed images, the scheduler runs
+// invocations. Its dependencies are passed to New.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/registry"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMaxBodyBytes   = 6 << 20
+	DefaultMaxUploadBytes = 64 << 20
+)
+
+// Images is the part of the image store a deploy needs.
+type Images interface {
+	Put(ctx context.Context, data []byte) (digest string, err error)
+}
+
+// Config is what New needs. Registry, Images and Scheduler are required.
+type Config struct {
+	Registry  registry.Store
+	Images    Images
+	Scheduler kilnv1.SchedulerClient
+	// Kernel is the guest kernel ELF that deploys pack into images.
+	Kernel []byte
+	// MaxBodyBytes bounds an invocation's request body; 0 → 6 MiB.
+	MaxBodyBytes int64
+	// MaxUploadBytes bounds a deployed program; 0 → 64 MiB.
+	MaxUploadBytes int64
+	// Registerer receives the gateway's metrics; Gatherer is what /metrics
+	// serves. When only Registerer is set and it is a *prometheus.Registry it
+	// serves both; when neither is set the gateway uses a registry of its own.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	Logger     *slog.Logger
+}
+
+// Gateway is the http.Handler of the public API.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	mux     *http.ServeMux
+	metrics *metrics
+}
+
+// ErrConfig: New was given an incomplete Config.
+var ErrConfig = errors.New("gateway: incomplete config")
+
+// New builds the gateway and registers its metrics.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Registry == nil || cfg.Images == nil || cfg.Scheduler == nil {
+		return nil, errors.Join(ErrConfig, errors.New("gateway: Registry, Images and Scheduler are required"))
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.MaxUploadBytes <= 0 {
+		cfg.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if cfg.Registerer == nil && cfg.Gatherer == nil {
+		r := prometheus.NewRegistry()
+		cfg.Registerer, cfg.Gatherer = r, r
+	}
+	if cfg.Gatherer == nil {
+		if g, ok := cfg.Registerer.(prometheus.Gatherer); ok {
+			cfg.Gatherer = g
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), metrics: m}
+	g.mux.HandleFunc("/function/{name}", g.invoke)
+	g.mux.HandleFunc("/function/{name}/{rest...}", g.invoke)
+	g.mux.HandleFunc("POST /system/functions", g.deploy)
+	g.mux.HandleFunc("GET /system/functions", g.list)
+	g.mux.HandleFunc("GET /system/functions/{name}", g.describe)
+	g.mux.HandleFunc("DELETE /system/functions/{name}", g.remove)
+	g.mux.HandleFunc("GET /healthz", g.healthz)
+	if cfg.Gatherer != nil {
+		g.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	g.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, apiError{
+			Error: "no such endpoint " + r.URL.Path + ": invoke functions at /function/NAME, manage them at /system/functions",
+		})
+	})
+	return g, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.mux.ServeHTTP(w, r) }
+
+func (g *Gateway) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := g.cfg.Registry.ListFunctions(ctx); err != nil {
+		writeError(w, http.StatusServiceUnavailable, apiError{Error: "registry unavailable: " + err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok\n"))
+}
+
+// apiError is the body of every error the gateway answers.
+type apiError struct {
+	Error        string `json:"error"`
+	Function     string `json:"function,omitempty"`
+	InvocationID string `json:"invocation_id,omitempty"`
+	ExitStatus   *int32 `json:"exit_status,omitempty"`
+	Log          string `json:"log,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, e apiError) { writeJSON(w, code, e) }
