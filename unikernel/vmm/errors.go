@@ -15,3 +15,10 @@ var (
 	// ErrGuest: the guest ended abnormally (fault, triple fault, bad hypercall).
 	ErrGuest = errors.New("vmm: guest failed")
 )
+
+// ErrConfig: the Config cannot describe a VM (no kernel, hostname too long,
+// arguments too large, ...).
+var ErrConfig = errors.New("vmm: bad VM configuration")
+
+// ErrNoKernel: FindKernel looked everywhere and found no kernel image.
+var ErrNoKernel = errors.New("vmm: guest kernel image not found")

@@ -10,7 +10,14 @@ package vmm
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/kilnfaas/kiln/unikernel/abi"
 )
 
 // DefaultMemSize is the guest RAM of a VM whose Config names none.
@@ -51,7 +58,7 @@ const (
 
 // Stats counts what happened inside one VM. All counts are totals since boot.
 type Stats struct {
-	Exits      uint64 // every return from KVM_RUN
+	Exits      uint64 // every exit the guest caused (kicks and stray signals not counted)
 	IOExits    uint64 // KVM_EXIT_IO
 	MMIOExits  uint64 // KVM_EXIT_MMIO
 	Hypercalls uint64 // served hypercalls
@@ -60,7 +67,7 @@ type Stats struct {
 // Result is how a VM ended.
 type Result struct {
 	Reason  Reason
-	Status  int    // exit status (0–255); 128+Signal when signaled
+	Status  int    // exit status (0–255); 128+Signal when signaled; -1 if none
 	Signal  int    // signal number for ReasonSignaled
 	Message string // why, in words, for anything but a clean exit
 	Regs    string // guest register dump for abnormal ends
@@ -70,4 +77,157 @@ type Result struct {
 	Enosys       uint64            // of which answered -ENOSYS
 	EnosysByNr   map[uint32]uint32 // unknown syscall number → count
 	Ring0Entries uint64            // exceptions and gates taken in ring 0
+}
+
+// VM is one booted guest: New loads it, Run runs it once, Close frees it.
+// Stats may be called from any goroutine at any time.
+type VM struct {
+	cfg   Config
+	sys   *kvmSystem
+	kvm   *kvmVM
+	cpu   *vcpu
+	mem   *Memory
+	input *inputPump
+	stats stats
+	kick  kicker
+
+	bootInfo *abi.BootInfo
+	tscKHz   uint64
+	bootTSC  uint64
+	bootTime time.Time
+
+	mu      sync.Mutex // guards the fields below
+	ran     bool
+	closed  bool
+	cancel  context.CancelFunc // ends a Run in progress (Close)
+	running chan struct{}      // closed when a Run in progress returns
+}
+
+// New creates the VM and runs the boot recipe (boot.go) up to, not
+// including, the first instruction. Errors wrap ErrConfig, ErrMemSize,
+// ErrBadELF or ErrNoKVM when one of them is the cause.
+func New(cfg Config) (*VM, error) {
+	vm := &VM{cfg: cfg, input: newInputPump(cfg.Stdin)}
+	if err := vm.boot(); err != nil {
+		vm.release()
+		return nil, fmt.Errorf("vmm: boot: %w", err)
+	}
+	return vm, nil
+}
+
+// Run runs the guest until it ends or ctx is done, and says how it ended.
+// The error is nil when the program itself decided the outcome (it exited,
+// or it was killed by its own fault: ReasonExited, ReasonSignaled); it wraps
+// ErrTimeout when ctx ended first and ErrGuest for every other end. A VM
+// runs once.
+func (vm *VM) Run(ctx context.Context) (*Result, error) {
+	vm.mu.Lock()
+	if vm.closed || vm.ran {
+		vm.mu.Unlock()
+		return nil, fmt.Errorf("%w: Run on a VM that already ran or was closed", ErrConfig)
+	}
+	vm.ran = true
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	vm.cancel = cancel
+	vm.running = make(chan struct{})
+	defer close(vm.running)
+	vm.mu.Unlock()
+
+	var r *Result
+	if err := vm.stampClock(); err != nil {
+		r = vm.internal(err)
+	} else {
+		r = vm.runLoop(ctx)
+	}
+	vm.input.stop()
+	r.Stats = vm.stats.snapshot()
+	switch r.Reason {
+	case ReasonExited, ReasonSignaled:
+		return r, nil
+	case ReasonTimeout:
+		return r, fmt.Errorf("%w: %s", ErrTimeout, r.Message)
+	}
+	return r, fmt.Errorf("%w: %s", ErrGuest, r.Message)
+}
+
+// Stats returns the VM's counters so far.
+func (vm *VM) Stats() Stats { return vm.stats.snapshot() }
+
+// Close destroys the VM, stopping a Run in progress first (which then
+// reports ReasonTimeout). It is safe to call more than once.
+func (vm *VM) Close() error {
+	vm.mu.Lock()
+	if vm.closed {
+		vm.mu.Unlock()
+		return nil
+	}
+	vm.closed = true
+	cancel, running := vm.cancel, vm.running
+	vm.mu.Unlock()
+	if running != nil {
+		cancel()
+		<-running
+	}
+	vm.release()
+	return nil
+}
+
+func (vm *VM) release() {
+	vm.input.stop()
+	if vm.cpu != nil {
+		vm.cpu.close()
+	}
+	if vm.kvm != nil {
+		vm.kvm.close()
+	}
+	if vm.mem != nil {
+		vm.mem.close()
+	}
+	if vm.sys != nil {
+		vm.sys.close()
+	}
+}
+
+// FindKernel locates the guest kernel image: $KILN_KERNEL, else
+// kiln-kernel.elf next to the running executable, else
+// $KILN_BUILD/kernel/kiln-kernel.elf, else build/kernel/kiln-kernel.elf in
+// the working directory or any directory above it.
+func FindKernel() (string, error) {
+	const name = "kiln-kernel.elf"
+	if p := os.Getenv("KILN_KERNEL"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%w: $KILN_KERNEL: %w", ErrNoKernel, err)
+		}
+		return p, nil
+	}
+	var tried []string
+	try := func(p string) bool {
+		tried = append(tried, p)
+		st, err := os.Stat(p)
+		return err == nil && st.Mode().IsRegular()
+	}
+	if exe, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(exe), name); try(p) {
+			return p, nil
+		}
+	}
+	if b := os.Getenv("KILN_BUILD"); b != "" {
+		if p := filepath.Join(b, "kernel", name); try(p) {
+			return p, nil
+		}
+	}
+	if dir, err := os.Getwd(); err == nil {
+		for {
+			if p := filepath.Join(dir, "build", "kernel", name); try(p) {
+				return p, nil
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
+		}
+	}
+	return "", fmt.Errorf("%w (tried %v): run `make kernel` or set KILN_KERNEL", ErrNoKernel, tried)
 }

@@ -1,0 +1,125 @@
+package vmm
+
+import (
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioctl issues one KVM ioctl whose argument is a pointer to a Go value.
+func ioctl(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
+	// SAFETY: arg points at a live Go value of exactly the size the request
+	// encodes (the struct types in kvm.go mirror linux/kvm.h), and unix.Syscall
+	// keeps it alive and unmoved until the call returns.
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+	if e != 0 {
+		return r, e
+	}
+	return r, nil
+}
+
+// ioctlVal issues a KVM ioctl whose argument is an integer.
+func ioctlVal(fd int, req, val uintptr) (uintptr, error) {
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, val)
+	if e != 0 {
+		return r, e
+	}
+	return r, nil
+}
+
+func ioctlPtr[T any](fd int, req uintptr, v *T) error {
+	// SAFETY: v is a non-nil pointer to a struct laid out as the kernel expects.
+	_, err := ioctl(fd, req, unsafe.Pointer(v))
+	return err
+}
+
+func (c *vcpu) getRegs() (kvmRegs, error) {
+	var r kvmRegs
+	return r, wrapIoctl("KVM_GET_REGS", ioctlPtr(c.fd, ioctlGetRegs, &r))
+}
+
+func (c *vcpu) setRegs(r *kvmRegs) error {
+	return wrapIoctl("KVM_SET_REGS", ioctlPtr(c.fd, ioctlSetRegs, r))
+}
+
+func (c *vcpu) getSregs() (kvmSregs, error) {
+	var s kvmSregs
+	return s, wrapIoctl("KVM_GET_SREGS", ioctlPtr(c.fd, ioctlGetSregs, &s))
+}
+
+func (c *vcpu) setSregs(s *kvmSregs) error {
+	return wrapIoctl("KVM_SET_SREGS", ioctlPtr(c.fd, ioctlSetSregs, s))
+}
+
+func (c *vcpu) setFPU(f *kvmFPU) error {
+	return wrapIoctl("KVM_SET_FPU", ioctlPtr(c.fd, ioctlSetFPU, f))
+}
+
+func (c *vcpu) setXCRs(x *kvmXCRs) error {
+	return wrapIoctl("KVM_SET_XCRS", ioctlPtr(c.fd, ioctlSetXCRs, x))
+}
+
+func (c *vcpu) setCPUID(cp *kvmCPUID2) error {
+	return wrapIoctl("KVM_SET_CPUID2", ioctlPtr(c.fd, ioctlSetCPUID2, cp))
+}
+
+// setMSRs sets every entry or fails: KVM returns how many it accepted.
+func (c *vcpu) setMSRs(m *kvmMSRs) error {
+	// SAFETY: m is a kvmMSRs whose NMSRs ≤ len(Entries).
+	n, err := ioctl(c.fd, ioctlSetMSRs, unsafe.Pointer(m))
+	if err != nil {
+		return wrapIoctl("KVM_SET_MSRS", err)
+	}
+	if uint32(n) != m.NMSRs {
+		return fmt.Errorf("KVM_SET_MSRS: KVM refused MSR %#x", m.Entries[n].Index)
+	}
+	return nil
+}
+
+func (c *vcpu) getMSR(index uint32) (uint64, error) {
+	m := kvmMSRs{NMSRs: 1}
+	m.Entries[0].Index = index
+	// SAFETY: as in setMSRs.
+	n, err := ioctl(c.fd, ioctlGetMSRs, unsafe.Pointer(&m))
+	if err != nil {
+		return 0, wrapIoctl("KVM_GET_MSRS", err)
+	}
+	if n != 1 {
+		return 0, fmt.Errorf("KVM_GET_MSRS: MSR %#x not readable", index)
+	}
+	return m.Entries[0].Data, nil
+}
+
+func (s *kvmSystem) supportedCPUID() (*kvmCPUID2, error) {
+	cp := &kvmCPUID2{NEnt: kvmMaxCPUIDEntries}
+	return cp, wrapIoctl("KVM_GET_SUPPORTED_CPUID", ioctlPtr(s.fd, ioctlGetSupportedCPUID, cp))
+}
+
+func (v *kvmVM) setUserMemory(r *kvmUserspaceMemoryRegion) error {
+	return wrapIoctl("KVM_SET_USER_MEMORY_REGION", ioctlPtr(v.fd, ioctlSetUserMemory, r))
+}
+
+// hostAddr is the host virtual address of b's first byte, for
+// KVM_SET_USER_MEMORY_REGION.
+func hostAddr(b []byte) uint64 {
+	// SAFETY: b is the non-empty guest RAM mapping, which stays mapped until
+	// the VM (and with it the memslot) is closed.
+	return uint64(uintptr(unsafe.Pointer(&b[0])))
+}
+
+// setImmediateExit tells KVM_RUN to return at once; another goroutine calls
+// it while the vCPU thread may be inside KVM_RUN.
+func (c *vcpu) setImmediateExit() {
+	// SAFETY: c.run is the vCPU's kvm_run mapping (at least one page); byte 1
+	// is immediate_exit, which KVM only reads. The atomic store makes the write
+	// visible to the vCPU thread without tearing.
+	p := (*uint32)(unsafe.Pointer(&c.run[0]))
+	for {
+		old := atomic.LoadUint32(p)
+		if atomic.CompareAndSwapUint32(p, old, old|1<<(8*runImmediateExit)) {
+			return
+		}
+	}
+}

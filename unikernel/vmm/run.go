@@ -1,0 +1,175 @@
+package vmm
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// stats are the live counters behind Stats, written by the vCPU goroutine
+// and read by anyone.
+type stats struct {
+	exits, ioExits, mmioExits, hypercalls atomic.Uint64
+}
+
+func (s *stats) snapshot() Stats {
+	return Stats{
+		Exits:      s.exits.Load(),
+		IOExits:    s.ioExits.Load(),
+		MMIOExits:  s.mmioExits.Load(),
+		Hypercalls: s.hypercalls.Load(),
+	}
+}
+
+// kicker gets a vCPU out of KVM_RUN from another goroutine: immediate_exit
+// makes the next KVM_RUN return at once, and a signal to the vCPU's thread
+// interrupts the current one (KVM_RUN returns EINTR, never restarted).
+type kicker struct {
+	mu  sync.Mutex // guards tid: the thread is the vCPU's only while locked to it
+	tid int
+}
+
+func (k *kicker) set(tid int) {
+	k.mu.Lock()
+	k.tid = tid
+	k.mu.Unlock()
+}
+
+func (k *kicker) kick(c *vcpu) {
+	c.setImmediateExit()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.tid != 0 {
+		// SIGURG: the Go runtime already handles it (preemption) and
+		// ignores the ones it did not send.
+		_ = unix.Tgkill(unix.Getpid(), k.tid, unix.SIGURG)
+	}
+}
+
+// runLoop runs the vCPU on a goroutine locked to its OS thread (so the
+// kicker can signal that thread) until the VM ends.
+func (vm *VM) runLoop(ctx context.Context) *Result {
+	done := make(chan *Result, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		vm.kick.set(unix.Gettid())
+		r := vm.loop(ctx)
+		vm.kick.set(0)
+		done <- r
+	}()
+	select {
+	case r := <-done:
+		return r
+	case <-ctx.Done():
+	}
+	// Kick until the loop notices: a signal that lands just before KVM_RUN
+	// is caught by immediate_exit, but keep trying in case it was consumed
+	// by a hypercall wait instead.
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		vm.kick.kick(vm.cpu)
+		select {
+		case r := <-done:
+			return r
+		case <-t.C:
+		}
+	}
+}
+
+// loop is the vCPU thread: KVM_RUN, decode the exit, serve it, repeat.
+func (vm *VM) loop(ctx context.Context) *Result {
+	run := vm.cpu.run
+	le := binary.LittleEndian
+	for {
+		if ctx.Err() != nil {
+			return vm.timeout(ctx)
+		}
+		interrupted, err := vm.cpu.enter()
+		if err != nil {
+			return vm.internal(err)
+		}
+		if interrupted {
+			continue
+		}
+		reason := le.Uint32(run[runExitReason:])
+		if reason == exitIntr {
+			continue
+		}
+		vm.stats.exits.Add(1)
+		u := run[runExitUnion:]
+		switch reason {
+		case exitMMIO:
+			vm.stats.mmioExits.Add(1)
+			phys := le.Uint64(u[0:])
+			n := le.Uint32(u[16:])
+			isWrite := u[20] != 0
+			data := u[8:16]
+			if n <= 8 {
+				data = data[:n]
+			}
+			nr, gpa, bad := doorbell(phys, data, isWrite)
+			if bad != nil {
+				return vm.badHypercall(bad)
+			}
+			if r := vm.hypercall(ctx, nr, gpa); r != nil {
+				return r
+			}
+		case exitIO:
+			vm.stats.ioExits.Add(1)
+			out := u[0] == 1
+			size := u[1]
+			port := le.Uint16(u[2:])
+			count := le.Uint32(u[4:])
+			off := le.Uint64(u[8:])
+			var data []byte
+			if end := off + uint64(size)*uint64(count); off < uint64(len(run)) && end <= uint64(len(run)) && end >= off {
+				data = run[off:end]
+			}
+			nr, gpa, bad := portCall(port, out, size, count, data)
+			if bad != nil {
+				return vm.badHypercall(bad)
+			}
+			if r := vm.hypercall(ctx, nr, gpa); r != nil {
+				return r
+			}
+		case exitShutdown:
+			return vm.abnormal(ReasonTripleFault, "triple fault (KVM_EXIT_SHUTDOWN): the guest took an exception it could not handle")
+		case exitHLT:
+			return vm.abnormal(ReasonUnknownExit, "the guest halted (KVM_EXIT_HLT) with no way to wake up")
+		case exitFailEntry:
+			return vm.abnormal(ReasonUnknownExit, fmt.Sprintf("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason %#x", le.Uint64(u[0:])))
+		case exitInternalError:
+			return vm.abnormal(ReasonUnknownExit, fmt.Sprintf("KVM_EXIT_INTERNAL_ERROR: suberror %d", le.Uint32(u[0:])))
+		default:
+			name := exitNames[reason]
+			if name == "" {
+				name = fmt.Sprintf("exit reason %d", reason)
+			}
+			return vm.abnormal(ReasonUnknownExit, "unhandled KVM exit: "+name)
+		}
+	}
+}
+
+func (vm *VM) abnormal(r Reason, msg string) *Result {
+	return &Result{Reason: r, Status: -1, Message: msg, Regs: vm.cpu.dump()}
+}
+
+func (vm *VM) badHypercall(b *badHypercall) *Result {
+	return vm.abnormal(ReasonBadHypercall, "bad hypercall: "+b.msg)
+}
+
+func (vm *VM) internal(err error) *Result {
+	return vm.abnormal(ReasonInternal, "host: "+err.Error())
+}
+
+func (vm *VM) timeout(ctx context.Context) *Result {
+	return vm.abnormal(ReasonTimeout, fmt.Sprintf("stopped after %v: %v", time.Since(vm.bootTime).Round(time.Microsecond), context.Cause(ctx)))
+}

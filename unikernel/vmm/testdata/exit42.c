@@ -1,0 +1,2 @@
+#include "guest.h"
+int main(int argc, char **argv) { return 42; }

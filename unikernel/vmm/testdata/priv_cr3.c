@@ -1,0 +1,10 @@
+#include "guest.h"
+/* One instruction ring 3 may not run (or a trap): the kernel must turn it
+ * into the signal Linux would send. */
+int main(int argc, char **argv)
+{
+    puts1("before\n");
+    __asm__ volatile("movq %%rax, %%cr3" ::: "memory");
+    puts1("ABORT: survived\n");
+    return 1;
+}
