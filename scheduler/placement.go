@@ -1,0 +1,124 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrNoCapacity: no registered node can take an invocation right now.
+var ErrNoCapacity = errors.New("scheduler: no capacity")
+
+// Warm counts one image's booted instances on a node.
+type Warm struct {
+	Idle, Busy uint32
+}
+
+// Node is the scheduler's view of one agent: what its last heartbeat said,
+// corrected by what the scheduler itself placed there since (Reserved,
+// Claimed), so that a burst between two heartbeats is not all sent to the
+// node that looked emptiest at the last one.
+type Node struct {
+	Name          string
+	Address       string
+	MemoryTotal   uint64
+	MemoryUsed    uint64
+	Warm          map[string]Warm // image digest → instances
+	LastHeartbeat time.Time
+
+	Reserved uint64         // memory of cold starts placed and not yet answered
+	Claimed  map[string]int // idle instances of a digest taken by in-flight invocations
+}
+
+// Free is the memory a cold start could still use on n.
+func (n *Node) Free() uint64 {
+	used := n.MemoryUsed + n.Reserved
+	if used >= n.MemoryTotal {
+		return 0
+	}
+	return n.MemoryTotal - used
+}
+
+// IdleWarm is the number of idle instances of digest not already claimed.
+func (n *Node) IdleWarm(digest string) int {
+	return int(n.Warm[digest].Idle) - n.Claimed[digest]
+}
+
+// Demand is what one invocation needs from a node.
+type Demand struct {
+	Digest      string
+	MemoryBytes uint64
+}
+
+// Decision is where an invocation goes and whether it expects a warm start.
+type Decision struct {
+	Node string
+	Warm bool
+}
+
+// Placer chooses a node. Implementations are pure: the same arguments give
+// the same decision, with no I/O, so policies are tested with tables.
+type Placer interface {
+	Place(now time.Time, d Demand, nodes []Node) (Decision, error)
+}
+
+// WarmFirst is the first placement policy: a node with an idle warm instance
+// of the image, else the node with the most free memory that fits the
+// function. Nodes whose last heartbeat is older than StaleAfter are skipped
+// (they are about to be removed; their numbers are not to be trusted).
+// Ties are broken by more idle instances, then more free memory, then the
+// smaller node name, so that placement is deterministic.
+type WarmFirst struct {
+	StaleAfter time.Duration // 0: never stale
+}
+
+// Place implements Placer.
+func (p WarmFirst) Place(now time.Time, d Demand, nodes []Node) (Decision, error) {
+	if len(nodes) == 0 {
+		return Decision{}, fmt.Errorf("%w: no node is registered", ErrNoCapacity)
+	}
+	var warm, cold *Node
+	live := 0
+	var biggest uint64
+	for i := range nodes {
+		n := &nodes[i]
+		if p.StaleAfter > 0 && now.Sub(n.LastHeartbeat) > p.StaleAfter {
+			continue
+		}
+		live++
+		if idle := n.IdleWarm(d.Digest); idle > 0 && d.Digest != "" {
+			if warm == nil || idle > warm.IdleWarm(d.Digest) ||
+				idle == warm.IdleWarm(d.Digest) && better(n, warm) {
+				warm = n
+			}
+			continue
+		}
+		free := n.Free()
+		biggest = max(biggest, free)
+		if free < d.MemoryBytes {
+			continue
+		}
+		if cold == nil || better(n, cold) {
+			cold = n
+		}
+	}
+	switch {
+	case warm != nil:
+		return Decision{Node: warm.Name, Warm: true}, nil
+	case cold != nil:
+		return Decision{Node: cold.Name}, nil
+	case live == 0:
+		return Decision{}, fmt.Errorf("%w: none of %d nodes has sent a heartbeat in %v", ErrNoCapacity, len(nodes), p.StaleAfter)
+	default:
+		return Decision{}, fmt.Errorf("%w: the function needs %d MiB, the most any of %d nodes has free is %d MiB",
+			ErrNoCapacity, d.MemoryBytes>>20, live, biggest>>20)
+	}
+}
+
+// better: more free memory, then the smaller name.
+func better(a, b *Node) bool {
+	if fa, fb := a.Free(), b.Free(); fa != fb {
+		return fa > fb
+	}
+	return a.Name < b.Name
+}

@@ -1,0 +1,385 @@
+package scheduler
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// testAgent is a real gRPC Agent server that answers with what it is told
+// and records what it ran, standing in for a node-agent without KVM.
+type testAgent struct {
+	kilnv1.UnimplementedAgentServer
+	name   string
+	addr   string
+	answer kilnv1.Outcome
+	mu     sync.Mutex
+	ran    []string
+}
+
+func (a *testAgent) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, error) {
+	a.mu.Lock()
+	a.ran = append(a.ran, req.InvocationId)
+	answer := a.answer
+	a.mu.Unlock()
+	if answer != kilnv1.Outcome_OUTCOME_OK {
+		return &kilnv1.InvokeResponse{Outcome: a.answer, Error: a.name + " refuses"}, nil
+	}
+	return &kilnv1.InvokeResponse{Outcome: kilnv1.Outcome_OUTCOME_OK, Status: 200, Body: append([]byte(a.name+":"), req.Body...)}, nil
+}
+
+func (a *testAgent) runs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.ran...)
+}
+
+func serve(t *testing.T, register func(*grpc.Server)) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	register(srv)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
+}
+
+func startAgent(t *testing.T, name string, answer kilnv1.Outcome) *testAgent {
+	a := &testAgent{name: name, answer: answer}
+	a.addr = serve(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, a) })
+	return a
+}
+
+type env struct {
+	s      *Scheduler
+	client kilnv1.SchedulerClient
+	clock  *clock
+	reg    *prometheus.Registry
+}
+
+func start(t *testing.T, interval time.Duration) *env {
+	t.Helper()
+	e := &env{clock: &clock{t: time.Unix(1_800_000_000, 0)}, reg: prometheus.NewRegistry()}
+	var err error
+	e.s, err = New(Config{HeartbeatInterval: interval, Clock: e.clock.Now, Registerer: e.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.s.Close() })
+	addr := serve(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, e.s) })
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.client = kilnv1.NewSchedulerClient(conn)
+	return e
+}
+
+type agentStream = grpc.BidiStreamingClient[kilnv1.AgentMessage, kilnv1.SchedulerMessage]
+
+// connect registers a node the way an agent does and returns its stream.
+func (e *env) connect(t *testing.T, ctx context.Context, name, addr string, mem uint64) agentStream {
+	t.Helper()
+	st, err := e.client.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&kilnv1.AgentMessage{Msg: &kilnv1.AgentMessage_Register{Register: &kilnv1.Register{
+		Node: name, Address: addr, MemoryBytesTotal: mem}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetRegistered().GetHeartbeatIntervalMs(); got != e.s.HeartbeatInterval().Milliseconds() {
+		t.Fatalf("Registered interval %d ms", got)
+	}
+	return st
+}
+
+func heartbeat(t *testing.T, st agentStream, total, used uint64, warm ...*kilnv1.WarmInstances) {
+	t.Helper()
+	err := st.Send(&kilnv1.AgentMessage{Msg: &kilnv1.AgentMessage_Heartbeat{Heartbeat: &kilnv1.Heartbeat{
+		Capacity: &kilnv1.CapacityResponse{MemoryBytesTotal: total, MemoryBytesUsed: used, Warm: warm}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls cond: the scheduler applies stream messages asynchronously.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func nodeNames(s *Scheduler) string {
+	var n []string
+	for _, x := range s.Nodes() {
+		n = append(n, x.Name)
+	}
+	return strings.Join(n, ",")
+}
+
+func TestRegisterHeartbeatLeave(t *testing.T) {
+	e := start(t, time.Hour) // the sweeper stays out of the way; Expire is called by hand
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := e.connect(t, ctx, "n1", "127.0.0.1:1", 1<<30)
+	if got := nodeNames(e.s); got != "n1" {
+		t.Fatalf("nodes %q", got)
+	}
+	if v := testutil.ToFloat64(e.s.nodesGauge); v != 1 {
+		t.Fatalf("kiln_scheduler_nodes = %v", v)
+	}
+	e.clock.Advance(time.Minute)
+	heartbeat(t, st, 1<<30, 300<<20, &kilnv1.WarmInstances{ImageDigest: dA, Idle: 2, Busy: 1})
+	waitFor(t, "heartbeat", func() bool {
+		n := e.s.Nodes()
+		return len(n) == 1 && n[0].MemoryUsed == 300<<20
+	})
+	n := e.s.Nodes()[0]
+	if n.Warm[dA] != (Warm{Idle: 2, Busy: 1}) || !n.LastHeartbeat.Equal(e.clock.Now()) || n.Address != "127.0.0.1:1" {
+		t.Fatalf("node after heartbeat: %+v", n)
+	}
+	// The agent closes its side: the node is gone.
+	st.CloseSend()
+	waitFor(t, "removal after close", func() bool { return nodeNames(e.s) == "" })
+	if v := testutil.ToFloat64(e.s.nodesGauge); v != 0 {
+		t.Fatalf("kiln_scheduler_nodes = %v", v)
+	}
+}
+
+func TestMissedHeartbeats(t *testing.T) {
+	const iv = time.Hour
+	e := start(t, iv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st1 := e.connect(t, ctx, "n1", "127.0.0.1:1", 1<<30)
+	e.connect(t, ctx, "n2", "127.0.0.1:2", 1<<30)
+
+	e.clock.Advance(2 * iv)
+	heartbeat(t, st1, 1<<30, 0)
+	waitFor(t, "heartbeat", func() bool { return e.s.Nodes()[0].LastHeartbeat.Equal(e.clock.Now()) })
+	e.clock.Advance(MissedHeartbeats*iv - 2*iv) // n2 silent for exactly 3 intervals: still in
+	if gone := e.s.Expire(); len(gone) != 0 {
+		t.Fatalf("expired too early: %v", gone)
+	}
+	e.clock.Advance(time.Millisecond)
+	if gone := e.s.Expire(); strings.Join(gone, ",") != "n2" {
+		t.Fatalf("expired %v, want n2", gone)
+	}
+	if got := nodeNames(e.s); got != "n1" {
+		t.Fatalf("nodes %q", got)
+	}
+	// The removed node's stream is ended by the scheduler, so its agent
+	// notices and reconnects.
+	st1.CloseSend()
+}
+
+func TestRemovedStreamEnds(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := e.connect(t, ctx, "n1", "127.0.0.1:1", 1<<30)
+	e.clock.Advance(4 * time.Hour)
+	e.s.Expire()
+	_, err := st.Recv()
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("stream of a removed node: %v", err)
+	}
+}
+
+func TestReconnectReplaces(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	old := e.connect(t, ctx, "n1", "127.0.0.1:1", 1<<30)
+	e.connect(t, ctx, "n1", "127.0.0.1:9", 2<<30)
+	if _, err := old.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("replaced stream: %v", err)
+	}
+	// The old stream ending must not remove the new registration.
+	time.Sleep(50 * time.Millisecond)
+	if n := e.s.Nodes(); len(n) != 1 || n[0].Address != "127.0.0.1:9" {
+		t.Fatalf("nodes %+v", n)
+	}
+}
+
+func TestConnectNeedsRegister(t *testing.T) {
+	e := start(t, time.Hour)
+	st, err := e.client.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Send(&kilnv1.AgentMessage{Msg: &kilnv1.AgentMessage_Heartbeat{Heartbeat: &kilnv1.Heartbeat{}}})
+	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("heartbeat first: %v", err)
+	}
+}
+
+func TestSweeperRemovesSilentNode(t *testing.T) {
+	// Real clock, short interval: the sweeper, not the test, removes it.
+	reg := prometheus.NewRegistry()
+	s, err := New(Config{HeartbeatInterval: 20 * time.Millisecond, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := serve(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s) })
+	conn, _ := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+	e := &env{s: s, client: kilnv1.NewSchedulerClient(conn)}
+	e.connect(t, context.Background(), "quiet", "127.0.0.1:1", 1<<30)
+	waitFor(t, "sweeper", func() bool { return nodeNames(s) == "" })
+}
+
+func invoke(t *testing.T, e *env, id string, mem uint64) *kilnv1.InvokeResponse {
+	t.Helper()
+	resp, err := e.client.Invoke(context.Background(), &kilnv1.InvokeRequest{
+		InvocationId: id,
+		Function:     &kilnv1.FunctionSpec{Name: "f", ImageDigest: dA, MemoryBytes: mem},
+		Body:         []byte(id),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func TestInvokePlacesAndForwards(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	resp := invoke(t, e, "none", 64<<20)
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_NO_CAPACITY || !strings.Contains(resp.Error, "no node is registered") {
+		t.Fatalf("no nodes: %+v", resp)
+	}
+
+	small := startAgent(t, "small", kilnv1.Outcome_OUTCOME_OK)
+	big := startAgent(t, "big", kilnv1.Outcome_OUTCOME_OK)
+	stSmall := e.connect(t, ctx, "small", small.addr, 256<<20)
+	e.connect(t, ctx, "big", big.addr, 1<<30)
+
+	resp = invoke(t, e, "cold1", 64<<20)
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_OK || resp.Node != "big" || string(resp.Body) != "big:cold1" {
+		t.Fatalf("cold: %+v", resp)
+	}
+	resp = invoke(t, e, "huge", 512<<20)
+	if resp.Node != "big" {
+		t.Fatalf("512 MiB must go to big: %+v", resp)
+	}
+	resp = invoke(t, e, "toohuge", 2<<30)
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_NO_CAPACITY || !strings.Contains(resp.Error, "needs 2048 MiB") {
+		t.Fatalf("too big: %+v", resp)
+	}
+
+	// small reports an idle warm instance of the image: it wins.
+	heartbeat(t, stSmall, 256<<20, 64<<20, &kilnv1.WarmInstances{ImageDigest: dA, Idle: 1})
+	waitFor(t, "warm heartbeat", func() bool {
+		for _, n := range e.s.Nodes() {
+			if n.Name == "small" && n.Warm[dA].Idle == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	resp = invoke(t, e, "warm1", 64<<20)
+	if resp.Node != "small" || string(resp.Body) != "small:warm1" {
+		t.Fatalf("warm: %+v", resp)
+	}
+	if got := strings.Join(big.runs(), ","); got != "cold1,huge" {
+		t.Fatalf("big ran %s", got)
+	}
+	for outcome, want := range map[string]float64{"cold": 2, "warm": 1, "no_capacity": 2} {
+		if v := testutil.ToFloat64(e.s.placements.WithLabelValues(outcome)); v != want {
+			t.Errorf("placements{%s} = %v, want %v", outcome, v, want)
+		}
+	}
+	// Registered on the injected registry, nowhere else.
+	if n, err := testutil.GatherAndCount(e.reg, "kiln_scheduler_nodes", "kiln_scheduler_placements_total"); err != nil || n != 4 {
+		t.Fatalf("gathered %d series, %v", n, err)
+	}
+}
+
+func TestInvokeRetriesRefusal(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	full := startAgent(t, "a-full", kilnv1.Outcome_OUTCOME_NO_CAPACITY)
+	ok := startAgent(t, "b-ok", kilnv1.Outcome_OUTCOME_OK)
+	e.connect(t, ctx, "a-full", full.addr, 1<<30)
+	e.connect(t, ctx, "b-ok", ok.addr, 1<<30)
+	// Equal memory: a-full is chosen first by name, refuses, b-ok runs it.
+	resp := invoke(t, e, "r1", 64<<20)
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_OK || resp.Node != "b-ok" || len(full.runs()) != 1 {
+		t.Fatalf("%+v, full ran %v", resp, full.runs())
+	}
+	// Only refusals: the last one is the answer.
+	ok.mu.Lock()
+	ok.answer = kilnv1.Outcome_OUTCOME_NO_CAPACITY
+	ok.mu.Unlock()
+	resp = invoke(t, e, "r2", 64<<20)
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_NO_CAPACITY || resp.Node == "" {
+		t.Fatalf("%+v", resp)
+	}
+	// Bookings are released after each answer.
+	for _, n := range e.s.Nodes() {
+		if n.Reserved != 0 || len(n.Claimed) != 0 {
+			t.Fatalf("leaked booking on %+v", n)
+		}
+	}
+}
+
+func TestInvokeUnreachableNode(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	e.connect(t, ctx, "dead", addr, 1<<30)
+	_, err := e.client.Invoke(context.Background(), &kilnv1.InvokeRequest{
+		Function: &kilnv1.FunctionSpec{ImageDigest: dA, MemoryBytes: 64 << 20}})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "node dead") {
+		t.Fatalf("unreachable node: %v", err)
+	}
+	_, err = e.client.Invoke(context.Background(), &kilnv1.InvokeRequest{})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("empty request: %v", err)
+	}
+}
