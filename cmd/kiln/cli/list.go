@@ -18,7 +18,7 @@ func (a *app) listCmd() *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List deployed functions (latest version of each)",
-		Args: usage(cobra.NoArgs),
+		Args:    usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "table" && output != "json" {
 				return &ExitError{Code: 2, Err: fmt.Errorf("list: -o %q: use table or json", output)}

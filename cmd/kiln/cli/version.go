@@ -15,7 +15,7 @@ func (a *app) versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print the kiln version",
-		Args: usage(cobra.NoArgs),
+		Args:  usage(cobra.NoArgs),
 		Run: func(cmd *cobra.Command, args []string) {
 			rev := ""
 			if bi, ok := debug.ReadBuildInfo(); ok {
