@@ -76,7 +76,7 @@ struct kiln_request {
 };
 
 struct kiln_response {
-    int status;               /* 0 means 200 */
+    int status;               /* 0 means 200; outside 100–599 means 500 */
     const char *content_type; /* NULL: none */
     size_t nheaders;          /* extra headers; values must not hold '\n' */
     struct kiln_header headers[KILN_MAX_HEADERS];
@@ -265,7 +265,7 @@ static inline size_t kiln_encode_response(const struct kiln_response *resp,
 {
     char num[16];
     int status = resp->status ? resp->status : 200;
-    if (status < 100 || status > 999)
+    if (status < 100 || status > 599)
         status = 500;
     snprintf(num, sizeof(num), "%d", status);
     size_t off = KILN_WIRE_HDR;
