@@ -1,0 +1,482 @@
+// Package nodeagent is the Kiln node-agent: it runs invocations in KVM
+// virtual machines on one host. It keeps an on-disk image cache keyed by
+// digest (verified on every read), boots one VM per invocation for exec
+// functions and keeps booted instances of serve functions that it talks to
+// in the wire protocol, enforces per-invocation deadlines and the node's
+// memory budget, captures each instance's stderr, and reports its capacity
+// to the scheduler over a Connect stream (Run).
+//
+// Kernel choice: an image carries the guest kernel it was built and tested
+// with, and its manifest's ABI version is checked against this build, so the
+// agent boots the image's kernel. Config.Kernel, when set, overrides it for
+// every image — for developing the kernel without rebuilding images.
+//
+// Lock order: serveSlot.sem (held for a whole invocation) before Agent.mu.
+package nodeagent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kilnfaas/kiln/image"
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/unikernel/vmm"
+	"github.com/kilnfaas/kiln/wire"
+)
+
+// Config is the agent's dependencies.
+type Config struct {
+	Node        string // this node's name, as the scheduler knows it
+	MemoryBytes uint64 // the budget for guest memory of all VMs together
+	Kernel      []byte // overrides every image's kernel when non-empty (see package doc)
+	Images      ImageFetcher
+	CacheDir    string
+	Registerer  prometheus.Registerer // nil: metrics are kept but not exported
+	Logger      *slog.Logger          // nil: discard
+	Boot        Booter                // nil: BootVM (KVM)
+	Clock       func() time.Time      // nil: time.Now
+}
+
+// Agent implements kilnv1.AgentServer.
+type Agent struct {
+	kilnv1.UnimplementedAgentServer
+
+	cfg   Config
+	cache *imageCache
+	log   *slog.Logger
+	now   func() time.Time
+	boot  Booter
+	m     metrics
+
+	mu       sync.Mutex
+	closed   bool
+	used     uint64                // guest memory of live VMs
+	slots    map[string]*serveSlot // serve instances by instanceKey
+	machines map[Machine]struct{}  // exec VMs running now
+}
+
+type metrics struct {
+	invocations *prometheus.CounterVec
+	boot        prometheus.Histogram
+	exec        prometheus.Histogram
+	vms         prometheus.Gauge
+	memUsed     prometheus.Gauge
+	memBudget   prometheus.Gauge
+	exits       prometheus.Counter
+}
+
+// New returns an agent; it boots nothing until invoked.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Node == "" || cfg.MemoryBytes == 0 || cfg.Images == nil || cfg.CacheDir == "" {
+		return nil, fmt.Errorf("%w: Node, MemoryBytes, Images and CacheDir are required", ErrConfig)
+	}
+	cache, err := newImageCache(cfg.CacheDir, cfg.Images)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, cache: cache, log: cfg.Logger, now: cfg.Clock, boot: cfg.Boot,
+		slots: map[string]*serveSlot{}, machines: map[Machine]struct{}{}}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.boot == nil {
+		a.boot = BootVM
+	}
+	buckets := prometheus.ExponentialBuckets(0.0005, 2, 16) // 0.5 ms … 16 s
+	a.m = metrics{
+		invocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_invocations_total", Help: "Invocations by function, start kind and outcome.",
+		}, []string{"function", "start", "outcome"}),
+		boot: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kiln_agent_vm_boot_seconds", Help: "From VM creation until the function is ready for input.", Buckets: buckets,
+		}),
+		exec: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kiln_agent_exec_seconds", Help: "Time inside the function per invocation.", Buckets: buckets,
+		}),
+		vms:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_vms", Help: "VMs alive on this node."}),
+		memUsed:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_used", Help: "Guest memory of live VMs."}),
+		memBudget: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_budget", Help: "Guest memory this node may hand out."}),
+		exits:     prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_vm_exits_total", Help: "VM exits taken during invocations."}),
+	}
+	a.m.memBudget.Set(float64(cfg.MemoryBytes))
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{a.m.invocations, a.m.boot, a.m.exec, a.m.vms, a.m.memUsed, a.m.memBudget, a.m.exits} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("nodeagent: registering metrics: %w", err)
+			}
+		}
+	}
+	return a, nil
+}
+
+// reserve books mem against the budget; false means it does not fit.
+func (a *Agent) reserve(mem uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return ErrClosed
+	}
+	if a.used+mem > a.cfg.MemoryBytes {
+		return fmt.Errorf("%w: needs %d MiB, %d of %d MiB in use", ErrNoCapacity, mem>>20, a.used>>20, a.cfg.MemoryBytes>>20)
+	}
+	a.used += mem
+	a.m.memUsed.Set(float64(a.used))
+	a.m.vms.Inc()
+	return nil
+}
+
+func (a *Agent) release(mem uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.used -= mem
+	a.m.memUsed.Set(float64(a.used))
+	a.m.vms.Dec()
+}
+
+// spec is one invocation's function, resolved against its image.
+type spec struct {
+	name, digest string
+	kind         string
+	mem          uint64
+	timeout      time.Duration
+	args, env    []string
+	img          *image.Image
+	deadline     time.Time
+}
+
+// key identifies the serve instances that can answer this spec: the same
+// image booted the same way.
+func (s *spec) key() string {
+	return fmt.Sprintf("%s|%d|%q|%q", s.digest, s.mem, s.args, s.env)
+}
+
+func (a *Agent) vmConfig(s *spec) vmm.Config {
+	kernel := s.img.Kernel
+	if len(a.cfg.Kernel) > 0 {
+		kernel = a.cfg.Kernel
+	}
+	return vmm.Config{
+		Kernel:   kernel,
+		Program:  s.img.Program,
+		Args:     append([]string{s.name}, s.args...),
+		Env:      s.env,
+		MemSize:  s.mem,
+		Hostname: s.name,
+	}
+}
+
+// Invoke implements kilnv1.AgentServer.
+func (a *Agent) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, error) {
+	fn := req.GetFunction()
+	if fn == nil || fn.ImageDigest == "" {
+		return nil, status.Error(codes.InvalidArgument, "nodeagent: the request needs a function with an image_digest")
+	}
+	name := fn.Name
+	if name == "" {
+		name = "unnamed"
+	}
+	resp, start := a.invoke(ctx, req)
+	resp.Node = a.cfg.Node
+	resp.Start = start
+	outcome := strings.ToLower(strings.TrimPrefix(resp.Outcome.String(), "OUTCOME_"))
+	startLabel := strings.ToLower(strings.TrimPrefix(start.String(), "START_"))
+	a.m.invocations.WithLabelValues(name, startLabel, outcome).Inc()
+	if resp.ExecNs > 0 {
+		a.m.exec.Observe(float64(resp.ExecNs) / 1e9)
+	}
+	a.m.exits.Add(float64(resp.VmExits))
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_OK {
+		a.log.Info("invocation failed", "function", name, "id", req.InvocationId, "outcome", outcome, "error", resp.Error)
+	}
+	return resp, nil
+}
+
+func (a *Agent) invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind) {
+	s, resp := a.resolve(ctx, req)
+	if resp != nil {
+		return resp, kilnv1.StartKind_START_UNSPECIFIED
+	}
+	ctx, cancel := context.WithDeadline(ctx, s.deadline)
+	defer cancel()
+	if s.kind == image.KindExec {
+		return a.runExec(ctx, s, req), kilnv1.StartKind_START_BOOT
+	}
+	return a.runServe(ctx, s, req)
+}
+
+func fail(o kilnv1.Outcome, format string, args ...any) *kilnv1.InvokeResponse {
+	return &kilnv1.InvokeResponse{Outcome: o, Error: fmt.Sprintf(format, args...)}
+}
+
+// resolve fetches the image and merges the request's function spec over
+// its manifest: the registry may override memory, timeout, env and args at
+// deploy time; the kind must agree with what the image was built as.
+func (a *Agent) resolve(ctx context.Context, req *kilnv1.InvokeRequest) (*spec, *kilnv1.InvokeResponse) {
+	fn := req.Function
+	img, err := a.cache.get(ctx, fn.ImageDigest)
+	if err != nil {
+		return nil, fail(kilnv1.Outcome_OUTCOME_BAD_IMAGE, "%v", err)
+	}
+	m := &img.Manifest
+	s := &spec{name: fn.Name, digest: fn.ImageDigest, kind: m.Kind, mem: m.MemoryBytes, timeout: m.Timeout(),
+		args: m.Args, env: m.Env, img: img}
+	if s.name == "" {
+		s.name = m.Name
+	}
+	switch fn.Kind {
+	case kilnv1.Kind_KIND_EXEC, kilnv1.Kind_KIND_SERVE:
+		if want := strings.ToLower(strings.TrimPrefix(fn.Kind.String(), "KIND_")); want != m.Kind {
+			return nil, fail(kilnv1.Outcome_OUTCOME_BAD_IMAGE, "function is deployed as %s but its image is %s", want, m.Kind)
+		}
+	}
+	if fn.MemoryBytes != 0 {
+		s.mem = fn.MemoryBytes
+		if s.mem%image.MemAlign != 0 || s.mem < image.MinMemory || s.mem > image.MaxMemory {
+			return nil, fail(kilnv1.Outcome_OUTCOME_BAD_IMAGE, "memory_bytes %d is not a multiple of 2 MiB between 4 MiB and 3 GiB", s.mem)
+		}
+	}
+	if fn.TimeoutMs > 0 {
+		s.timeout = min(time.Duration(fn.TimeoutMs)*time.Millisecond, image.MaxTimeout)
+	}
+	if len(fn.Args) > 0 {
+		s.args = fn.Args
+	}
+	if len(fn.Env) > 0 {
+		// Later entries win in getenv implementations that scan from the
+		// end, and musl/Go both take the first: drop overridden keys.
+		s.env = mergeEnv(m.Env, fn.Env)
+	}
+	s.deadline = a.now().Add(s.timeout)
+	if req.DeadlineUnixMs > 0 {
+		if d := time.UnixMilli(req.DeadlineUnixMs); d.Before(s.deadline) {
+			s.deadline = d
+		}
+	}
+	return s, nil
+}
+
+func mergeEnv(base, over []string) []string {
+	keys := map[string]bool{}
+	for _, e := range over {
+		k, _, _ := strings.Cut(e, "=")
+		keys[k] = true
+	}
+	var out []string
+	for _, e := range base {
+		if k, _, _ := strings.Cut(e, "="); !keys[k] {
+			out = append(out, e)
+		}
+	}
+	return append(out, over...)
+}
+
+// classify maps how a VM ended to an outcome.
+func classify(res *vmm.Result, err error) (kilnv1.Outcome, string) {
+	if res == nil {
+		return kilnv1.Outcome_OUTCOME_CRASHED, fmt.Sprint(err)
+	}
+	switch res.Reason {
+	case vmm.ReasonExited:
+		if res.Status == 0 {
+			return kilnv1.Outcome_OUTCOME_OK, ""
+		}
+		return kilnv1.Outcome_OUTCOME_FUNCTION_ERROR, fmt.Sprintf("exit status %d", res.Status)
+	case vmm.ReasonTimeout:
+		return kilnv1.Outcome_OUTCOME_TIMEOUT, "ran past its deadline; VM destroyed"
+	}
+	msg := res.Message
+	if msg == "" && err != nil {
+		msg = err.Error()
+	}
+	if errors.Is(err, vmm.ErrTimeout) {
+		return kilnv1.Outcome_OUTCOME_TIMEOUT, "ran past its deadline; VM destroyed"
+	}
+	return kilnv1.Outcome_OUTCOME_CRASHED, msg
+}
+
+// bootOutcome maps a failure of Booter to an outcome.
+func bootOutcome(err error) *kilnv1.InvokeResponse {
+	if errors.Is(err, vmm.ErrBadELF) || errors.Is(err, vmm.ErrMemSize) {
+		return fail(kilnv1.Outcome_OUTCOME_BAD_IMAGE, "cannot boot: %v", err)
+	}
+	return fail(kilnv1.Outcome_OUTCOME_CRASHED, "cannot boot: %v", err)
+}
+
+// capped keeps at most limit bytes and remembers that it dropped some.
+type capped struct {
+	buf      bytes.Buffer
+	limit    int
+	overflow bool
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := c.limit - c.buf.Len(); len(p) > room {
+		c.overflow = true
+		c.buf.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	return c.buf.Write(p)
+}
+
+func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) *kilnv1.InvokeResponse {
+	if err := a.reserve(s.mem); err != nil {
+		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
+	}
+	defer a.release(s.mem)
+	stdout := &capped{limit: wire.MaxBody}
+	stderr := newRing(StderrRing)
+	cfg := a.vmConfig(s)
+	cfg.Stdin, cfg.Stdout, cfg.Stderr = bytes.NewReader(req.Body), stdout, stderr
+	t0 := a.now()
+	m, err := a.boot(cfg)
+	if err != nil {
+		return bootOutcome(err)
+	}
+	if !a.track(m) {
+		m.Close()
+		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
+	}
+	defer a.untrack(m)
+	bootNS := a.now().Sub(t0)
+	a.m.boot.Observe(bootNS.Seconds())
+	t1 := a.now()
+	res, runErr := m.Run(ctx)
+	execNS := a.now().Sub(t1)
+	var exits uint64
+	if res != nil {
+		exits = res.Stats.Exits
+	}
+	m.Close()
+	outcome, msg := classify(res, runErr)
+	resp := &kilnv1.InvokeResponse{Outcome: outcome, Error: msg, StartNs: bootNS.Nanoseconds(), ExecNs: execNS.Nanoseconds(), VmExits: exits}
+	switch outcome {
+	case kilnv1.Outcome_OUTCOME_OK:
+		if stdout.overflow {
+			resp.Outcome, resp.Error = kilnv1.Outcome_OUTCOME_CRASHED, fmt.Sprintf("stdout exceeded %d bytes", wire.MaxBody)
+			break
+		}
+		resp.Status, resp.Body = http.StatusOK, stdout.buf.Bytes()
+	case kilnv1.Outcome_OUTCOME_FUNCTION_ERROR:
+		resp.Status = int32(res.Status)
+	}
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_OK {
+		resp.LogTail = stderr.tail(TailLines, 0)
+	}
+	return resp
+}
+
+func (a *Agent) track(m Machine) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false
+	}
+	a.machines[m] = struct{}{}
+	return true
+}
+
+func (a *Agent) untrack(m Machine) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.machines, m)
+}
+
+// Capacity implements kilnv1.AgentServer.
+func (a *Agent) Capacity(context.Context, *kilnv1.CapacityRequest) (*kilnv1.CapacityResponse, error) {
+	return a.capacity(), nil
+}
+
+func (a *Agent) capacity() *kilnv1.CapacityResponse {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	warm := map[string]*kilnv1.WarmInstances{}
+	for _, sl := range a.slots {
+		if !sl.live {
+			continue
+		}
+		w := warm[sl.digest]
+		if w == nil {
+			w = &kilnv1.WarmInstances{ImageDigest: sl.digest}
+			warm[sl.digest] = w
+		}
+		if sl.busy {
+			w.Busy++
+		} else {
+			w.Idle++
+		}
+	}
+	c := &kilnv1.CapacityResponse{Node: a.cfg.Node, MemoryBytesTotal: a.cfg.MemoryBytes, MemoryBytesUsed: a.used}
+	for _, d := range slices.Sorted(maps.Keys(warm)) {
+		c.Warm = append(c.Warm, warm[d])
+	}
+	return c
+}
+
+// Close destroys every VM; invocations in flight end as crashed or timed
+// out, and later ones are refused.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil
+	}
+	a.closed = true
+	var insts []*instance
+	for _, sl := range a.slots {
+		if sl.inst != nil {
+			insts = append(insts, sl.inst)
+		}
+	}
+	machines := make([]Machine, 0, len(a.machines))
+	for m := range a.machines {
+		machines = append(machines, m)
+	}
+	a.mu.Unlock()
+	for _, m := range machines {
+		m.Close()
+	}
+	for _, in := range insts {
+		in.destroy()
+	}
+	return nil
+}
+
+func toHTTPHeader(hs []*kilnv1.Header) http.Header {
+	h := http.Header{}
+	for _, x := range hs {
+		h.Add(x.Name, x.Value)
+	}
+	return h
+}
+
+func fromHTTPHeader(h http.Header) []*kilnv1.Header {
+	var out []*kilnv1.Header
+	names := make([]string, 0, len(h))
+	for n := range h {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		for _, v := range h[n] {
+			out = append(out, &kilnv1.Header{Name: strings.ToLower(n), Value: v})
+		}
+	}
+	return out
+}

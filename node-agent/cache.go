@@ -1,0 +1,147 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/kilnfaas/kiln/image"
+)
+
+// ImageFetcher gets an image's bytes by digest; the gateway's image store
+// (NATS object store) is one. The agent verifies what it returns.
+type ImageFetcher interface {
+	Fetch(ctx context.Context, digest string) ([]byte, error)
+}
+
+// decodedKeep is how many decoded images stay in memory, so that the hot
+// functions' cold starts skip the disk read, the hash and the untar.
+const decodedKeep = 16
+
+// imageCache keeps images on disk under dir, one file per digest, and the
+// most recently used ones decoded in memory. Files are verified against
+// their digest every time they are read: a disk that flipped a bit, or a
+// half-written file, is deleted and fetched again.
+type imageCache struct {
+	dir   string
+	fetch ImageFetcher
+
+	mu       sync.Mutex
+	decoded  map[string]*image.Image
+	order    []string // decoded keys, least recently used first
+	inflight map[string]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	img  *image.Image
+	err  error
+}
+
+func newImageCache(dir string, f ImageFetcher) (*imageCache, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("nodeagent: image cache: %w", err)
+	}
+	return &imageCache{dir: dir, fetch: f, decoded: map[string]*image.Image{}, inflight: map[string]*flight{}}, nil
+}
+
+// path is safe because digests are checked with image.CheckDigest first.
+func (c *imageCache) path(digest string) string {
+	return filepath.Join(c.dir, strings.Replace(digest, ":", "-", 1)+".img")
+}
+
+// get returns the decoded image, fetching it at most once at a time per
+// digest however many invocations ask. Errors wrap ErrBadImage.
+func (c *imageCache) get(ctx context.Context, digest string) (*image.Image, error) {
+	if err := image.CheckDigest(digest); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadImage, err)
+	}
+	c.mu.Lock()
+	if img, ok := c.decoded[digest]; ok {
+		c.touchLocked(digest)
+		c.mu.Unlock()
+		return img, nil
+	}
+	if f, ok := c.inflight[digest]; ok {
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.img, f.err
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: waiting for image: %w", ErrBadImage, ctx.Err())
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	c.inflight[digest] = f
+	c.mu.Unlock()
+
+	// The load is not bound to one caller's context: others may wait on it.
+	f.img, f.err = c.load(context.WithoutCancel(ctx), digest)
+	c.mu.Lock()
+	delete(c.inflight, digest)
+	if f.err == nil {
+		c.decoded[digest] = f.img
+		c.touchLocked(digest)
+	}
+	c.mu.Unlock()
+	close(f.done)
+	return f.img, f.err
+}
+
+func (c *imageCache) touchLocked(digest string) {
+	for i, d := range c.order {
+		if d == digest {
+			c.order = append(c.order[:i], c.order[i+1:]...)
+			break
+		}
+	}
+	c.order = append(c.order, digest)
+	for len(c.order) > decodedKeep {
+		delete(c.decoded, c.order[0])
+		c.order = c.order[1:]
+	}
+}
+
+func (c *imageCache) load(ctx context.Context, digest string) (*image.Image, error) {
+	p := c.path(digest)
+	if data, err := os.ReadFile(p); err == nil {
+		if image.Verify(data, digest) == nil {
+			return decode(data)
+		}
+		// Corrupt on disk: forget it and fetch a good copy.
+		os.Remove(p)
+	}
+	data, err := c.fetch.Fetch(ctx, digest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: fetching %s: %w", ErrBadImage, digest, err)
+	}
+	if err := image.Verify(data, digest); err != nil {
+		return nil, fmt.Errorf("%w: the image store returned other bytes: %w", ErrBadImage, err)
+	}
+	img, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	// Temp file + rename: a crash mid-write leaves no file under the
+	// digest's name (and a torn one would fail Verify anyway).
+	tmp, err := os.CreateTemp(c.dir, ".fetch-*")
+	if err == nil {
+		_, werr := tmp.Write(data)
+		cerr := tmp.Close()
+		if werr != nil || cerr != nil || os.Rename(tmp.Name(), p) != nil {
+			os.Remove(tmp.Name())
+		}
+	}
+	return img, nil
+}
+
+func decode(data []byte) (*image.Image, error) {
+	img, err := image.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadImage, err)
+	}
+	return img, nil
+}

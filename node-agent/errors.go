@@ -1,0 +1,16 @@
+package nodeagent
+
+import "errors"
+
+// Sentinel errors of the node-agent. Wrapped with %w; test with errors.Is.
+var (
+	// ErrBadImage: the image is missing from the store, corrupt, or not
+	// runnable by this node (answered as OUTCOME_BAD_IMAGE).
+	ErrBadImage = errors.New("nodeagent: bad image")
+	// ErrNoCapacity: the invocation's VM would exceed the memory budget.
+	ErrNoCapacity = errors.New("nodeagent: memory budget exhausted")
+	// ErrClosed: the agent is shutting down.
+	ErrClosed = errors.New("nodeagent: closed")
+	// ErrConfig: New was given an unusable Config.
+	ErrConfig = errors.New("nodeagent: bad config")
+)
