@@ -55,11 +55,11 @@ func badELF(format string, args ...any) error {
 // guest [lo, hi). ET_DYN (static PIE) is placed so its lowest segment
 // starts at pieBase.
 func parseELF(b []byte, lo, hi, pieBase uint64) (*elfImage, error) {
+	if !bytes.HasPrefix(b, []byte("\x7fELF")) {
+		return nil, badELF("not an ELF file (starts with %q)", b[:min(len(b), 4)])
+	}
 	if len(b) < elfHeaderSize {
 		return nil, badELF("%d bytes is too short for an ELF header", len(b))
-	}
-	if !bytes.Equal(b[:4], []byte("\x7fELF")) {
-		return nil, badELF("not an ELF file (magic %q)", b[:4])
 	}
 	if b[4] != 2 {
 		return nil, badELF("ELF class %d: not a 64-bit image", b[4])

@@ -3,11 +3,13 @@
  * be tested on its own. The real library OS (the .c files of unikernel/kernel) defines
  * the same functions strongly and replaces every one of these at link time.
  *
- * It knows write/writev to fd 1 and 2 (one HC_IO flush each, unbuffered),
- * exit/exit_group, and arch_prctl(ARCH_SET_FS); everything else is -ENOSYS.
+ * It knows read from fd 0 (one waiting HC_IO), write/writev to fd 1 and 2
+ * (one HC_IO flush each, unbuffered), exit/exit_group, and
+ * arch_prctl(ARCH_SET_FS); everything else is -ENOSYS.
  */
 #include "arch.h"
 
+#define NR_READ         0
 #define NR_WRITE        1
 #define NR_WRITEV       20
 #define NR_EXIT         60
@@ -52,6 +54,22 @@ static int64_t fb_flush(int fd, uint64_t p, uint64_t n)
     return (int64_t)n;
 }
 
+static int64_t fb_read(int fd, uint64_t p, uint64_t n)
+{
+    static struct kiln_hc_io io;
+    if (fd != 0)
+        return -EBADF;
+    if (!fb_user_range(p, n))
+        return -EFAULT;
+    if (n == 0)
+        return 0;
+    do {
+        io = (struct kiln_hc_io){.in_gpa = p, .in_cap = n, .flags = KILN_IO_WAIT_INPUT};
+        arch_hypercall(KILN_HC_IO, &io);
+    } while (io.in_len == 0 && !io.in_eof);
+    return (int64_t)io.in_len;
+}
+
 struct fb_iovec {
     uint64_t base, len;
 };
@@ -81,6 +99,9 @@ __attribute__((weak)) void libos_syscall(struct kframe *f)
 {
     fb_exit.syscalls++;
     switch (f->rax) {
+    case NR_READ:
+        f->rax = (uint64_t)fb_read((int)f->rdi, f->rsi, f->rdx);
+        return;
     case NR_WRITE:
         f->rax = (uint64_t)fb_flush((int)f->rdi, f->rsi, f->rdx);
         return;

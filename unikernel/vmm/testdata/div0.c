@@ -1,6 +1,7 @@
 #include "guest.h"
 int main(int argc, char **argv)
 {
+    puts1("before\n");
     volatile int zero = 0;
     volatile int x = 7 / zero;
     (void)x;

@@ -1,0 +1,196 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kilnfaas/kiln/unikernel/abi"
+)
+
+func putHCIO(t testing.TB, mem *Memory, gpa uint64, a abi.HCIOArgs) {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, &a)
+	if err := mem.Write(gpa, b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDecodeHCIO(t *testing.T) {
+	mem, err := newMemory(minMemSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.close()
+	const at = 0x500000
+	size := mem.Size()
+	for _, tc := range []struct {
+		name string
+		gpa  uint64
+		a    abi.HCIOArgs
+		want string // "" = accepted
+	}{
+		{"ok", at, abi.HCIOArgs{OutGPA: 0x600000, OutLen: 10, ErrGPA: 0x600100, ErrLen: 3, InGPA: 0x700000, InCap: 100}, ""},
+		{"misaligned", at + 4, abi.HCIOArgs{}, "not 8-byte aligned"},
+		{"struct past RAM", size - 8, abi.HCIOArgs{}, "outside guest RAM"},
+		{"struct in page tables", 0x1000, abi.HCIOArgs{}, "below the guest's mapped memory"},
+		{"out past RAM", at, abi.HCIOArgs{OutGPA: size - 4, OutLen: 5}, "0x7ffffc"},
+		{"out wraps", at, abi.HCIOArgs{OutGPA: 0x600000, OutLen: ^uint64(0)}, "HC_IO out"},
+		{"err null", at, abi.HCIOArgs{ErrGPA: 0, ErrLen: 1}, "HC_IO err: address 0x0"},
+		{"in past RAM", at, abi.HCIOArgs{InGPA: 0x600000, InCap: size}, "HC_IO in"},
+		{"flags", at, abi.HCIOArgs{Flags: 0x80}, "unknown flags 0x80"},
+	} {
+		if tc.gpa%8 == 0 && tc.gpa+hcIOSize <= size {
+			putHCIO(t, mem, tc.gpa, tc.a)
+		}
+		_, _, _, _, bad := decodeHCIO(mem, tc.gpa)
+		switch {
+		case tc.want == "" && bad != nil:
+			t.Errorf("%s: refused: %v", tc.name, bad)
+		case tc.want != "" && (bad == nil || !strings.Contains(bad.msg, tc.want)):
+			t.Errorf("%s: got %v, want %q", tc.name, bad, tc.want)
+		}
+	}
+}
+
+func TestDoorbellAndPort(t *testing.T) {
+	gpa := []byte{0x00, 0x10, 0x50, 0, 0, 0, 0, 0}
+	if nr, g, bad := doorbell(abi.HCMMIOBase+8*abi.HCIO, gpa, true); bad != nil || nr != abi.HCIO || g != 0x501000 {
+		t.Errorf("HC_IO doorbell: %d %#x %v", nr, g, bad)
+	}
+	for name, c := range map[string]struct {
+		phys  uint64
+		data  []byte
+		write bool
+		want  string
+	}{
+		"read":      {abi.HCMMIOBase + 8, gpa, false, "write-only"},
+		"nr 0":      {abi.HCMMIOBase, gpa, true, "unknown hypercall number 0"},
+		"nr 99":     {abi.HCMMIOBase + 8*99, gpa, true, "unknown hypercall number 99"},
+		"unaligned": {abi.HCMMIOBase + 9, gpa[:4], true, "aligned 8-byte"},
+		"short":     {abi.HCMMIOBase + 8, gpa[:4], true, "aligned 8-byte"},
+		"elsewhere": {0x40000000, gpa, true, "not guest RAM"},
+	} {
+		if _, _, bad := doorbell(c.phys, c.data, c.write); bad == nil || !strings.Contains(bad.msg, c.want) {
+			t.Errorf("%s: %v, want %q", name, bad, c.want)
+		}
+	}
+	if nr, g, bad := portCall(abi.HCPIOBase+abi.HCExit, true, 4, 1, gpa[:4]); bad != nil || nr != abi.HCExit || g != 0x501000 {
+		t.Errorf("HC_EXIT port: %d %#x %v", nr, g, bad)
+	}
+	for name, c := range map[string]struct {
+		port  uint16
+		out   bool
+		size  uint8
+		count uint32
+	}{
+		"in": {abi.HCPIOBase + 1, false, 4, 1}, "byte": {abi.HCPIOBase + 1, true, 1, 1},
+		"rep": {abi.HCPIOBase + 1, true, 4, 2}, "base": {abi.HCPIOBase, true, 4, 1}, "0x80": {0x80, true, 4, 1},
+	} {
+		if _, _, bad := portCall(c.port, c.out, c.size, c.count, gpa[:4]); bad == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestTSCDeadline(t *testing.T) {
+	boot := time.Unix(1000, 0)
+	const khz = 2_000_000 // 2 GHz
+	if got := tscDeadline(5000+2_000_000_000, 5000, khz, boot); !got.Equal(boot.Add(time.Second)) {
+		t.Errorf("one second of ticks → %v", got.Sub(boot))
+	}
+	if got := tscDeadline(10, 5000, khz, boot); !got.Equal(boot) {
+		t.Errorf("past deadline → %v", got.Sub(boot))
+	}
+	if got := tscDeadline(^uint64(0), 0, 1, boot); got.Sub(boot) < 50*365*24*time.Hour {
+		t.Errorf("absurd deadline should saturate far in the future, got %v", got.Sub(boot))
+	}
+}
+
+func TestInputPump(t *testing.T) {
+	p := newInputPump(strings.NewReader("hello world"))
+	ctx := context.Background()
+	buf := make([]byte, 5)
+	var got []byte
+	for i := 0; i < 10; i++ {
+		n, eof, err := p.read(ctx, buf, true, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+		if eof {
+			break
+		}
+	}
+	if string(got) != "hello world" {
+		t.Errorf("read %q", got)
+	}
+	// A reader that never delivers: the deadline ends the wait.
+	pr := newInputPump(blockingReader{})
+	start := time.Now()
+	n, eof, err := pr.read(ctx, buf, true, time.Now().Add(50*time.Millisecond))
+	if n != 0 || eof || err != nil || time.Since(start) < 40*time.Millisecond {
+		t.Errorf("deadline wait: n %d eof %v err %v after %v", n, eof, err, time.Since(start))
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := pr.read(cctx, buf, true, time.Time{}); err == nil {
+		t.Error("a cancelled context did not end the wait")
+	}
+	pr.stop()
+}
+
+type blockingReader struct{}
+
+func (blockingReader) Read([]byte) (int, error) { select {} }
+
+// FuzzHypercall: any bytes as a hypercall argument struct, at any address,
+// are either refused with a message or yield slices inside guest RAM.
+func FuzzHypercall(f *testing.F) {
+	mem, err := newMemory(minMemSize)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(uint64(0x500000), make([]byte, hcExitSize))
+	f.Add(uint64(0x500004), make([]byte, hcExitSize))
+	f.Add(^uint64(0)-7, []byte{1, 2, 3})
+	var seed bytes.Buffer
+	binary.Write(&seed, binary.LittleEndian, &abi.HCIOArgs{OutGPA: 0x600000, OutLen: 16, InGPA: 0x7ff0000, InCap: 0x10000})
+	f.Add(uint64(0x500000), seed.Bytes())
+	f.Fuzz(func(t *testing.T, gpa uint64, raw []byte) {
+		if s, err := mem.Slice(0x500000, uint64(len(raw))); err == nil {
+			copy(s, raw)
+		}
+		inRAM := func(b []byte) {
+			if len(b) == 0 {
+				return
+			}
+			lo := hostAddrOf(mem, b)
+			if lo < firstMapped || lo+uint64(len(b)) > mem.Size() {
+				t.Fatalf("slice [%#x, +%#x) escapes guest RAM", lo, len(b))
+			}
+		}
+		if _, out, errb, in, bad := decodeHCIO(mem, gpa); bad == nil {
+			inRAM(out)
+			inRAM(errb)
+			inRAM(in)
+		} else if bad.msg == "" {
+			t.Fatal("refusal without a message")
+		}
+		if _, out, errb, bad := decodeHCExit(mem, gpa); bad == nil {
+			inRAM(out)
+			inRAM(errb)
+		}
+		var d [8]byte
+		copy(d[:], raw)
+		doorbell(gpa, d[:min(len(raw), 8)], len(raw)%2 == 0)
+	})
+}
+
+// hostAddrOf is b's offset in guest RAM (b must be a sub-slice of it).
+func hostAddrOf(m *Memory, b []byte) uint64 {
+	return hostAddr(b) - hostAddr(m.b)
+}
