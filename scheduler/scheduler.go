@@ -151,6 +151,15 @@ func (s *Scheduler) Close() error {
 	return nil
 }
 
+func (s *Scheduler) closedLocked() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // HeartbeatInterval is what agents are told to use.
 func (s *Scheduler) HeartbeatInterval() time.Duration { return s.interval }
 
@@ -245,14 +254,32 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 	if reg == nil || reg.Node == "" || reg.Address == "" {
 		return status.Error(codes.InvalidArgument, "scheduler: the first message must be Register with node and address")
 	}
-	client, closer, err := s.dial(reg.Address)
-	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "scheduler: cannot dial agent at %q: %v", reg.Address, err)
-	}
 	s.mu.Lock()
 	// A node that reconnects (its old stream not yet seen as broken)
-	// replaces its old entry; the old stream then ends.
+	// replaces its old entry and the old stream ends. If it is still at
+	// the same address its connection is kept: invocations in flight on
+	// it are not the reconnect's business.
+	var client kilnv1.AgentClient
+	var closer io.Closer
+	if old, ok := s.nodes[reg.Node]; ok && old.Address == reg.Address {
+		client, closer = old.client, old.closer
+		old.closer = nil
+	}
 	s.dropLocked(reg.Node)
+	s.mu.Unlock()
+	if client == nil {
+		var err error
+		if client, closer, err = s.dial(reg.Address); err != nil {
+			return status.Errorf(codes.InvalidArgument, "scheduler: cannot dial agent at %q: %v", reg.Address, err)
+		}
+	}
+	s.mu.Lock()
+	if s.closedLocked() {
+		s.mu.Unlock()
+		closer.Close()
+		return status.Error(codes.Unavailable, "scheduler: shutting down")
+	}
+	s.dropLocked(reg.Node) // a concurrent registration of the same name loses
 	s.sessions++
 	session := s.sessions
 	n := &node{
