@@ -92,16 +92,16 @@ func TestFaults(t *testing.T) {
 	for _, tc := range []struct {
 		guest  string
 		status int
-		cause  string // on stderr
+		cause  string // on stderr, in words (any case)
 	}{
-		{"priv_out", 139, "#GP"},
-		{"priv_hlt", 139, "#GP"},
-		{"priv_cli", 139, "#GP"},
-		{"priv_cr3", 139, "#GP"},
-		{"ud2", 132, "#UD"},
-		{"div0", 136, "#DE"},
-		{"nullptr", 139, "#PF"},
-		{"int3", 133, "#BP"},
+		{"priv_out", 139, "general protection"},
+		{"priv_hlt", 139, "general protection"},
+		{"priv_cli", 139, "general protection"},
+		{"priv_cr3", 139, "general protection"},
+		{"ud2", 132, "invalid opcode"},
+		{"div0", 136, "divide error"},
+		{"nullptr", 139, "page fault"},
+		{"int3", 133, "breakpoint"},
 	} {
 		t.Run(tc.guest, func(t *testing.T) {
 			r := boot(t, tc.guest, 0, nil)
@@ -114,7 +114,7 @@ func TestFaults(t *testing.T) {
 			if r.stdout != "before\n" {
 				t.Errorf("stdout %q: the program should have run up to the fault and no further", r.stdout)
 			}
-			if !strings.Contains(r.stderr, tc.cause) {
+			if !strings.Contains(strings.ToLower(r.stderr), tc.cause) {
 				t.Errorf("stderr %q does not name %s", r.stderr, tc.cause)
 			}
 			if r.res.Message == "" || r.res.Ring0Entries == 0 {
@@ -336,30 +336,29 @@ func TestFindKernel(t *testing.T) {
 }
 
 // BenchmarkHypercallMMIO and BenchmarkHypercallPIO run the `writes` guest:
-// b.N one-byte write(2) syscalls, each of which the kernel turns into one
-// HC_IO hypercall, by ring-3 MMIO doorbell or by int3 → ring-0 `outl`. The
-// figure per op is syscall + hypercall round trip; exits/op shows whether
-// the kernel really made one exit per write.
+// b.N one-byte write(2) syscalls to fd 2, each of which the fallback kernel
+// turns into one HC_IO hypercall, by ring-3 MMIO doorbell or by int3 →
+// ring-0 `outl`. ns/hypercall is timed by the guest with the TSC around the
+// loop (syscall + hypercall round trip, no boot); ns/op includes the boot;
+// exits/op shows whether the kernel really made one exit per write (a
+// buffering library OS makes fewer).
 func BenchmarkHypercallMMIO(b *testing.B) { benchWrites(b, false) }
 func BenchmarkHypercallPIO(b *testing.B)  { benchWrites(b, true) }
 
 func benchWrites(b *testing.B, pio bool) {
-	for i := 0; i < b.N; {
-		b.StopTimer()
-		n := b.N - i
-		if n > 20000 {
-			n = 20000
-		}
-		// A zero-write run first, so boot cost is subtracted, not measured.
-		base := boot(b, "writes", 0, func(c *vmm.Config) { c.PortIO = pio; c.Args = []string{"writes", "0"} })
-		b.StartTimer()
-		r := boot(b, "writes", 0, func(c *vmm.Config) { c.PortIO = pio; c.Args = []string{"writes", fmt.Sprint(n)} })
-		b.StopTimer()
-		if r.res.Status != 0 {
-			b.Fatalf("status %d", r.res.Status)
-		}
-		b.ReportMetric(float64(r.res.Stats.Exits-base.res.Stats.Exits)/float64(n), "exits/op")
-		b.ReportMetric(float64(r.elapsed-base.elapsed)/float64(n), "ns/hypercall")
-		i += n
+	r := boot(b, "writes", 10*time.Minute, func(c *vmm.Config) {
+		c.PortIO = pio
+		c.Args = []string{"writes", fmt.Sprint(b.N)}
+		c.Stderr = io.Discard
+	})
+	if r.err != nil || r.res.Status != 0 {
+		b.Fatalf("status %d err %v", r.res.Status, r.err)
 	}
+	var ticks, khz uint64
+	if _, err := fmt.Sscan(r.stdout, &ticks, &khz); err != nil || khz == 0 {
+		b.Fatalf("guest report %q: %v", r.stdout, err)
+	}
+	b.ReportMetric(float64(ticks)*1e6/float64(khz)/float64(b.N), "ns/hypercall")
+	b.ReportMetric(float64(r.res.Stats.Exits)/float64(b.N), "exits/op")
+	b.ReportMetric(float64(r.res.Ring0Entries)/float64(b.N), "ring0/op")
 }
