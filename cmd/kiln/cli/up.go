@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/platform"
+)
+
+func (a *app) upCmd() *cobra.Command {
+	var cfg platform.Config
+	var mem string
+	var debug bool
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run the whole platform on this machine (gateway, scheduler, agent, registry, image store)",
+		Long: `Run the whole platform on this machine: the gateway (HTTP), the scheduler and a
+node-agent (gRPC on 127.0.0.1), the function registry and the image store.
+State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.DataDir == "" {
+				cfg.DataDir = defaultDataDir()
+			}
+			if mem != "" {
+				m, err := gateway.ParseMemory(mem)
+				if err != nil {
+					return &ExitError{Code: 2, Err: fmt.Errorf("up: --mem: %w", err)}
+				}
+				cfg.MemoryBytes = m
+			}
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(a.err, &slog.HandlerOptions{Level: level}))
+			p, err := platform.Up(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "Kiln is up at %s (data in %s)\n", p.URL, cfg.DataDir)
+			if !p.Agent {
+				fmt.Fprintln(a.out, "warning: /dev/kvm is not usable here, so no node-agent runs: deploys work, invocations answer 503")
+			}
+			fmt.Fprintf(a.out, "  deploy: kiln deploy hello --binary ./hello\n  call:   curl -sd world %s/function/hello\n", p.URL)
+			<-cmd.Context().Done()
+			cfg.Logger.Info("shutting down")
+			return p.Close()
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&cfg.HTTPAddr, "listen", platform.DefaultHTTPAddr, "gateway listen address")
+	fl.StringVar(&cfg.DataDir, "data", "", "data directory (default $KILN_DATA, else ~/.kiln)")
+	fl.StringVar(&mem, "mem", "", "guest memory the node-agent may use (default half of RAM)")
+	fl.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel ELF (default: $KILN_KERNEL, beside kiln, or build/kernel)")
+	fl.BoolVar(&debug, "debug", false, "log every invocation")
+	return cmd
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("KILN_DATA"); d != "" {
+		return d
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".kiln")
+	}
+	return ".kiln"
+}
