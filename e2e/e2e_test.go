@@ -37,11 +37,10 @@ func up(t *testing.T) *kiln {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p, err := platform.Up(ctx, platform.Config{
-		DataDir:           t.TempDir(),
-		HTTPAddr:          "127.0.0.1:0",
-		MemoryBytes:       1 << 30,
-		KernelPath:        filepath.Join(kvmtest.BuildDir(t), "kernel", "kiln-kernel.elf"),
-		HeartbeatInterval: 200 * time.Millisecond,
+		DataDir:     t.TempDir(),
+		HTTPAddr:    "127.0.0.1:0",
+		MemoryBytes: 1 << 30,
+		KernelPath:  filepath.Join(kvmtest.BuildDir(t), "kernel", "kiln-kernel.elf"),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +165,7 @@ func TestServeHelloWarm(t *testing.T) {
 	// At the limit is fine.
 	a = k.request("POST", "/function/hello", bytes.Repeat([]byte("x"), 6<<20))
 	if a.code != 200 || len(a.body) != len("hello, ")+6<<20 {
-		t.Fatalf("body at the limit: %d, %d bytes", a.code, len(a.body))
+		t.Fatalf("body at the limit: %d, %d bytes: %.400s", a.code, len(a.body), a.body)
 	}
 }
 

@@ -201,7 +201,7 @@ func fromGRPC(err error, fn registry.Function, reqCtx context.Context) (int, str
 	case codes.Unavailable:
 		return http.StatusServiceUnavailable, "the scheduler is unreachable (" + st.Message() + "); retry shortly"
 	case codes.ResourceExhausted:
-		return http.StatusServiceUnavailable, "no capacity to run the function: " + st.Message() + "; retry shortly, or start more agents"
+		return http.StatusServiceUnavailable, "the platform refused the invocation for lack of resources: " + st.Message()
 	case codes.NotFound, codes.FailedPrecondition:
 		return http.StatusServiceUnavailable, "the platform cannot run the function now: " + st.Message()
 	default:

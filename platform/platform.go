@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -35,6 +36,28 @@ import (
 
 // DefaultHTTPAddr is where `kiln up` serves the gateway unless told otherwise.
 const DefaultHTTPAddr = "127.0.0.1:8080"
+
+// maxMessage bounds one gRPC message between the roles. gRPC's default of
+// 4 MiB is below the gateway's 6 MiB request bodies and the wire protocol's
+// 64 MiB response bodies; the margin is for headers and metadata.
+const maxMessage = 64<<20 + 1<<20
+
+var (
+	serverOpts = []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage)}
+	dialOpts   = []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+	}
+)
+
+// dialAgent is the scheduler's Dialer, with the same message bounds.
+func dialAgent(address string) (kilnv1.AgentClient, io.Closer, error) {
+	conn, err := grpc.NewClient(address, dialOpts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return kilnv1.NewAgentClient(conn), conn, nil
+}
 
 // ErrStart: a part of the platform failed to start.
 var ErrStart = errors.New("platform: cannot start")
@@ -122,6 +145,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 
 	sched, err := scheduler.New(scheduler.Config{
 		HeartbeatInterval: cfg.HeartbeatInterval,
+		Dial:              dialAgent,
 		Registerer:        p.Metrics,
 		Logger:            log.With("role", "scheduler"),
 	})
@@ -129,13 +153,13 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
 	}
 	p.closers = append(p.closers, sched.Close)
-	schedSrv := grpc.NewServer()
+	schedSrv := grpc.NewServer(serverOpts...)
 	kilnv1.RegisterSchedulerServer(schedSrv, sched)
 	schedAddr, err := p.serveGRPC(schedSrv)
 	if err != nil {
 		return nil, err
 	}
-	schedConn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	schedConn, err := grpc.NewClient(schedAddr, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: scheduler client: %v", ErrStart, err)
 	}
@@ -199,7 +223,7 @@ func (p *Platform) startAgent(ctx context.Context, cfg Config, images *imagestor
 		return fmt.Errorf("%w: node-agent: %w", ErrStart, err)
 	}
 	p.closers = append(p.closers, agent.Close)
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(serverOpts...)
 	kilnv1.RegisterAgentServer(srv, agent)
 	addr, err := p.serveGRPC(srv)
 	if err != nil {
