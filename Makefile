@@ -44,7 +44,7 @@ build-guest: kernel guests vmmguests examples
 
 kiln: kernel
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/kiln ./cmd/kiln
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/kiln ./cmd/kiln
 	cp $(BUILD)/kernel/kiln-kernel.elf $(BIN)/kiln-kernel.elf
 
 build: deps build-guest kiln
@@ -55,6 +55,7 @@ run: build
 test: build test-host test-kvm
 
 test-host:
+	$(MAKE) -C unikernel/kernel/test check
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 
