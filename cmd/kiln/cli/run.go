@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -67,7 +66,7 @@ machine has no usable /dev/kvm.`,
 			}
 			return a.boot(cmd.Context(), vmm.Config{
 				Kernel: kernel, Program: program, MemSize: memSize,
-				Args: append([]string{filepath.Base(args[0])}, args[1:]...), Env: env,
+				Args: args, Env: env, // argv[0] is the path as typed, as a shell passes it
 				Stdin: a.in, Stdout: a.out, Stderr: a.err, TraceSyscalls: trace,
 			}, timeout)
 		},
