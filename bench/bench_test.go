@@ -53,6 +53,8 @@ func TestReport(t *testing.T) {
 	hello := kvmtest.Artifact(t, "examples/hello-c/hello")
 	n := runs()
 
+	progress := func(what string) { fmt.Fprintf(os.Stderr, "bench: %s\n", what) }
+	progress("VM create → first read")
 	// 1. VM creation → the C hello's first read of a request, in process.
 	var toFirstRead, total []time.Duration
 	for i := 0; i < n; i++ {
@@ -60,6 +62,7 @@ func TestReport(t *testing.T) {
 		toFirstRead = append(toFirstRead, first)
 		total = append(total, whole)
 	}
+	progress("native fork/exec")
 	// 2. The same program as a native process: fork/exec → it reads EOF → exit.
 	var native []time.Duration
 	for i := 0; i < n; i++ {
@@ -70,6 +73,7 @@ func TestReport(t *testing.T) {
 		}
 		native = append(native, time.Since(start))
 	}
+	progress("kiln run")
 	// 3. `kiln run hello </dev/null`: the whole CLI process, as a user runs it.
 	var cli []time.Duration
 	if kiln, err := exec.LookPath("kiln"); err == nil {
@@ -82,6 +86,7 @@ func TestReport(t *testing.T) {
 			cli = append(cli, time.Since(start))
 		}
 	}
+	progress("warm serve invocations")
 	// 4. Warm serve invocations: exits and ring-0 entries per invocation.
 	warm := warmInvocations(t, kernel, hello, 10*n)
 
