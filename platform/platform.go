@@ -207,7 +207,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 // Connect stream to the scheduler open until Close.
 func (p *Platform) startAgent(ctx context.Context, cfg Config, images *imagestore.Store, sched kilnv1.SchedulerClient) error {
 	host, _ := os.Hostname()
-	if host == "" {
+	if host == "" || host == "(none)" { // "(none)": a Linux that was never given a name
 		host = "local"
 	}
 	agent, err := nodeagent.New(nodeagent.Config{
