@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
+
+	"github.com/kilnfaas/kiln/unikernel/abi"
 )
 
 // Version is set at link time (-ldflags "-X .../cli.Version=v1.2.3").
@@ -14,7 +16,7 @@ var Version = "dev"
 func (a *app) versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the kiln version",
+		Short: "Print the kiln version and the guest/VMM ABI version",
 		Args:  usage(cobra.NoArgs),
 		Run: func(cmd *cobra.Command, args []string) {
 			rev := ""
@@ -25,7 +27,7 @@ func (a *app) versionCmd() *cobra.Command {
 					}
 				}
 			}
-			fmt.Fprintf(a.out, "kiln %s%s (%s, %s/%s)\n", Version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			fmt.Fprintf(a.out, "kiln %s%s (%s, %s/%s), guest ABI %d\n", Version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH, abi.Version)
 		},
 	}
 }
