@@ -25,44 +25,14 @@ import (
 	"github.com/kilnfaas/kiln/wire"
 )
 
-type guestRun struct {
-	res            *vmm.Result
-	err            error
-	stdout, stderr string
-}
+// guestRun is how a musl guest ended (see bootArtifact in vm_test.go).
+type guestRun = run
 
 // runGuest boots build/guests/name with argv [name, args...] and waits for
 // it to end (60 s at most).
 func runGuest(t *testing.T, name string, edit func(*vmm.Config), args ...string) guestRun {
 	t.Helper()
-	kvmtest.Require(t)
-	var out, errb bytes.Buffer
-	cfg := vmm.Config{
-		Kernel:  kvmtest.Artifact(t, "kernel/kiln-kernel.elf"),
-		Program: kvmtest.Artifact(t, "guests/"+name),
-		Args:    append([]string{name}, args...),
-		Stdout:  &out,
-		Stderr:  &errb,
-	}
-	if edit != nil {
-		edit(&cfg)
-	}
-	vm, err := vmm.New(cfg)
-	if err != nil {
-		t.Fatalf("%s: New: %v", name, err)
-	}
-	defer vm.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	res, err := vm.Run(ctx)
-	if res == nil {
-		t.Fatalf("%s: Run returned no result (err %v)", name, err)
-	}
-	r := guestRun{res: res, err: err, stdout: out.String(), stderr: errb.String()}
-	t.Logf("%s %q: reason %d status %d signal %d msg %q syscalls %d enosys %d %v stats %+v\nstdout %q\nstderr %q",
-		name, args, res.Reason, res.Status, res.Signal, res.Message, res.Syscalls, res.Enosys,
-		res.EnosysByNr, res.Stats, r.stdout, r.stderr)
-	return r
+	return bootArtifact(t, "guests/"+name, append([]string{name}, args...), time.Minute, edit)
 }
 
 func (r guestRun) wantSuccess(t *testing.T) {

@@ -28,12 +28,20 @@ type run struct {
 // boot runs guest name with a timeout counted from Run (0: one minute).
 func boot(t testing.TB, name string, timeout time.Duration, edit func(*vmm.Config)) run {
 	t.Helper()
+	return bootArtifact(t, "vmmguests/"+name, []string{name}, timeout, edit)
+}
+
+// bootArtifact boots the build artifact rel (a guest program) on the real
+// kernel with argv args, stdout and stderr captured, and waits for it to end
+// (timeout counted from Run; 0: one minute). Every guest test goes through it.
+func bootArtifact(t testing.TB, rel string, args []string, timeout time.Duration, edit func(*vmm.Config)) run {
+	t.Helper()
 	kvmtest.Require(t)
 	var out, errb bytes.Buffer
 	cfg := vmm.Config{
 		Kernel:  kvmtest.Artifact(t, "kernel/kiln-kernel.elf"),
-		Program: kvmtest.Artifact(t, "vmmguests/"+name),
-		Args:    []string{name},
+		Program: kvmtest.Artifact(t, rel),
+		Args:    args,
 		Stdout:  &out,
 		Stderr:  &errb,
 	}
@@ -42,7 +50,7 @@ func boot(t testing.TB, name string, timeout time.Duration, edit func(*vmm.Confi
 	}
 	vm, err := vmm.New(cfg)
 	if err != nil {
-		t.Fatalf("%s: New: %v", name, err)
+		t.Fatalf("%s: New: %v", rel, err)
 	}
 	defer vm.Close()
 	if timeout == 0 {
@@ -54,10 +62,11 @@ func boot(t testing.TB, name string, timeout time.Duration, edit func(*vmm.Confi
 	res, err := vm.Run(ctx)
 	r := run{res: res, err: err, stdout: out.String(), stderr: errb.String(), elapsed: time.Since(start)}
 	if res == nil {
-		t.Fatalf("%s: Run returned no result (err %v)", name, err)
+		t.Fatalf("%s: Run returned no result (err %v)", rel, err)
 	}
-	t.Logf("%s: reason %d status %d msg %q stats %+v ring0 %d in %v\nstdout %q\nstderr %q",
-		name, res.Reason, res.Status, res.Message, res.Stats, res.Ring0Entries, r.elapsed, r.stdout, r.stderr)
+	t.Logf("%s %q: reason %d status %d signal %d msg %q syscalls %d enosys %d %v ring0 %d stats %+v in %v\nstdout %q\nstderr %q",
+		rel, args[1:], res.Reason, res.Status, res.Signal, res.Message, res.Syscalls, res.Enosys,
+		res.EnosysByNr, res.Ring0Entries, res.Stats, r.elapsed, r.stdout, r.stderr)
 	return r
 }
 
