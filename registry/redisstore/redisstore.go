@@ -7,7 +7,7 @@
 //
 //	kiln:functions            set    names of every existing function
 //	kiln:fn:<name>:seq        string last version handed out (INCR counter)
-//	kiln:fn:<name>:versions   hash   decimal version -> JSON record
+//	kiln:fn:<name>:versions   hash   decimal version -> registry.Function JSON
 //	kiln:fn:<name>:aliases    hash   alias ("latest", "prod", ...) -> decimal version
 //
 // A function exists exactly when its name is in kiln:functions; the three
@@ -54,20 +54,10 @@ func keysOf(name string) fnKeys {
 	return fnKeys{seq: base + "seq", versions: base + "versions", aliases: base + "aliases"}
 }
 
-// record is what a version hash field holds. The version itself is the
-// field's name, not part of the JSON: the script assigns the number after
-// the Go side has encoded the record, and re-encoding JSON inside Lua would
-// round uint64 fields through doubles.
-type record struct {
-	Name        string    `json:"name"`
-	ImageDigest string    `json:"digest"`
-	Kind        string    `json:"kind"`
-	MemoryBytes uint64    `json:"memory_bytes"`
-	TimeoutMs   int64     `json:"timeout_ms"`
-	Env         []string  `json:"env,omitempty"`
-	Args        []string  `json:"args,omitempty"`
-	Created     time.Time `json:"created"`
-}
+// A version hash field holds registry.Function as JSON with Version left 0:
+// the field's name is the version. The script assigns the number after the
+// Go side has encoded the JSON, and re-encoding JSON inside Lua would round
+// uint64 fields through doubles.
 
 // putScript appends a version and moves "latest" to it in one step.
 // KEYS: functions, seq, versions, aliases. ARGV: name, record JSON.
@@ -152,9 +142,7 @@ func (s *Store) PutFunction(ctx context.Context, spec registry.Spec) (uint64, er
 	if err := registry.CheckSpec(spec); err != nil {
 		return 0, err
 	}
-	// Copying the slices into the record is what keeps later changes to the
-	// caller's spec out of the stored version.
-	data, err := json.Marshal(record{
+	data, err := json.Marshal(registry.Function{
 		Name: spec.Name, ImageDigest: spec.ImageDigest, Kind: spec.Kind,
 		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
 		Env: spec.Env, Args: spec.Args, Created: s.now().UTC(),
@@ -224,15 +212,12 @@ func decode(name, version, data string) (registry.Function, error) {
 	if err != nil {
 		return registry.Function{}, fmt.Errorf("registry: %s: bad version field %q: %w", name, version, err)
 	}
-	var r record
-	if err := json.Unmarshal([]byte(data), &r); err != nil {
+	var f registry.Function
+	if err := json.Unmarshal([]byte(data), &f); err != nil {
 		return registry.Function{}, fmt.Errorf("registry: %s version %d: %w", name, v, err)
 	}
-	return registry.Function{
-		Name: r.Name, Version: v, ImageDigest: r.ImageDigest, Kind: r.Kind,
-		MemoryBytes: r.MemoryBytes, TimeoutMs: r.TimeoutMs,
-		Env: r.Env, Args: r.Args, Created: r.Created,
-	}, nil
+	f.Version = v
+	return f, nil
 }
 
 // ListFunctions implements registry.Store. Each entry is read consistently
