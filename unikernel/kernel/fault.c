@@ -69,7 +69,7 @@ static void dump_regs(struct kbuf *b, const struct kframe *r)
     }
 }
 
-__attribute__((noreturn)) void libos_fault(const struct kfault *f)
+void libos_fault(struct kfault *f)
 {
     char tmp[640];
     struct kbuf b = {tmp, 0, sizeof(tmp)};

@@ -53,6 +53,31 @@ uint64_t arch_get_fs(void);
  * Never returns. */
 __attribute__((noreturn)) void arch_enter_user(uint64_t entry, uint64_t rsp);
 
+/* Continue at f->rip with every register, RSP and RFLAGS taken from f.
+ * Runs in ring 3 and never returns. */
+__attribute__((noreturn)) void arch_resume(const struct kframe *f);
+
+/* Cooperative thread switch: save the callee-saved registers and RSP to
+ * *save_rsp, continue on next_rsp (saved by an earlier arch_switch or made
+ * by arch_thread_stack). Returns when something switches back. */
+void arch_switch(uint64_t *save_rsp, uint64_t next_rsp);
+
+/* Prepare a fresh kernel stack ending at top so that arch_switch to the
+ * returned RSP calls start(), which must never return. */
+uint64_t arch_thread_stack(uint64_t top, void (*start)(void));
+
+/* The kernel stack the syscall entry builds its frame on. The initial
+ * thread uses arch_boot_kstack_top(); a thread switch installs the next
+ * thread's. */
+void arch_set_kstack(uint64_t top);
+uint64_t arch_boot_kstack_top(void);
+
+/* Install the page tables rooted at pml4_gpa (a ring-0 gate: mov cr3),
+ * and flush the TLB by reloading the current ones. Adding a mapping where
+ * none was needs no flush; removing or narrowing one does. */
+void arch_load_cr3(uint64_t pml4_gpa);
+void arch_flush_tlb(void);
+
 /* Number of ring-0 entries (exceptions and gates) taken so far. */
 uint64_t arch_ring0_entries(void);
 
@@ -74,10 +99,13 @@ void libos_init(const struct kiln_boot_info *bi);
  * rt_sigreturn later). Called by arch/'s syscall entry on a kernel stack. */
 void libos_syscall(struct kframe *f);
 
-/* The function (or the kernel) took exception f. Ends the program as Linux
- * would with the matching signal (status 128 + signo, the reason on stderr);
- * a fault inside the kernel's own code is a kernel panic. Never returns. */
-__attribute__((noreturn)) void libos_fault(const struct kfault *f);
+/* The function (or the kernel) took exception f, recorded on the fault
+ * stack. Returns when the fault is handled — a page mapped on demand, or a
+ * signal handler set up by rewriting f->regs — and arch/ resumes f->regs.
+ * Otherwise it ends the program as Linux would with the matching signal
+ * (status 128 + signo, the reason on stderr); a fault inside the kernel's
+ * own code that is not a demand page is a kernel panic. Must not fault. */
+void libos_fault(struct kfault *f);
 
 /* Kernel bug: message to stderr, KILN_EXIT_PANIC. Never returns. */
 __attribute__((noreturn)) void kpanic(const char *msg);

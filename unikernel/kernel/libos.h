@@ -39,6 +39,12 @@ size_t strlen(const char *s);
 #define EMFILE 24
 #define ENOTTY 25
 #define ENOSYS 38
+#define ESPIPE 29
+#define EPIPE 32
+#define ERANGE 34
+#define ENOTSUP 95
+#define ETIMEDOUT 110
+#define EOVERFLOW 75
 
 /* ---- vmem.c: the function's address space, as bookkeeping ---- */
 

@@ -79,15 +79,13 @@ int64_t stdio_read(void *p, uint64_t n)
     return 0;
 }
 
-void stdio_sleep_until(uint64_t deadline_tsc)
+uint64_t stdio_idle(uint64_t in_gpa, uint64_t in_cap, uint64_t deadline_tsc,
+                    int *eof)
 {
-    if (deadline_tsc == 0)
-        deadline_tsc = 1;
-    /* The VMM may wake the vCPU early (a signal to its thread); sleep
-     * again until the deadline really passed. */
-    do {
-        io_call(0, 0, deadline_tsc, 0);
-    } while (rdtsc() < deadline_tsc);
+    uint64_t got = io_call(in_gpa, in_cap, deadline_tsc,
+                           in_gpa ? KILN_IO_WAIT_INPUT : 0);
+    *eof = in_eof;
+    return got;
 }
 
 __attribute__((noreturn)) void kexit(uint32_t reason, int32_t status,

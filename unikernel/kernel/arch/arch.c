@@ -15,6 +15,8 @@ _Static_assert(offsetof(struct arch_cpu, sc_r11) == CPU_SC_R11, "cpu");
 _Static_assert(offsetof(struct arch_cpu, user_rsp) == CPU_USER_RSP, "cpu");
 _Static_assert(offsetof(struct arch_cpu, kstack_top) == CPU_KSTACK_TOP, "cpu");
 _Static_assert(offsetof(struct arch_cpu, entry) == CPU_ENTRY, "cpu");
+_Static_assert(offsetof(struct arch_cpu, resume_rip) == CPU_RESUME_RIP, "cpu");
+_Static_assert(offsetof(struct arch_cpu, resume_rsp) == CPU_RESUME_RSP, "cpu");
 _Static_assert(offsetof(struct arch_fault_record, vector) == FR_VECTOR, "fr");
 _Static_assert(offsetof(struct arch_fault_record, error) == FR_ERROR, "fr");
 _Static_assert(offsetof(struct arch_fault_record, rip) == FR_RIP, "fr");
@@ -111,12 +113,17 @@ void arch_main(void)
 
 /*
  * A fault while a fault is being handled means the library OS's fault path
- * itself is broken: report that much without calling back into it.
+ * itself is broken: report that much without calling back into it. When the
+ * library OS handled the fault (a page it maps on demand, a signal handler
+ * it set up), it returns and the possibly rewritten registers resume.
  */
-void arch_fault(const struct kfault *f)
+void arch_fault(struct kfault *f)
 {
-    if (fault_depth++ == 0)
+    if (fault_depth++ == 0) {
         libos_fault(f);
+        fault_depth = 0;
+        arch_resume(&f->regs);
+    }
     static const char msg[] = "kiln kernel: fault inside the fault handler\n";
     static struct kiln_hc_exit ex;
     ex.err_gpa = (uint64_t)(uintptr_t)msg;
@@ -160,6 +167,42 @@ uint64_t arch_get_fs(void)
     if (boot_info()->flags & KILN_BOOT_FSGSBASE)
         __asm__ volatile("rdfsbase %0" : "=r"(base));
     return base;
+}
+
+void arch_set_kstack(uint64_t top)
+{
+    kiln_cpu.kstack_top = top;
+}
+
+uint64_t arch_boot_kstack_top(void)
+{
+    return (uint64_t)(uintptr_t)kiln_kstack_top;
+}
+
+static uint64_t cr3_shadow = KILN_PAGETABLE_GPA;
+
+void arch_load_cr3(uint64_t pml4_gpa)
+{
+    cr3_shadow = pml4_gpa;
+    arch_gate(GATE_LOAD_CR3, pml4_gpa, 0);
+}
+
+void arch_flush_tlb(void)
+{
+    arch_gate(GATE_LOAD_CR3, cr3_shadow, 0);
+}
+
+uint64_t arch_thread_stack(uint64_t top, void (*start)(void))
+{
+    /* What arch_switch pops: six callee-saved registers (zero), then the
+     * return address; above it a zero "return address" for start itself,
+     * so start runs with RSP = 8 mod 16, as after a call. */
+    uint64_t *sp = (uint64_t *)(uintptr_t)(top & ~15ULL);
+    *--sp = 0;
+    *--sp = (uint64_t)(uintptr_t)start;
+    for (int i = 0; i < 6; i++)
+        *--sp = 0;
+    return (uint64_t)(uintptr_t)sp;
 }
 
 uint64_t arch_ring0_entries(void)

@@ -21,6 +21,8 @@ struct arch_cpu {
     uint64_t user_rsp;    /* the function's RSP during a syscall */
     uint64_t kstack_top;  /* where the dispatcher builds its kframe */
     uint64_t entry;       /* arch_enter_user's jump target */
+    uint64_t resume_rip;  /* arch_resume's jump target and stack: no */
+    uint64_t resume_rsp;  /* register may hold them at the final jmp */
 };
 
 /* Filled by the ring-0 stub; read once by the ring-3 fault entry. */
@@ -38,7 +40,7 @@ extern char kiln_kstack_top[];
 uint64_t arch_gate(uint64_t op, uint64_t a, uint64_t b);
 
 /* The ring-3 C side of the fault path. */
-__attribute__((noreturn)) void arch_fault(const struct kfault *f);
+__attribute__((noreturn)) void arch_fault(struct kfault *f);
 
 /* Ring-3 C entry, called by entry.S once it is in ring 3. */
 __attribute__((noreturn)) void arch_main(void);

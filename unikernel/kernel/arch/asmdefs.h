@@ -20,6 +20,8 @@
 #define CPU_USER_RSP        24
 #define CPU_KSTACK_TOP      32
 #define CPU_ENTRY           40
+#define CPU_RESUME_RIP      48
+#define CPU_RESUME_RSP      56
 
 /* struct arch_fault_record: what the ring-0 stub copies out of its frame. */
 #define FR_VECTOR           0

@@ -186,7 +186,7 @@ static char *fb_hex(char *p, char *end, uint64_t x)
     return p;
 }
 
-__attribute__((weak)) void libos_fault(const struct kfault *f)
+__attribute__((weak)) void libos_fault(struct kfault *f)
 {
     static char msg[256];
     char *p = msg, *end = msg + sizeof msg;

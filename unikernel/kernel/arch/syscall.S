@@ -134,6 +134,66 @@ kiln_fault_entry3:
 	ud2
 
 /*
+ * arch_resume(const struct kframe *f): continue at f->rip with every
+ * register, RSP and RFLAGS from f (after a fault the library OS handled, a
+ * signal handler it set up, or rt_sigreturn). Unlike the syscall return it
+ * keeps RCX and R11. The jump target and stack go through memory slots, so
+ * the last two instructions need no register; one vCPU and no interrupts
+ * mean nothing else uses the slots in between.
+ */
+	.globl arch_resume
+	.type arch_resume, @function
+arch_resume:
+	movq KF_RIP(%rdi), %rax
+	movq %rax, kiln_cpu+CPU_RESUME_RIP(%rip)
+	movq KF_RSP(%rdi), %rax
+	movq %rax, kiln_cpu+CPU_RESUME_RSP(%rip)
+	pushq KF_RFLAGS(%rdi)
+	popfq
+	movq KF_RAX(%rdi), %rax
+	movq KF_RBX(%rdi), %rbx
+	movq KF_RCX(%rdi), %rcx
+	movq KF_RDX(%rdi), %rdx
+	movq KF_RSI(%rdi), %rsi
+	movq KF_RBP(%rdi), %rbp
+	movq KF_R8(%rdi), %r8
+	movq KF_R9(%rdi), %r9
+	movq KF_R10(%rdi), %r10
+	movq KF_R11(%rdi), %r11
+	movq KF_R12(%rdi), %r12
+	movq KF_R13(%rdi), %r13
+	movq KF_R14(%rdi), %r14
+	movq KF_R15(%rdi), %r15
+	movq KF_RDI(%rdi), %rdi
+	movq kiln_cpu+CPU_RESUME_RSP(%rip), %rsp
+	jmp *kiln_cpu+CPU_RESUME_RIP(%rip)
+
+/*
+ * arch_switch(uint64_t *save_rsp, uint64_t next_rsp): the cooperative
+ * thread switch, called from the library OS on a thread's kernel stack.
+ * Only the callee-saved registers need saving: to the caller this is a
+ * function call. A new thread's stack comes from arch_thread_stack.
+ */
+	.globl arch_switch
+	.type arch_switch, @function
+arch_switch:
+	pushq %rbp
+	pushq %rbx
+	pushq %r12
+	pushq %r13
+	pushq %r14
+	pushq %r15
+	movq %rsp, (%rdi)
+	movq %rsi, %rsp
+	popq %r15
+	popq %r14
+	popq %r13
+	popq %r12
+	popq %rbx
+	popq %rbp
+	ret
+
+/*
  * arch_enter_user(entry, rsp): the function starts as after execve, every
  * register but RSP zero and RFLAGS clean.
  */
