@@ -122,6 +122,10 @@ int vmem_fault(uint64_t addr, uint64_t err);
  * physically contiguous (≤ len, ≥ 1), for a hypercall to fill or read in
  * place; -EFAULT or -ENOMEM. */
 int64_t vmem_phys(uint64_t addr, uint64_t len, uint64_t *gpa);
+/* A zeroed 2 MiB frame for the kernel's own use (thread stacks, FPU save
+ * areas, pipe buffers), at an address valid in every thread; it counts
+ * against the function's memory. NULL when memory is exhausted. */
+void *kalloc_frame(void);
 /* Memory the function uses and may use, in bytes (for the exit report). */
 uint64_t vmem_used_bytes(void);
 uint64_t vmem_limit_bytes(void);

@@ -58,5 +58,18 @@ int64_t vmem_phys(uint64_t addr, uint64_t len, uint64_t *gpa)
     return (int64_t)len;
 }
 
+void *kalloc_frame(void)
+{
+    /* Interim: 4 MiB of the identity-mapped area, aligned to 2 MiB. The
+     * kernel's frames are never unmapped, so the region stays PROT_NONE
+     * to the function (vmem_valid refuses its pointers). */
+    int64_t p = vmem_mmap(&kiln_vm, 0, 4ULL << 20, 0, KMAP_PRIVATE | KMAP_ANONYMOUS);
+    if (p < 0)
+        return 0;
+    uint64_t a = ((uint64_t)p + (2ULL << 20) - 1) & ~((2ULL << 20) - 1);
+    memset(UPTR(a), 0, 2ULL << 20);
+    return UPTR(a);
+}
+
 uint64_t vmem_used_bytes(void) { return kiln_bi->mem_size; }
 uint64_t vmem_limit_bytes(void) { return kiln_bi->mem_size; }
