@@ -1,0 +1,3 @@
+module example.com/wordcount-exec
+
+go 1.26.8
