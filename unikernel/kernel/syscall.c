@@ -265,6 +265,45 @@ static int64_t sys_arch_prctl(uint64_t code, uint64_t addr)
     return -EINVAL;
 }
 
+static char comm[16] = "main";
+
+/* prctl: what static programs ask of it. Go names its mappings with
+ * PR_SET_VMA; like a Linux built without CONFIG_ANON_VMA_NAME, the answer
+ * is -EINVAL, which Go ignores. */
+static int64_t sys_prctl(uint64_t op, uint64_t a2)
+{
+    switch (op) {
+    case 15: /* PR_SET_NAME */
+        if (vmem_strlen(&kiln_vm, a2, 4096) < 0 && !OK(a2, sizeof comm))
+            return -EFAULT;
+        for (size_t i = 0; i < sizeof comm - 1; i++) {
+            comm[i] = ((const char *)UPTR(a2))[i];
+            if (!comm[i])
+                break;
+        }
+        comm[sizeof comm - 1] = 0;
+        return 0;
+    case 16: /* PR_GET_NAME */
+        if (!OK(a2, sizeof comm))
+            return -EFAULT;
+        memcpy(UPTR(a2), comm, sizeof comm);
+        return 0;
+    case 1: /* PR_SET_PDEATHSIG: there is no parent to die */
+    case 4: /* PR_SET_DUMPABLE */
+    case 38: /* PR_SET_NO_NEW_PRIVS: nothing here can gain privileges */
+        return 0;
+    case 2: /* PR_GET_PDEATHSIG */
+        if (!OK(a2, 4))
+            return -EFAULT;
+        *(int32_t *)UPTR(a2) = 0;
+        return 0;
+    case 3: /* PR_GET_DUMPABLE */
+    case 39: /* PR_GET_NO_NEW_PRIVS */
+        return 1;
+    }
+    return -EINVAL;
+}
+
 static int64_t path_call(uint64_t path)
 {
     return vmem_strlen(&kiln_vm, path, 4096) < 0 ? -EFAULT : -ENOENT;
@@ -302,6 +341,7 @@ static int64_t dispatch(uint64_t nr, const uint64_t *a, struct kframe *f)
     case 97: return sys_prlimit(0, a[0], 0, a[1]);           /* getrlimit */
     case 102: case 104: case 107: case 108: return 0;       /* uid, gid */
     case 110: return 0;                                     /* getppid */
+    case 157: return sys_prctl(a[0], a[1]);
     case 158: return sys_arch_prctl(a[0], a[1]);
     case 160: return sys_prlimit(0, a[0], a[1], 0);          /* setrlimit */
     case 201: return sys_time(a[0]);
