@@ -6,7 +6,7 @@
 package abi
 
 // Version is KILN_ABI_VERSION.
-const Version = 1
+const Version = 2
 
 // Guest physical layout (see the map in kiln_abi.h).
 const (
@@ -30,7 +30,9 @@ const (
 	HCPIOBase    = 0x500
 	HCIO         = 1
 	HCExit       = 2
-	HCMax        = 2
+	HCDiscard    = 3
+	HCMax        = 3
+	DiscardMax   = 32
 	IOWaitInput  = 0x1
 	ExitNormal   = 0
 	ExitSignal   = 1
@@ -82,6 +84,21 @@ type HCExitArgs struct {
 	Ring0Entries uint64
 	EnosysNr     [EnosysSlots]uint32
 	EnosysCount  [EnosysSlots]uint32
+	MemUsed      uint64
+	MemPeak      uint64
+}
+
+// DiscardRange is struct kiln_discard_range.
+type DiscardRange struct {
+	GPA uint64
+	Len uint64
+}
+
+// HCDiscardArgs is struct kiln_hc_discard.
+type HCDiscardArgs struct {
+	Count  uint32
+	_      uint32
+	Ranges [DiscardMax]DiscardRange
 }
 
 // BootInfo is struct kiln_boot_info.

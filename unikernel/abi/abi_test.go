@@ -35,7 +35,9 @@ var constants = map[string]uint64{
 	"KILN_HC_PIO_BASE":   HCPIOBase,
 	"KILN_HC_IO":         HCIO,
 	"KILN_HC_EXIT":       HCExit,
+	"KILN_HC_DISCARD":    HCDiscard,
 	"KILN_HC_MAX":        HCMax,
+	"KILN_DISCARD_MAX":   DiscardMax,
 	"KILN_IO_WAIT_INPUT": IOWaitInput,
 	"KILN_EXIT_NORMAL":   ExitNormal,
 	"KILN_EXIT_SIGNAL":   ExitSignal,
@@ -59,7 +61,9 @@ var structs = []struct {
 	fields []string
 }{
 	{"kiln_hc_io", HCIOArgs{}, []string{"out_gpa", "out_len", "err_gpa", "err_len", "in_gpa", "in_cap", "deadline_tsc", "flags", "_pad0", "in_len", "in_eof", "_pad1"}},
-	{"kiln_hc_exit", HCExitArgs{}, []string{"out_gpa", "out_len", "err_gpa", "err_len", "status", "reason", "signo", "fault_vector", "fault_rip", "fault_addr", "fault_error", "syscalls", "enosys", "ring0_entries", "enosys_nr", "enosys_count"}},
+	{"kiln_hc_exit", HCExitArgs{}, []string{"out_gpa", "out_len", "err_gpa", "err_len", "status", "reason", "signo", "fault_vector", "fault_rip", "fault_addr", "fault_error", "syscalls", "enosys", "ring0_entries", "enosys_nr", "enosys_count", "mem_used", "mem_peak"}},
+	{"kiln_discard_range", DiscardRange{}, []string{"gpa", "len"}},
+	{"kiln_hc_discard", HCDiscardArgs{}, []string{"count", "_pad0", "ranges"}},
 	{"kiln_boot_info", BootInfo{}, []string{"magic", "abi_version", "flags", "mem_size", "tsc_khz", "boot_tsc", "boot_wall_ns", "entropy", "entry", "phdr", "phnum", "phent", "image_start", "image_end", "stack_low", "stack_top", "initial_rsp", "hostname"}},
 }
 

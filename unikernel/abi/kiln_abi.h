@@ -39,7 +39,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 
 /* Guest physical layout. */
 #define KILN_PAGETABLE_GPA   0x1000ULL   /* PML4; PDPT at +0x1000; PDs after */
@@ -69,7 +69,8 @@
 #define KILN_HC_PIO_BASE     0x500         /* outl gpa to BASE + nr */
 #define KILN_HC_IO           1 /* struct kiln_hc_io */
 #define KILN_HC_EXIT         2 /* struct kiln_hc_exit */
-#define KILN_HC_MAX          2
+#define KILN_HC_DISCARD      3 /* struct kiln_hc_discard */
+#define KILN_HC_MAX          3
 
 /* kiln_hc_io.flags */
 #define KILN_IO_WAIT_INPUT   0x1 /* block until input, EOF or the deadline */
@@ -131,6 +132,32 @@ struct kiln_hc_exit {
     /* The first KILN_ENOSYS_SLOTS distinct unknown syscall numbers seen. */
     uint32_t enosys_nr[KILN_ENOSYS_SLOTS];
     uint32_t enosys_count[KILN_ENOSYS_SLOTS];
+    uint64_t mem_used;     /* bytes of guest RAM in use at the end */
+    uint64_t mem_peak;     /* the most ever in use */
+};
+
+#define KILN_DISCARD_MAX     32
+
+/* One guest-physical range of a discard: both multiples of 4 KiB. */
+struct kiln_discard_range {
+    uint64_t gpa;
+    uint64_t len;
+};
+
+/*
+ * KILN_HC_DISCARD: the guest no longer needs the contents of up to
+ * KILN_DISCARD_MAX ranges of its RAM (freed 2 MiB frames, or unmapped
+ * parts of frames it keeps). The VMM gives the host memory back; every
+ * byte of every range reads as zero afterwards, which is what lets the
+ * guest hand out freed frames without zeroing them itself. Each range
+ * must lie inside guest RAM at or above KILN_KERNEL_LIMIT, page-aligned
+ * and non-empty; any bad range ends the VM and nothing is discarded.
+ */
+struct kiln_hc_discard {
+    /* IN */
+    uint32_t count;        /* ranges used, 0..KILN_DISCARD_MAX */
+    uint32_t _pad0;
+    struct kiln_discard_range ranges[KILN_DISCARD_MAX];
 };
 
 /* kiln_boot_info.magic: "KILNBOOT" little-endian. */
@@ -170,7 +197,8 @@ struct kiln_boot_info {
 };
 
 _Static_assert(sizeof(struct kiln_hc_io) == 80, "kiln_hc_io size");
-_Static_assert(sizeof(struct kiln_hc_exit) == 224, "kiln_hc_exit size");
+_Static_assert(sizeof(struct kiln_hc_exit) == 240, "kiln_hc_exit size");
+_Static_assert(sizeof(struct kiln_hc_discard) == 520, "kiln_hc_discard size");
 _Static_assert(sizeof(struct kiln_boot_info) == 216, "kiln_boot_info size");
 
 #endif /* KILN_ABI_H */

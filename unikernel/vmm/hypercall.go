@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/unikernel/abi"
+	"golang.org/x/sys/unix"
 )
 
 // Hypercalls: the guest hands over the guest-physical address of an
@@ -22,7 +23,8 @@ const (
 	hcIOSize     = 80
 	hcIOInLenOff = 64
 	hcIOInEOFOff = 72
-	hcExitSize   = 224
+	hcExitSize   = 240
+	hcDiscSize   = 8 + 16*abi.DiscardMax
 )
 
 // badHypercall is a guest error that ends the VM.
@@ -114,6 +116,36 @@ func decodeHCExit(mem *Memory, gpa uint64) (a abi.HCExitArgs, out, errb []byte, 
 	return a, out, errb, nil
 }
 
+// decodeHCDiscard reads and checks a kiln_hc_discard at gpa and returns the
+// guest RAM of each range. Either every range is acceptable or none is used:
+// page-aligned, non-empty, inside RAM and at or above the kernel's limit (the
+// kernel, boot info, GDT/IDT and stacks below it must never vanish).
+func decodeHCDiscard(mem *Memory, gpa uint64) (a abi.HCDiscardArgs, ranges [][]byte, bad *badHypercall) {
+	raw, bad := argStruct(mem, abi.HCDiscard, gpa, hcDiscSize)
+	if bad != nil {
+		return a, nil, bad
+	}
+	_ = binary.Read(bytes.NewReader(raw), binary.LittleEndian, &a) // size checked
+	if a.Count > abi.DiscardMax {
+		return a, nil, badHC("HC_DISCARD: %d ranges, at most %d", a.Count, abi.DiscardMax)
+	}
+	ranges = make([][]byte, 0, a.Count)
+	for i, r := range a.Ranges[:a.Count] {
+		switch {
+		case r.Len == 0 || r.GPA%pageSize != 0 || r.Len%pageSize != 0:
+			return a, nil, badHC("HC_DISCARD range %d [%#x, +%#x): want a non-empty page-aligned range", i, r.GPA, r.Len)
+		case r.GPA < abi.KernelLimit:
+			return a, nil, badHC("HC_DISCARD range %d [%#x, +%#x): below the kernel limit %#x", i, r.GPA, r.Len, uint64(abi.KernelLimit))
+		}
+		s, bad := guestRange(mem, fmt.Sprintf("HC_DISCARD range %d", i), r.GPA, r.Len)
+		if bad != nil {
+			return a, nil, bad
+		}
+		ranges = append(ranges, s)
+	}
+	return a, ranges, nil
+}
+
 // doorbell decodes an MMIO exit: which hypercall a store to phys with len
 // bytes (isWrite) rings, and the argument gpa it carries.
 func doorbell(phys uint64, data []byte, isWrite bool) (nr, gpa uint64, bad *badHypercall) {
@@ -153,6 +185,8 @@ func (vm *VM) hypercall(ctx context.Context, nr, gpa uint64) *Result {
 		return vm.hcIO(ctx, gpa)
 	case abi.HCExit:
 		return vm.hcExit(gpa)
+	case abi.HCDiscard:
+		return vm.hcDiscard(gpa)
 	}
 	return vm.badHypercall(badHC("unknown hypercall number %d", nr))
 }
@@ -198,6 +232,8 @@ func (vm *VM) hcExit(gpa uint64) *Result {
 		Syscalls:     a.Syscalls,
 		Enosys:       a.Enosys,
 		Ring0Entries: a.Ring0Entries,
+		MemUsed:      a.MemUsed,
+		MemPeak:      a.MemPeak,
 		EnosysByNr:   map[uint32]uint32{},
 	}
 	for i, c := range a.EnosysCount {
@@ -223,6 +259,29 @@ func (vm *VM) hcExit(gpa uint64) *Result {
 		r.Regs = vm.cpu.dump()
 	}
 	return r
+}
+
+// hcDiscard gives the host memory behind each range back. MADV_DONTNEED on
+// private anonymous memory makes the range read as zero on the next touch,
+// which the guest relies on (it never zeroes a frame it hands out). A guest
+// whose RAM were a MAP_PRIVATE mapping of a snapshot file (issue 4) would
+// instead read the snapshot's bytes back: there the range must be replaced
+// by a MAP_FIXED anonymous mapping.
+func (vm *VM) hcDiscard(gpa uint64) *Result {
+	_, ranges, bad := decodeHCDiscard(vm.mem, gpa)
+	if bad != nil {
+		return vm.badHypercall(bad)
+	}
+	var n uint64
+	for _, r := range ranges {
+		if err := unix.Madvise(r, unix.MADV_DONTNEED); err != nil {
+			return vm.internal(fmt.Errorf("discard %d bytes of guest memory: %w", len(r), err))
+		}
+		n += uint64(len(r))
+	}
+	vm.stats.discards.Add(1)
+	vm.stats.discardedBytes.Add(n)
+	return nil
 }
 
 // flush writes guest output to the configured writers; a failing writer

@@ -56,6 +56,94 @@ func TestDecodeHCIO(t *testing.T) {
 	}
 }
 
+func putDiscard(t testing.TB, mem *Memory, gpa uint64, a abi.HCDiscardArgs) {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, &a)
+	if err := mem.Write(gpa, b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDecodeHCDiscard(t *testing.T) {
+	mem, err := newMemory(minMemSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.close()
+	const at = 0x500000
+	size := mem.Size()
+	one := func(gpa, n uint64) abi.HCDiscardArgs {
+		a := abi.HCDiscardArgs{Count: 1}
+		a.Ranges[0] = abi.DiscardRange{GPA: gpa, Len: n}
+		return a
+	}
+	two := one(0x600000, 0x1000)
+	two.Count = 2
+	two.Ranges[1] = abi.DiscardRange{GPA: size - 0x200000, Len: 0x200000}
+	for _, tc := range []struct {
+		name string
+		a    abi.HCDiscardArgs
+		want string // "" = accepted
+	}{
+		{"none", abi.HCDiscardArgs{}, ""},
+		{"frame", one(0x600000, 0x200000), ""},
+		{"two", two, ""},
+		{"count", abi.HCDiscardArgs{Count: abi.DiscardMax + 1}, "at most"},
+		{"empty", one(0x600000, 0), "non-empty page-aligned"},
+		{"unaligned gpa", one(0x600010, 0x1000), "non-empty page-aligned"},
+		{"unaligned len", one(0x600000, 0x10), "non-empty page-aligned"},
+		{"kernel", one(0x200000, 0x1000), "below the kernel limit"},
+		{"page tables", one(0x1000, 0x1000), "below the kernel limit"},
+		{"past RAM", one(size-0x1000, 0x2000), "outside guest RAM"},
+		{"wraps", one(0x600000, ^uint64(0)&^0xfff), "outside guest RAM"},
+		{"second bad", func() abi.HCDiscardArgs { a := two; a.Ranges[1].GPA = size; return a }(), "HC_DISCARD range 1"},
+	} {
+		putDiscard(t, mem, at, tc.a)
+		_, rs, bad := decodeHCDiscard(mem, at)
+		switch {
+		case tc.want == "" && bad != nil:
+			t.Errorf("%s: refused: %v", tc.name, bad)
+		case tc.want == "" && len(rs) != int(tc.a.Count):
+			t.Errorf("%s: %d ranges, want %d", tc.name, len(rs), tc.a.Count)
+		case tc.want != "" && (bad == nil || !strings.Contains(bad.msg, tc.want)):
+			t.Errorf("%s: got %v, want %q", tc.name, bad, tc.want)
+		}
+	}
+}
+
+// TestDiscardZeroes: what the guest relies on — a discarded range of real
+// guest memory reads as zero, and the bytes around it are untouched.
+func TestDiscardZeroes(t *testing.T) {
+	mem, err := newMemory(minMemSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.close()
+	vm := &VM{mem: mem}
+	s, _ := mem.Slice(0x600000, 0x4000)
+	for i := range s {
+		s[i] = 0xa5
+	}
+	a := abi.HCDiscardArgs{Count: 1}
+	a.Ranges[0] = abi.DiscardRange{GPA: 0x601000, Len: 0x2000}
+	putDiscard(t, mem, 0x500000, a)
+	if r := vm.hcDiscard(0x500000); r != nil {
+		t.Fatalf("refused: %s", r.Message)
+	}
+	for i, b := range s {
+		want := byte(0xa5)
+		if i >= 0x1000 && i < 0x3000 {
+			want = 0
+		}
+		if b != want {
+			t.Fatalf("byte %#x after the discard is %#x, want %#x", 0x600000+i, b, want)
+		}
+	}
+	if st := vm.stats.snapshot(); st.Discards != 1 || st.Discarded != 0x2000 {
+		t.Errorf("stats %+v, want 1 discard of 0x2000 bytes", st)
+	}
+}
+
 func TestDoorbellAndPort(t *testing.T) {
 	gpa := []byte{0x00, 0x10, 0x50, 0, 0, 0, 0, 0}
 	if nr, g, bad := doorbell(abi.HCMMIOBase+8*abi.HCIO, gpa, true); bad != nil || nr != abi.HCIO || g != 0x501000 {
@@ -160,6 +248,16 @@ func FuzzHypercall(f *testing.F) {
 	var seed bytes.Buffer
 	binary.Write(&seed, binary.LittleEndian, &abi.HCIOArgs{OutGPA: 0x600000, OutLen: 16, InGPA: 0x7ff0000, InCap: 0x10000})
 	f.Add(uint64(0x500000), seed.Bytes())
+	disc := abi.HCDiscardArgs{Count: 2}
+	disc.Ranges[0] = abi.DiscardRange{GPA: 0x600000, Len: 0x200000}
+	disc.Ranges[1] = abi.DiscardRange{GPA: 0x7ff000, Len: 0x1000}
+	seed.Reset()
+	binary.Write(&seed, binary.LittleEndian, &disc)
+	f.Add(uint64(0x500000), seed.Bytes())
+	disc.Ranges[1] = abi.DiscardRange{GPA: 0x3ff000, Len: 0x1000}
+	seed.Reset()
+	binary.Write(&seed, binary.LittleEndian, &disc)
+	f.Add(uint64(0x500000), seed.Bytes())
 	f.Fuzz(func(t *testing.T, gpa uint64, raw []byte) {
 		if s, err := mem.Slice(0x500000, uint64(len(raw))); err == nil {
 			copy(s, raw)
@@ -183,6 +281,14 @@ func FuzzHypercall(f *testing.F) {
 		if _, out, errb, bad := decodeHCExit(mem, gpa); bad == nil {
 			inRAM(out)
 			inRAM(errb)
+		}
+		if _, rs, bad := decodeHCDiscard(mem, gpa); bad == nil {
+			for _, r := range rs {
+				inRAM(r)
+				if lo := hostAddrOf(mem, r); lo < abi.KernelLimit || lo%pageSize != 0 || len(r)%pageSize != 0 || len(r) == 0 {
+					t.Fatalf("discard range [%#x, +%#x) accepted", lo, len(r))
+				}
+			}
 		}
 		var d [8]byte
 		copy(d[:], raw)

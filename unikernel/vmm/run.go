@@ -16,6 +16,7 @@ import (
 // and read by anyone.
 type stats struct {
 	exits, ioExits, mmioExits, hypercalls atomic.Uint64
+	discards, discardedBytes              atomic.Uint64
 }
 
 func (s *stats) snapshot() Stats {
@@ -24,6 +25,8 @@ func (s *stats) snapshot() Stats {
 		IOExits:    s.ioExits.Load(),
 		MMIOExits:  s.mmioExits.Load(),
 		Hypercalls: s.hypercalls.Load(),
+		Discards:   s.discards.Load(),
+		Discarded:  s.discardedBytes.Load(),
 	}
 }
 

@@ -62,6 +62,8 @@ type Stats struct {
 	IOExits    uint64 // KVM_EXIT_IO
 	MMIOExits  uint64 // KVM_EXIT_MMIO
 	Hypercalls uint64 // served hypercalls
+	Discards   uint64 // KILN_HC_DISCARD hypercalls served
+	Discarded  uint64 // bytes of guest memory they gave back to the host
 }
 
 // Result is how a VM ended.
@@ -77,6 +79,8 @@ type Result struct {
 	Enosys       uint64            // of which answered -ENOSYS
 	EnosysByNr   map[uint32]uint32 // unknown syscall number → count
 	Ring0Entries uint64            // exceptions and gates taken in ring 0
+	MemUsed      uint64            // guest RAM in use at the end, bytes (kernel, image, stack included)
+	MemPeak      uint64            // the most guest RAM ever in use, bytes
 }
 
 // VM is one booted guest: New loads it, Run runs it once, Close frees it.
