@@ -251,7 +251,10 @@ func (b *sourceBuild) run(name string, args ...string) ([]byte, error) {
 	if err == nil {
 		return stdout.Bytes(), nil
 	}
-	what := filepath.Base(name) + " " + args[0]
+	what := filepath.Base(name)
+	if what == "go" {
+		what += " " + args[0]
+	}
 	if ctxErr := b.ctx.Err(); ctxErr != nil {
 		return nil, fmt.Errorf("%w: %s: stopped: %w", ErrBuild, b.dir, ctxErr)
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,41 +21,59 @@ func (a *app) deployCmd() *cobra.Command {
 	var binary string
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "deploy NAME --binary FILE",
-		Short: "Deploy a static x86-64 program as function NAME (a new version each time)",
-		Example: `  kiln deploy hello --binary ./hello --kind serve
+		Use:   "deploy NAME [DIR | --binary FILE]",
+		Short: "Build and deploy function NAME from its source directory, or deploy a static x86-64 program (a new version each time)",
+		Example: `  kiln deploy hello ./hello
+  kiln deploy wc ./wordcount --kind exec --timeout 2s
+  kiln deploy hello --binary ./hello --kind serve
   kiln deploy wc --binary ./wc --kind exec --mem 32M --timeout 2s --env LANG=C`,
-		Args: usage(cobra.ExactArgs(1)),
+		Args: usage(cobra.RangeArgs(1, 2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
-			if binary == "" {
-				return &ExitError{Code: 2, Err: fmt.Errorf("deploy: --binary FILE is required")}
-			}
 			if timeout > 0 {
 				p.Timeout = timeout.String()
 			}
-			f, err := os.Open(binary)
-			if err != nil {
-				return fmt.Errorf("deploy: %w", err)
+			var upload io.Reader
+			var size int64
+			switch {
+			case len(args) == 2 && binary != "":
+				return &ExitError{Code: 2, Err: fmt.Errorf("deploy: give a source directory or --binary FILE, not both")}
+			case len(args) == 2 && isDir(args[1]):
+				elf, err := a.buildSource(cmd.Context(), args[1])
+				if err != nil {
+					return err
+				}
+				upload, size = bytes.NewReader(elf), int64(len(elf))
+			case len(args) == 2:
+				binary = args[1] // a built program named in place of a directory
+			case binary == "":
+				return &ExitError{Code: 2, Err: fmt.Errorf("deploy: give the function's source directory (kiln deploy %s ./dir) or --binary FILE", p.Name)}
 			}
-			defer f.Close()
-			st, err := f.Stat()
-			if err != nil {
-				return fmt.Errorf("deploy: %w", err)
+			if upload == nil {
+				f, err := os.Open(binary)
+				if err != nil {
+					return fmt.Errorf("deploy: %w", err)
+				}
+				defer f.Close()
+				st, err := f.Stat()
+				if err != nil {
+					return fmt.Errorf("deploy: %w", err)
+				}
+				upload, size = f, st.Size()
 			}
-			var body io.Reader = f
+			body := upload
 			var bar *progressbar.ProgressBar
 			if isTerminal(a.err) {
-				bar = progressbar.NewOptions64(st.Size(),
+				bar = progressbar.NewOptions64(size,
 					progressbar.OptionSetWriter(a.err),
 					progressbar.OptionSetDescription("uploading "+p.Name),
 					progressbar.OptionShowBytes(true),
 					progressbar.OptionClearOnFinish(),
 				)
-				r := progressbar.NewReader(f, bar)
+				r := progressbar.NewReader(upload, bar)
 				body = &r
 			}
-			resp, err := a.do(cmd.Context(), "POST", "/system/functions", p.Values(), http.Header{"Content-Type": {"application/octet-stream"}}, body, st.Size())
+			resp, err := a.do(cmd.Context(), "POST", "/system/functions", p.Values(), http.Header{"Content-Type": {"application/octet-stream"}}, body, size)
 			if bar != nil {
 				bar.Finish()
 			}
@@ -86,6 +105,12 @@ func (a *app) deployCmd() *cobra.Command {
 	fl.StringArrayVar(&p.Env, "env", nil, "environment entry KEY=VALUE (repeatable)")
 	fl.StringArrayVar(&p.Args, "arg", nil, "argument after argv[0] (repeatable)")
 	return cmd
+}
+
+// isDir reports whether path names a directory (following links).
+func isDir(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.IsDir()
 }
 
 // isTerminal reports whether w is a terminal, so progress output appears

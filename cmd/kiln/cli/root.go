@@ -82,7 +82,8 @@ program with 'kiln deploy NAME --binary FILE', and call it with
 	}
 	root.PersistentFlags().StringVar(&a.server, "server", "",
 		"Kiln gateway URL (default $KILN_SERVER, else "+DefaultServer+")")
-	root.AddCommand(a.upCmd(), a.runCmd(), a.deployCmd(), a.invokeCmd(), a.listCmd(), a.versionCmd())
+	root.AddCommand(a.upCmd(), a.runCmd(), a.deployCmd(), a.invokeCmd(), a.listCmd(), a.versionCmd(),
+		a.buildCmd(), a.newCmd())
 	return root
 }
 

@@ -25,7 +25,7 @@ func (a *app) runCmd() *cobra.Command {
 	var env []string
 	var mem, kernelPath string
 	var timeout time.Duration
-	var trace bool
+	var trace, local bool
 	cmd := &cobra.Command{
 		Use:   "run [flags] PROGRAM [ARGS...]",
 		Short: "Boot a static x86-64 program in a unikernel VM right here, with stdin/stdout/stderr attached",
@@ -33,9 +33,15 @@ func (a *app) runCmd() *cobra.Command {
 
 The exit status is the program's; a program killed by a fault exits with
 128+signal, as under a shell; 124 means --timeout ran out; 2 means this
-machine has no usable /dev/kvm.`,
+machine has no usable /dev/kvm.
+
+With --local the program runs as a plain process on this machine instead
+(no KVM needed), with the same streams, environment and exit statuses: the
+quick way to try a function, since a serve function speaks the same wire
+protocol on fd 0/1 either way.`,
 		Example: `  echo hi | kiln run ./cat
-  kiln run --env NAME=kiln --mem 32M ./hello arg1`,
+  kiln run --env NAME=kiln --mem 32M ./hello arg1
+  kiln run --local ./wordcount < notes.txt`,
 		Args: usage(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			program, err := os.ReadFile(args[0])
@@ -44,6 +50,9 @@ machine has no usable /dev/kvm.`,
 			}
 			if err := builder.CheckELF(program, 0); err != nil {
 				return &ExitError{Code: exitGuestErr, Err: fmt.Errorf("run: %s: %w", args[0], err)}
+			}
+			if local {
+				return a.runLocal(cmd.Context(), args, env, timeout)
 			}
 			var memSize uint64
 			if mem != "" {
@@ -77,6 +86,7 @@ machine has no usable /dev/kvm.`,
 	fl.StringArrayVar(&env, "env", nil, "environment entry KEY=VALUE (repeatable)")
 	fl.StringVar(&mem, "mem", "", "guest memory, e.g. 64M (default 64M)")
 	fl.DurationVar(&timeout, "timeout", 0, "stop the VM after this long (default: no limit)")
+	fl.BoolVar(&local, "local", false, "run the program as a plain host process, not in a VM (--mem, --kernel, --trace-syscalls do not apply)")
 	fl.BoolVar(&trace, "trace-syscalls", false, "log every syscall the guest kernel handles to stderr")
 	fl.StringVar(&kernelPath, "kernel", "", "guest kernel ELF (default: $KILN_KERNEL, beside kiln, or build/kernel)")
 	return cmd
