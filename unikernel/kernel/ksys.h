@@ -107,6 +107,11 @@ int waitq_wake(struct kwaitq *q, int n);
 void sched_yield(void);
 /* Sleep the current thread until the TSC reaches deadline_tsc. */
 void sched_sleep_until(uint64_t deadline_tsc);
+/* Block the current thread as THE stdin reader until the scheduler's idle
+ * hypercall lands input in the function's [p, p+n) (or part of it) or
+ * input ends; returns the bytes received (0 = EOF) or -EFAULT/-ENOMEM.
+ * One reader at a time: stdio_read queues the others. */
+int64_t sched_wait_input(uint64_t p, uint64_t n);
 int sched_syscall(uint64_t nr, const uint64_t *a, struct kframe *f, int64_t *ret);
 
 /* ---- vmemsys.c: the address space's syscalls and page tables ---- */

@@ -4,7 +4,8 @@
  * program waits (for input or for time) or at exit, so a serve function
  * that writes its response and then reads the next request costs one VM
  * exit: KILN_HC_IO carries both. Input goes straight into the caller's
- * buffer (guest-virtual == guest-physical): no copy, no kernel buffer.
+ * buffer (at its guest-physical address, vmem_phys): no copy, no kernel
+ * buffer. A reader blocks only itself; sched.c's idle path fills it.
  */
 #include "kernel.h"
 #include "libos.h"
@@ -67,16 +68,29 @@ void stdio_write(int fd, const void *p, uint64_t n)
 
 void kputs(const char *s) { stdio_write(2, s, strlen(s)); }
 
+/* Readers of fd 0 beyond the one the scheduler is filling, oldest first. */
+static struct kwaitq readers;
+static int reading;
+
 int64_t stdio_read(void *p, uint64_t n)
 {
     if (n == 0)
         return 0;
-    while (!in_eof) {
-        uint64_t got = io_call((uint64_t)(uintptr_t)p, n, 0, KILN_IO_WAIT_INPUT);
-        if (got > 0)
-            return (int64_t)got;
-    }
-    return 0;
+    while (reading && !in_eof)
+        waitq_wait(&readers, 0);
+    if (in_eof)
+        return 0;
+    /* Input arrives only through the scheduler's idle hypercall, so that a
+     * serve function's response flush and its wait for the next request
+     * stay one exit, and other threads run first. */
+    reading = 1;
+    int64_t r;
+    do
+        r = sched_wait_input((uint64_t)(uintptr_t)p, n);
+    while (r == 0 && !in_eof);
+    reading = 0;
+    waitq_wake(&readers, in_eof ? KTHREAD_MAX : 1);
+    return r;
 }
 
 uint64_t stdio_idle(uint64_t in_gpa, uint64_t in_cap, uint64_t deadline_tsc,
