@@ -16,7 +16,7 @@ DEB_PKGS := gcc make musl-tools cpio busybox-static qemu-system-x86 linux-image-
 # run inside scripts/kvmbox.
 KVM_PKGS := ./unikernel/vmm ./unikernel/gocompat ./e2e ./node-agent
 
-.PHONY: all deps build build-guest kernel guests vmmguests examples kiln run test test-host \
+.PHONY: all deps build build-guest kernel guests vmmguests examples examples-go kiln run test test-host \
 	test-kvm bench check proto fmt vet clean
 
 all: build
@@ -40,7 +40,15 @@ vmmguests:
 examples:
 	$(MAKE) -C examples/hello-c O=$(BUILD)/examples/hello-c
 
-build-guest: kernel guests vmmguests examples
+# The Go examples, built as `kiln deploy` builds source (package builder):
+# build/examples/NAME/NAME.
+GO_EXAMPLES := hello-go json-echo sha256 fanout wordcount-exec
+examples-go:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	CGO_ENABLED=0 $(GO) build -o "$$tmp/kiln" ./cmd/kiln && \
+	for ex in $(GO_EXAMPLES); do "$$tmp/kiln" build examples/$$ex -o $(BUILD)/examples/$$ex/$$ex || exit 1; done
+
+build-guest: kernel guests vmmguests examples examples-go
 
 kiln: kernel
 	@mkdir -p $(BIN)
