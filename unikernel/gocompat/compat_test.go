@@ -538,14 +538,18 @@ func compare(t *testing.T, p program, nat, vmo outcome) {
 	if p.normalize != nil {
 		ns, vs = p.normalize(ns), p.normalize(vs)
 	}
+	var diffs []string
 	if nat.status != vmo.status {
-		t.Errorf("%s: exit status native %d, vm %d\n%s", p.name, nat.status, vmo.status, report(nat, vmo))
+		diffs = append(diffs, fmt.Sprintf("exit status: native %d, vm %d", nat.status, vmo.status))
 	}
 	if !bytes.Equal(ns, vs) {
-		t.Errorf("%s: stdout differs: %s\n%s", p.name, firstDiff(ns, vs), report(nat, vmo))
+		diffs = append(diffs, "stdout: "+firstDiff(ns, vs))
 	}
 	if p.stderr && !bytes.Equal(nat.stderr, vmo.stderr) {
-		t.Errorf("%s: stderr differs: %s\n%s", p.name, firstDiff(nat.stderr, vmo.stderr), report(nat, vmo))
+		diffs = append(diffs, "stderr: "+firstDiff(nat.stderr, vmo.stderr))
+	}
+	if len(diffs) > 0 {
+		t.Errorf("%s differs natively and in the VM:\n  %s\n%s", p.name, strings.Join(diffs, "\n  "), report(nat, vmo))
 	}
 }
 
