@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
@@ -77,7 +76,7 @@ func readRequest(r *bufio.Reader) (*Request, error) {
 	if err != nil {
 		return nil, protoErr("reading body: %v", err)
 	}
-	req := &Request{ID: id, Path: "/", Header: http.Header{}, Body: body}
+	req := &Request{ID: id, Path: "/", Header: Header{}, Body: body}
 	if err := parseRequestMeta(meta, req); err != nil {
 		return nil, err
 	}
@@ -151,7 +150,7 @@ func parseRequestMeta(meta []byte, req *Request) error {
 			if name[0] == ':' {
 				continue
 			}
-			key := http.CanonicalHeaderKey(name)
+			key := CanonicalHeaderKey(name)
 			req.Header[key] = append(req.Header[key], value)
 		}
 	}
@@ -167,7 +166,7 @@ func parseRequestMeta(meta []byte, req *Request) error {
 func appendResponse(dst []byte, id uint64, resp *Response) ([]byte, error) {
 	status := resp.Status
 	if status == 0 {
-		status = http.StatusOK
+		status = 200
 	}
 	if status < 100 || status > 599 {
 		return dst, fmt.Errorf("kiln: status %d outside 100–599", status)

@@ -38,7 +38,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"runtime/debug"
@@ -47,12 +46,12 @@ import (
 
 // Request is one invocation.
 type Request struct {
-	ID       uint64      // unique per instance; the response carries it back
-	Method   string      // "POST", "GET", …
-	Path     string      // after /function/NAME; "/" if none
-	RawQuery string      // without '?'; "" if none
-	Query    url.Values  // RawQuery parsed; malformed pairs are left out
-	Header   http.Header // canonical keys, as net/http has them
+	ID       uint64     // unique per instance; the response carries it back
+	Method   string     // "POST", "GET", …
+	Path     string     // after /function/NAME; "/" if none
+	RawQuery string     // without '?'; "" if none
+	Query    url.Values // RawQuery parsed; malformed pairs are left out
+	Header   Header     // canonical keys, as net/http has them
 	Body     []byte
 	Deadline time.Time // when the caller stops waiting; zero if it sent none
 }
@@ -61,7 +60,7 @@ type Request struct {
 // an empty 200.
 type Response struct {
 	Status int // 0 means 200
-	Header http.Header
+	Header Header
 	Body   []byte
 }
 
@@ -72,7 +71,7 @@ type Handler func(ctx context.Context, req *Request) (*Response, error)
 func Text(status int, body string) *Response {
 	return &Response{
 		Status: status,
-		Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		Header: Header{"Content-Type": {"text/plain; charset=utf-8"}},
 		Body:   []byte(body),
 	}
 }
@@ -85,7 +84,7 @@ func JSON(status int, v any) (*Response, error) {
 	}
 	return &Response{
 		Status: status,
-		Header: http.Header{"Content-Type": {"application/json"}},
+		Header: Header{"Content-Type": {"application/json"}},
 		Body:   append(b, '\n'),
 	}, nil
 }
@@ -124,7 +123,7 @@ func ServeIO(r io.Reader, w io.Writer, h Handler) error {
 		out, err = appendResponse(out[:0], req.ID, resp)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "kiln: request %d: %v\n", req.ID, err)
-			out, _ = appendResponse(out[:0], req.ID, Text(http.StatusInternalServerError, err.Error()+"\n"))
+			out, _ = appendResponse(out[:0], req.ID, Text(500, err.Error()+"\n"))
 		}
 		if _, err := w.Write(out); err != nil {
 			return fmt.Errorf("kiln: writing the response: %w", err)
@@ -149,12 +148,12 @@ func call(h Handler, req *Request) (resp *Response) {
 		if p := recover(); p != nil {
 			// The stack goes to the log, the message to the caller.
 			fmt.Fprintf(os.Stderr, "kiln: request %d: panic: %v\n%s", req.ID, p, debug.Stack())
-			resp = Text(http.StatusInternalServerError, fmt.Sprintf("panic: %v\n", p))
+			resp = Text(500, fmt.Sprintf("panic: %v\n", p))
 		}
 	}()
 	resp, err := h(ctx, req)
 	if err != nil {
-		return Text(http.StatusInternalServerError, err.Error()+"\n")
+		return Text(500, err.Error()+"\n")
 	}
 	if resp == nil {
 		return &Response{}

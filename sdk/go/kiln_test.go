@@ -97,7 +97,7 @@ func TestServeRequestFields(t *testing.T) {
 	s := start(t, func(ctx context.Context, req *Request) (*Response, error) {
 		got = req
 		gotDeadline, hadDeadline = ctx.Deadline()
-		h := http.Header{"X-Echo": {req.Header.Get("X-Who")}, "Set-Cookie": {"a=1", "b=2"}}
+		h := Header{"X-Echo": {req.Header.Get("X-Who")}, "Set-Cookie": {"a=1", "b=2"}}
 		return &Response{Status: 201, Header: h, Body: append([]byte("got "), req.Body...)}, nil
 	})
 	deadline := time.UnixMilli(time.Now().Add(time.Hour).UnixMilli())
@@ -158,7 +158,7 @@ func TestServeErrorsAndPanicsKeepServing(t *testing.T) {
 		case "bad-status":
 			return &Response{Status: 1000}, nil
 		case "bad-header":
-			return &Response{Header: http.Header{"X": {"a\nb"}}}, nil
+			return &Response{Header: Header{"X": {"a\nb"}}}, nil
 		}
 		return Text(0, "ok "+string(req.Body)), nil
 	})
@@ -350,7 +350,7 @@ func FuzzResponseFrame(f *testing.F) {
 	f.Add(0, "X-A", "", []byte{})
 	f.Add(99, "bad name", "v\n", []byte("x"))
 	f.Fuzz(func(t *testing.T, status int, name, value string, body []byte) {
-		resp := &Response{Status: status, Header: http.Header{name: {value}}, Body: body}
+		resp := &Response{Status: status, Header: Header{name: {value}}, Body: body}
 		b, err := appendResponse([]byte("prefix"), 42, resp)
 		if err != nil {
 			if string(b) != "prefix" {
@@ -370,4 +370,24 @@ func FuzzResponseFrame(f *testing.F) {
 			t.Fatalf("round trip: %+v from %+v", got, resp)
 		}
 	})
+}
+
+func TestCanonicalHeaderKeyMatchesNetHTTP(t *testing.T) {
+	for _, k := range []string{"content-type", "X-WHO", "x-forwarded-for", "a", "", "-x", "x--y", "bad key", "ümlaut", "x_y", "Set-Cookie"} {
+		if got, want := CanonicalHeaderKey(k), http.CanonicalHeaderKey(k); got != want {
+			t.Errorf("CanonicalHeaderKey(%q) = %q, net/http says %q", k, got, want)
+		}
+	}
+	h := Header{}
+	h.Add("x-a", "1")
+	h.Add("X-A", "2")
+	h.Set("content-type", "text/plain")
+	if h.Get("X-a") != "1" || len(h.Values("x-a")) != 2 || h.Get("Content-Type") != "text/plain" {
+		t.Fatalf("header %v", h)
+	}
+	c := h.Clone()
+	h.Del("x-a")
+	if h.Get("X-A") != "" || c.Get("X-A") != "1" {
+		t.Fatalf("Del/Clone: %v %v", h, c)
+	}
 }
