@@ -134,6 +134,8 @@ void *kalloc_frame(void);
 /* Memory the function uses and may use, in bytes (for the exit report). */
 uint64_t vmem_used_bytes(void);
 uint64_t vmem_limit_bytes(void);
+/* The most memory the function ever used, in bytes (for the exit report). */
+uint64_t vmem_peak_bytes(void);
 
 /* ---- fd.c: the fd table ---- */
 

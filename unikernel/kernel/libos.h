@@ -46,9 +46,11 @@ size_t strlen(const char *s);
 #define ETIMEDOUT 110
 #define EOVERFLOW 75
 
-/* ---- vmem.c: the function's address space, as bookkeeping ---- */
+/* ---- vmem.c: the function's address space ---- */
 
-/* mmap/mprotect protection bits and flags (Linux values). */
+#include "kiln_abi.h"
+
+/* mmap/mprotect protection bits, flags and madvise advice (Linux values). */
 #define KPROT_READ 0x1
 #define KPROT_WRITE 0x2
 #define KPROT_EXEC 0x4
@@ -56,7 +58,38 @@ size_t strlen(const char *s);
 #define KMAP_PRIVATE 0x02
 #define KMAP_FIXED 0x10
 #define KMAP_ANONYMOUS 0x20
+#define KMAP_NORESERVE 0x4000
+#define KMAP_POPULATE 0x8000
 #define KMAP_FIXED_NOREPLACE 0x100000
+#define KMADV_DONTNEED 4
+#define KMADV_FREE 8
+#define KMADV_REMOVE 9
+
+#define HUGE_SIZE (2ULL << 20)
+#define HUGE_DOWN(x) ((x) & ~(HUGE_SIZE - 1))
+#define HUGE_UP(x) (((x) + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1))
+
+/*
+ * The virtual layout (guest-virtual addresses; the kernel's page tables):
+ *   [0, 4 GiB)            the direct map: guest RAM at its physical address
+ *                         (kernel, ELF image, initial stack, every frame)
+ *                         and the MMIO doorbells; never handed out
+ *   [4 GiB, 64 GiB)       the brk heap, from VMEM_BRK_BASE up
+ *   [64 GiB, TASK_SIZE)   mmap: hints and MAP_FIXED anywhere here; without
+ *                         a usable hint, top-down from VMEM_MMAP_TOP
+ */
+#define VMEM_DIRECT_END 0x100000000ULL
+#define VMEM_BRK_BASE 0x100000000ULL
+#define VMEM_BRK_END 0x1000000000ULL
+#define VMEM_MMAP_LO 0x1000000000ULL
+#define VMEM_MMAP_TOP 0x7f0000000000ULL
+#define VMEM_MMAP_HI 0x7ffffffff000ULL /* Linux's TASK_SIZE */
+
+/* Accessible anonymous mappings up to this size are committed at mmap, so
+ * a program that allocates until malloc fails (rather than until it is
+ * killed) sees -ENOMEM, as under Linux's overcommit heuristic; bigger ones
+ * (sparse tables, arenas) are committed page by page on first touch. */
+#define VMEM_EAGER_MAX (4ULL << 20)
 
 /* One mmap'd range [start, end), page-aligned. */
 struct vregion {
@@ -68,31 +101,56 @@ struct vregion {
 /* Enough for musl and for Go's start-up; a full table is -ENOMEM, not a
  * crash. */
 #define VMEM_MAX_REGIONS 512
+#define VMEM_MAX_FRAMES (KILN_MEM_MAX / HUGE_SIZE)
 
-/*
- * vmem is the function's address space. Everything is identity-mapped RAM
- * already; this only decides which ranges the function owns:
- *   [image_start, image_end)  the ELF image (VMM-loaded)
- *   [brk_base, brk)           the heap, growing up from image_end
- *   regions[]                 mmap'd ranges inside [lo, hi), sorted
- *   [stack_low, stack_top)    the initial stack (VMM-built)
- * [clean_lo, clean_hi) is the part of the managed area never handed out:
- * it still holds the zeros of fresh guest memory, so reusing memory only
- * zeroes what lies outside it (touching a page costs a host fault).
- */
-struct vmem {
+/* Where vmem_init finds memory and what it must keep. */
+struct vmem_layout {
+    uint64_t mem_size;      /* guest RAM bytes, a multiple of 2 MiB */
+    uint64_t phys_off;      /* where guest-physical 0 is (0 in the kernel;
+                               a host buffer in the host tests) */
     uint64_t image_start, image_end;
     uint64_t stack_low, stack_top;
-    uint64_t lo, hi;        /* managed area: [image_end, stack_low) */
-    uint64_t brk_base, brk; /* brk is the exact value the program set */
-    uint64_t clean_lo, clean_hi;
+    uint64_t pt_pool;       /* gpa of zeroed 4 KiB pages for page tables */
+    uint64_t pt_pool_pages;
+};
+
+/*
+ * vmem is the function's address space: the regions it owns (so the kernel
+ * can refuse every other pointer), the 2 MiB frames of guest RAM, and the
+ * page tables that map the first to the second.
+ *
+ * A user 2 MiB page's PD entry is its whole state: 0 = not committed; else
+ * frame | PS | PTE_COMMITTED, plus P|RW|US while some accessible region
+ * overlaps it (a committed page covered only by PROT_NONE keeps its frame
+ * and contents, unmapped). Two invariants keep memory zero without the
+ * kernel writing it: a free frame reads as zero, and so does every byte of
+ * a committed frame that no region covers — both because whatever loses
+ * its contents goes to the host in a discard (dc) before the syscall ends.
+ */
+struct vmem {
+    uint64_t phys_off, mem_size;
+    uint64_t image_start, image_end;
+    uint64_t stack_low, stack_top;
+    uint64_t brk_base, brk;  /* brk is the exact value the program set */
+    uint64_t pml4;           /* gpa of the root table */
+    uint64_t pt_next, pt_end;/* unused table pages [pt_next, pt_end) */
+    uint32_t nframes, free_frames, peak_frames;
+    int need_flush;          /* a present entry was removed or changed */
+    int dc_freed;            /* dc holds a whole frame marked free */
+    /* Hands dc to the host (which zeroes every range) and empties it. */
+    void (*discard)(struct vmem *vm);
+    struct kiln_hc_discard dc;
+    uint64_t frames[(VMEM_MAX_FRAMES + 63) / 64]; /* 1 = in use */
     int n;
     struct vregion r[VMEM_MAX_REGIONS];
 };
 
-void vmem_init(struct vmem *vm, uint64_t image_start, uint64_t image_end,
-               uint64_t stack_low, uint64_t stack_top);
-/* brk(2): returns the new break, or the old one if newbrk is unacceptable. */
+/* Build the page tables (direct map of [2 MiB, mem_size) and the doorbell
+ * page) and the frame pool; 0 or -ENOMEM. The caller loads vm->pml4. */
+int vmem_init(struct vmem *vm, const struct vmem_layout *l,
+              void (*discard)(struct vmem *vm));
+/* brk(2): returns the new break, or the old one if newbrk is unacceptable
+ * or memory cannot cover it. */
 uint64_t vmem_brk(struct vmem *vm, uint64_t newbrk);
 /* mmap(2) for anonymous memory: the address or -errno. */
 int64_t vmem_mmap(struct vmem *vm, uint64_t addr, uint64_t len, uint32_t prot,
@@ -100,14 +158,36 @@ int64_t vmem_mmap(struct vmem *vm, uint64_t addr, uint64_t len, uint32_t prot,
 int64_t vmem_munmap(struct vmem *vm, uint64_t addr, uint64_t len);
 int64_t vmem_mprotect(struct vmem *vm, uint64_t addr, uint64_t len,
                       uint32_t prot);
-/* madvise(MADV_DONTNEED): zero the mapped pages of the range. */
-int64_t vmem_dontneed(struct vmem *vm, uint64_t addr, uint64_t len);
+int64_t vmem_madvise(struct vmem *vm, uint64_t addr, uint64_t len,
+                     uint64_t advice);
+/* mremap(2): only staying put (same size, or shrinking in place). */
+int64_t vmem_mremap(struct vmem *vm, uint64_t addr, uint64_t old_len,
+                    uint64_t new_len, uint64_t flags);
 /* Whether the function may hand the kernel [addr, addr+len): the range lies
  * wholly in the image, the heap, accessible mmap'd regions or the stack. */
 int vmem_valid(const struct vmem *vm, uint64_t addr, uint64_t len);
+/* Whether [addr, addr+len) is wholly mapped, PROT_NONE included. */
+int vmem_mapped(const struct vmem *vm, uint64_t addr, uint64_t len);
 /* Length of the NUL-terminated string at addr if it is wholly valid and
- * shorter than max, else -1. */
+ * shorter than max, else -1. Reads through the direct map, so it never
+ * faults (an uncommitted page reads as the zeros it would hold). */
 int64_t vmem_strlen(const struct vmem *vm, uint64_t addr, uint64_t max);
+/* The guest-physical address addr is backed by, or 0 if not committed. */
+uint64_t vmem_lookup(const struct vmem *vm, uint64_t addr);
+/* A #PF at addr with error code err: 1 if a page was committed or mapped
+ * (resume), 0 if the access is the program's fault, -ENOMEM if no frame
+ * is left. */
+int vmem_demand(struct vmem *vm, uint64_t addr, uint64_t err);
+/* Commit the page of addr and give its gpa and the bytes contiguous from
+ * it (≤ len, to the end of the 2 MiB page): -EFAULT or -ENOMEM. */
+int64_t vmem_translate(struct vmem *vm, uint64_t addr, uint64_t len,
+                       uint64_t *gpa);
+/* A free frame for the kernel (zero by the invariant): its gpa, or 0. */
+uint64_t vmem_kframe(struct vmem *vm);
+/* Bytes of guest RAM in use (kernel, image, stack, tables, frames) now and
+ * at most so far. */
+uint64_t vmem_used(const struct vmem *vm);
+uint64_t vmem_peak(const struct vmem *vm);
 
 /* ---- chacha.c: ChaCha20 (RFC 8439) and the getrandom CSPRNG ---- */
 

@@ -1,65 +1,176 @@
 /*
- * vmem.c — the function's address space as bookkeeping. The VMM maps all
- * guest RAM up front with 2 MiB pages, so brk, mmap, munmap and mprotect
- * never edit page tables here: they decide which ranges the function owns
- * (so the kernel can refuse every other pointer) and keep memory the
- * function gets fresh zeroed, as Linux promises for anonymous memory.
+ * vmem.c — the function's address space: regions (what the function owns,
+ * exact to 4 KiB, for syscall pointer checks), 2 MiB frames of guest RAM
+ * (the pool is the function's memory limit), and the page tables mapping
+ * one to the other in 2 MiB steps (page-table writes are expensive under
+ * PVM, and the host backs guest RAM with huge pages).
  *
- * Pure logic: no hypercalls, no globals. unikernel/kernel/test runs it on
- * the host over a real mapping at the same addresses.
+ * Pure logic: no hypercalls, no globals. Every table and frame is reached
+ * through vm->phys_off + gpa, so unikernel/kernel/test runs all of it on
+ * the host over a buffer standing in for guest RAM; giving memory back to
+ * the host goes through the vm->discard hook.
  */
 #include "libos.h"
 
-void vmem_init(struct vmem *vm, uint64_t image_start, uint64_t image_end,
-               uint64_t stack_low, uint64_t stack_top)
-{
-    memset(vm, 0, sizeof(*vm));
-    vm->image_start = image_start;
-    vm->image_end = image_end;
-    vm->stack_low = stack_low;
-    vm->stack_top = stack_top;
-    vm->lo = PAGE_UP(image_end);
-    vm->hi = PAGE_DOWN(stack_low);
-    if (vm->hi < vm->lo)
-        vm->hi = vm->lo;
-    vm->brk_base = vm->brk = vm->lo;
-    vm->clean_lo = vm->lo;
-    vm->clean_hi = vm->hi;
-}
+#define PTE_P 0x1ULL
+#define PTE_W 0x2ULL
+#define PTE_U 0x4ULL
+#define PTE_PWT 0x8ULL
+#define PTE_PCD 0x10ULL
+#define PTE_PS 0x80ULL
+#define PTE_COMMITTED 0x200ULL /* software bit: a user page owns a frame */
+#define PTE_ADDR 0x000ffffffffff000ULL
+#define PTE_MAPPED (PTE_P | PTE_W | PTE_U)
+#define TABLE_FLAGS (PTE_P | PTE_W | PTE_U)
 
 static uint64_t umin(uint64_t a, uint64_t b) { return a < b ? a : b; }
 static uint64_t umax(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
-/* Zero what of [a, b) the function may have dirtied: everything outside
- * the never-handed-out range. Fresh pages stay untouched (a host fault
- * each). */
-static void zero_dirty(struct vmem *vm, uint64_t a, uint64_t b)
+static uint64_t *table(const struct vmem *vm, uint64_t gpa)
 {
-    uint64_t e1 = umin(b, vm->clean_lo);
-    if (a < e1)
-        memset((void *)(uintptr_t)a, 0, e1 - a);
-    uint64_t s2 = umax(a, vm->clean_hi);
-    if (s2 < b)
-        memset((void *)(uintptr_t)s2, 0, b - s2);
+    return (uint64_t *)(uintptr_t)(gpa + vm->phys_off);
 }
 
-/* [a, b) is now the function's: shrink the clean range, keeping its larger
- * side when [a, b) falls in the middle (losing clean memory only costs
- * zeroing later, never correctness). */
-static void mark_used(struct vmem *vm, uint64_t a, uint64_t b)
+/* ---- frames ---- */
+
+static int frame_used(const struct vmem *vm, uint32_t i)
 {
-    if (b <= vm->clean_lo || a >= vm->clean_hi)
-        return;
-    uint64_t left = a > vm->clean_lo ? a - vm->clean_lo : 0;
-    uint64_t right = b < vm->clean_hi ? vm->clean_hi - b : 0;
-    if (left == 0 && right == 0) {
-        vm->clean_lo = vm->clean_hi = vm->hi;
-    } else if (left >= right) {
-        vm->clean_hi = a;
-    } else {
-        vm->clean_lo = b;
-    }
+    return (vm->frames[i / 64] >> (i % 64)) & 1;
 }
+
+static void frame_set(struct vmem *vm, uint32_t i, int used)
+{
+    if (used)
+        vm->frames[i / 64] |= 1ULL << (i % 64);
+    else
+        vm->frames[i / 64] &= ~(1ULL << (i % 64));
+}
+
+static void note_peak(struct vmem *vm)
+{
+    uint32_t used = vm->nframes - vm->free_frames;
+    if (used > vm->peak_frames)
+        vm->peak_frames = used;
+}
+
+/* Hand pending discards to the host now. */
+static void discard_flush(struct vmem *vm)
+{
+    if (vm->dc.count)
+        vm->discard(vm);
+    vm->dc.count = 0;
+    vm->dc_freed = 0;
+}
+
+/* The contents of guest RAM [gpa, gpa+len) are garbage from now on: the
+ * host zeroes them before the syscall returns (or before the frame is
+ * handed out again). */
+static void discard_add(struct vmem *vm, uint64_t gpa, uint64_t len)
+{
+    if (len == 0)
+        return;
+    uint32_t c = vm->dc.count;
+    if (c > 0) {
+        struct kiln_discard_range *last = &vm->dc.ranges[c - 1];
+        if (last->gpa + last->len == gpa) {
+            last->len += len;
+            return;
+        }
+    }
+    if (c == KILN_DISCARD_MAX) {
+        discard_flush(vm);
+        c = 0;
+    }
+    vm->dc.ranges[c].gpa = gpa;
+    vm->dc.ranges[c].len = len;
+    vm->dc.count = c + 1;
+}
+
+/* A zero frame's gpa, or 0 when the pool is empty. */
+static uint64_t frame_alloc(struct vmem *vm)
+{
+    if (vm->free_frames == 0)
+        return 0;
+    /* A frame freed in this syscall is zero only once the host has it. */
+    if (vm->dc_freed)
+        discard_flush(vm);
+    for (uint32_t w = 0; w < (vm->nframes + 63) / 64; w++) {
+        if (vm->frames[w] == ~0ULL)
+            continue;
+        uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(~vm->frames[w]);
+        if (i >= vm->nframes)
+            break;
+        frame_set(vm, i, 1);
+        vm->free_frames--;
+        note_peak(vm);
+        return (uint64_t)i * HUGE_SIZE;
+    }
+    return 0;
+}
+
+static void frame_free(struct vmem *vm, uint64_t gpa)
+{
+    uint32_t i = (uint32_t)(gpa / HUGE_SIZE);
+    if (i >= vm->nframes || !frame_used(vm, i))
+        return;
+    discard_add(vm, gpa, HUGE_SIZE);
+    vm->dc_freed = 1;
+    frame_set(vm, i, 0);
+    vm->free_frames++;
+}
+
+/* ---- page tables ---- */
+
+/* A zeroed 4 KiB table page: from the static pool, else carved from a
+ * frame (whose 512 pages then feed later tables). 0 when out of memory. */
+static uint64_t table_alloc(struct vmem *vm)
+{
+    if (vm->pt_next == vm->pt_end) {
+        uint64_t f = frame_alloc(vm);
+        if (f == 0)
+            return 0;
+        vm->pt_next = f;
+        vm->pt_end = f + HUGE_SIZE;
+    }
+    uint64_t t = vm->pt_next;
+    vm->pt_next += PAGE_SIZE;
+    return t;
+}
+
+/*
+ * The PD entry of va, creating the PDPT and PD on the way when create is
+ * set (NULL if that runs out of memory). Without create, NULL means no
+ * table covers va, and *skip is the next address that may have one.
+ */
+static uint64_t *pd_entry(struct vmem *vm, uint64_t va, int create, uint64_t *skip)
+{
+    static const int shift[2] = {39, 30};
+    uint64_t t = vm->pml4;
+    for (int level = 0; level < 2; level++) {
+        uint64_t *e = &table(vm, t)[(va >> shift[level]) & 511];
+        if (!(*e & PTE_P)) {
+            if (!create) {
+                if (skip)
+                    *skip = (va | ((1ULL << shift[level]) - 1)) + 1;
+                return 0;
+            }
+            uint64_t n = table_alloc(vm);
+            if (n == 0)
+                return 0;
+            /* The new table is zero, i.e. complete, before it is linked. */
+            *e = n | TABLE_FLAGS;
+        }
+        t = *e & PTE_ADDR;
+    }
+    return &table(vm, t)[(va >> 21) & 511];
+}
+
+static uint64_t *pd_lookup(const struct vmem *vm, uint64_t va)
+{
+    return pd_entry((struct vmem *)vm, va, 0, 0);
+}
+
+/* ---- regions ---- */
 
 /* Index of the first region whose end is above addr (n if none). */
 static int first_above(const struct vmem *vm, uint64_t addr)
@@ -81,23 +192,7 @@ static int overlaps_any(const struct vmem *vm, uint64_t a, uint64_t b)
     return i < vm->n && vm->r[i].start < b;
 }
 
-/* The lowest address mmap may use: the heap owns everything below. */
 static uint64_t heap_top(const struct vmem *vm) { return PAGE_UP(vm->brk); }
-
-uint64_t vmem_brk(struct vmem *vm, uint64_t newbrk)
-{
-    if (newbrk < vm->brk_base || newbrk > vm->hi)
-        return vm->brk;
-    uint64_t old_top = heap_top(vm), new_top = PAGE_UP(newbrk);
-    if (new_top > old_top) {
-        if (overlaps_any(vm, old_top, new_top))
-            return vm->brk;
-        zero_dirty(vm, old_top, new_top);
-        mark_used(vm, old_top, new_top);
-    }
-    vm->brk = newbrk;
-    return vm->brk;
-}
 
 /* Remove [a, b) from the region table, splitting where needed. The caller
  * guarantees a free slot for one split. */
@@ -151,77 +246,6 @@ static void insert(struct vmem *vm, uint64_t a, uint64_t b, uint32_t prot)
     }
 }
 
-/* Highest free gap of len bytes in [heap_top, hi): its start, or 0. */
-static uint64_t find_top_down(const struct vmem *vm, uint64_t len)
-{
-    uint64_t floor = heap_top(vm);
-    uint64_t end = vm->hi;
-    for (int i = vm->n - 1; i >= -1; i--) {
-        uint64_t start = i >= 0 ? vm->r[i].end : floor;
-        if (start < floor)
-            start = floor;
-        if (end >= start && end - start >= len)
-            return end - len;
-        if (i >= 0)
-            end = vm->r[i].start;
-        if (end <= floor)
-            break;
-    }
-    return 0;
-}
-
-int64_t vmem_mmap(struct vmem *vm, uint64_t addr, uint64_t len, uint32_t prot,
-                  uint32_t flags)
-{
-    if (len == 0 || len > vm->hi)
-        return -EINVAL;
-    len = PAGE_UP(len);
-    int fixed = (flags & (KMAP_FIXED | KMAP_FIXED_NOREPLACE)) != 0;
-    if (fixed && (addr & (PAGE_SIZE - 1)))
-        return -EINVAL;
-    /* Room for a carve split and an insert, so nothing fails half done. */
-    if (vm->n + 2 > VMEM_MAX_REGIONS)
-        return -ENOMEM;
-
-    uint64_t a = 0;
-    if (fixed) {
-        if (addr < heap_top(vm) || addr > vm->hi || vm->hi - addr < len)
-            return -ENOMEM;
-        if (overlaps_any(vm, addr, addr + len)) {
-            if (flags & KMAP_FIXED_NOREPLACE)
-                return -EEXIST;
-            carve(vm, addr, addr + len);
-        }
-        a = addr;
-    } else {
-        addr = PAGE_DOWN(addr);
-        if (addr != 0 && addr >= heap_top(vm) && addr <= vm->hi &&
-            vm->hi - addr >= len && !overlaps_any(vm, addr, addr + len))
-            a = addr;
-        else
-            a = find_top_down(vm, len);
-        if (a == 0)
-            return -ENOMEM;
-    }
-    zero_dirty(vm, a, a + len);
-    mark_used(vm, a, a + len);
-    insert(vm, a, a + len, prot);
-    return (int64_t)a;
-}
-
-int64_t vmem_munmap(struct vmem *vm, uint64_t addr, uint64_t len)
-{
-    if ((addr & (PAGE_SIZE - 1)) || len == 0 || addr + len < addr)
-        return -EINVAL;
-    uint64_t b = PAGE_UP(addr + len);
-    int i = first_above(vm, addr);
-    if (i < vm->n && vm->r[i].start < addr && vm->r[i].end > b &&
-        vm->n + 1 > VMEM_MAX_REGIONS)
-        return -ENOMEM;
-    carve(vm, addr, b);
-    return 0;
-}
-
 /* Whether [a, b) is wholly covered by regions. */
 static int covered(const struct vmem *vm, uint64_t a, uint64_t b)
 {
@@ -236,16 +260,316 @@ static int covered(const struct vmem *vm, uint64_t a, uint64_t b)
     return 1;
 }
 
+/* What overlaps the 2 MiB page at pg: *any region (PROT_NONE included),
+ * *acc an accessible one. The brk heap is an accessible region here. */
+static void page_users(const struct vmem *vm, uint64_t pg, int *any, int *acc)
+{
+    uint64_t end = pg + HUGE_SIZE;
+    *any = *acc = 0;
+    if (vm->brk_base < end && heap_top(vm) > pg && heap_top(vm) > vm->brk_base) {
+        *any = *acc = 1;
+        return;
+    }
+    for (int i = first_above(vm, pg); i < vm->n && vm->r[i].start < end; i++) {
+        *any = 1;
+        if (vm->r[i].prot) {
+            *acc = 1;
+            return;
+        }
+    }
+}
+
+/*
+ * Bring the entry of user page pg in line with the regions over it: free
+ * its frame when nothing covers it any more, map it while something
+ * accessible does, unmap it (keeping the frame) while only PROT_NONE does.
+ */
+static void sync_page(struct vmem *vm, uint64_t *e, uint64_t pg)
+{
+    if (!(*e & PTE_COMMITTED))
+        return;
+    int any, acc;
+    page_users(vm, pg, &any, &acc);
+    if (!any) {
+        if (*e & PTE_P)
+            vm->need_flush = 1;
+        frame_free(vm, *e & PTE_ADDR);
+        *e = 0;
+    } else if (acc && !(*e & PTE_P)) {
+        *e |= PTE_MAPPED;
+    } else if (!acc && (*e & PTE_P)) {
+        *e &= ~PTE_MAPPED;
+        vm->need_flush = 1;
+    }
+}
+
+/*
+ * [a, b) (page-aligned, user addresses) lost its contents — unmapped,
+ * replaced or advised away. Committed pages that no region covers any
+ * more give their frame back; of the others the host zeroes the range, or
+ * the whole frame is dropped when whole is set and the page lies wholly
+ * inside (the next touch commits a fresh one).
+ */
+static void release(struct vmem *vm, uint64_t a, uint64_t b, int whole)
+{
+    uint64_t pg = HUGE_DOWN(a);
+    while (pg < b) {
+        uint64_t skip;
+        uint64_t *e = pd_entry(vm, pg, 0, &skip);
+        if (!e) {
+            pg = HUGE_DOWN(skip);
+            continue;
+        }
+        if (*e & PTE_COMMITTED) {
+            uint64_t s = umax(a, pg), t = umin(b, pg + HUGE_SIZE);
+            int any, acc;
+            page_users(vm, pg, &any, &acc);
+            if (!any || (whole && s == pg && t == pg + HUGE_SIZE)) {
+                if (*e & PTE_P)
+                    vm->need_flush = 1;
+                frame_free(vm, *e & PTE_ADDR);
+                *e = 0;
+            } else {
+                uint64_t f = *e & PTE_ADDR;
+                discard_add(vm, f + (s - pg), t - s);
+                sync_page(vm, e, pg);
+            }
+        }
+        pg += HUGE_SIZE;
+    }
+}
+
+/* Re-derive every committed entry of the pages touching [a, b). */
+static void sync_range(struct vmem *vm, uint64_t a, uint64_t b)
+{
+    uint64_t pg = HUGE_DOWN(a);
+    while (pg < b) {
+        uint64_t skip;
+        uint64_t *e = pd_entry(vm, pg, 0, &skip);
+        if (!e) {
+            pg = HUGE_DOWN(skip);
+            continue;
+        }
+        sync_page(vm, e, pg);
+        pg += HUGE_SIZE;
+    }
+}
+
+/*
+ * Make sure frames can back every page touching [a, b): create the tables
+ * and check the pool. 0, or -ENOMEM with nothing committed (tables made on
+ * the way are empty, so they change nothing).
+ */
+static int reserve(struct vmem *vm, uint64_t a, uint64_t b)
+{
+    uint64_t need = 0;
+    for (uint64_t pg = HUGE_DOWN(a); pg < b; pg += HUGE_SIZE) {
+        uint64_t *e = pd_entry(vm, pg, 1, 0);
+        if (!e)
+            return -ENOMEM;
+        if (!(*e & PTE_COMMITTED))
+            need++;
+    }
+    return need > vm->free_frames ? -ENOMEM : 0;
+}
+
+/* Commit and map the page at pg (its tables may be missing). */
+static int commit(struct vmem *vm, uint64_t pg)
+{
+    uint64_t *e = pd_entry(vm, pg, 1, 0);
+    if (!e)
+        return -ENOMEM;
+    if (!(*e & PTE_COMMITTED)) {
+        uint64_t f = frame_alloc(vm);
+        if (f == 0)
+            return -ENOMEM;
+        *e = f | PTE_PS | PTE_COMMITTED;
+    }
+    sync_page(vm, e, pg);
+    return 0;
+}
+
+/* Commit every page touching [a, b) after reserve said it fits. */
+static void commit_range(struct vmem *vm, uint64_t a, uint64_t b)
+{
+    for (uint64_t pg = HUGE_DOWN(a); pg < b; pg += HUGE_SIZE)
+        (void)commit(vm, pg);
+}
+
+/* ---- set-up ---- */
+
+int vmem_init(struct vmem *vm, const struct vmem_layout *l,
+              void (*discard)(struct vmem *vm))
+{
+    memset(vm, 0, sizeof(*vm));
+    vm->phys_off = l->phys_off;
+    vm->mem_size = HUGE_DOWN(umin(l->mem_size, KILN_MEM_MAX));
+    vm->image_start = l->image_start;
+    vm->image_end = l->image_end;
+    vm->stack_low = l->stack_low;
+    vm->stack_top = l->stack_top;
+    vm->brk_base = vm->brk = VMEM_BRK_BASE;
+    vm->pt_next = l->pt_pool;
+    vm->pt_end = l->pt_pool + l->pt_pool_pages * PAGE_SIZE;
+    vm->discard = discard;
+    vm->nframes = (uint32_t)(vm->mem_size / HUGE_SIZE);
+    vm->free_frames = vm->nframes;
+
+    /* What the VMM placed stays where it is: page tables and kernel below
+     * KILN_USER_BASE, the image, the stack. */
+    for (uint32_t i = 0; i < vm->nframes; i++) {
+        uint64_t f = (uint64_t)i * HUGE_SIZE, fe = f + HUGE_SIZE;
+        int keep = f < KILN_USER_BASE ||
+                   (f < vm->image_end && fe > vm->image_start) ||
+                   (f < vm->stack_top && fe > vm->stack_low);
+        if (keep) {
+            frame_set(vm, i, 1);
+            vm->free_frames--;
+        }
+    }
+    note_peak(vm);
+
+    vm->pml4 = table_alloc(vm);
+    if (vm->pml4 == 0)
+        return -ENOMEM;
+    /* The direct map, as the VMM built it: RAM from 2 MiB and the doorbell
+     * page (uncached: device memory). */
+    for (uint64_t gpa = HUGE_SIZE; gpa < vm->mem_size; gpa += HUGE_SIZE) {
+        uint64_t *e = pd_entry(vm, gpa, 1, 0);
+        if (!e)
+            return -ENOMEM;
+        *e = gpa | PTE_MAPPED | PTE_PS;
+    }
+    uint64_t *e = pd_entry(vm, KILN_MMIO_GPA, 1, 0);
+    if (!e)
+        return -ENOMEM;
+    *e = HUGE_DOWN(KILN_MMIO_GPA) | PTE_MAPPED | PTE_PS | PTE_PCD | PTE_PWT;
+    return 0;
+}
+
+/* ---- syscalls ---- */
+
+uint64_t vmem_brk(struct vmem *vm, uint64_t newbrk)
+{
+    if (newbrk < vm->brk_base || newbrk > VMEM_BRK_END)
+        return vm->brk;
+    uint64_t old_top = heap_top(vm), new_top = PAGE_UP(newbrk);
+    if (new_top > old_top) {
+        if (reserve(vm, old_top, new_top) < 0)
+            return vm->brk;
+        vm->brk = newbrk;
+        commit_range(vm, old_top, new_top);
+    } else {
+        vm->brk = newbrk;
+        if (new_top < old_top)
+            release(vm, new_top, old_top, 0);
+    }
+    return vm->brk;
+}
+
+/* Highest free gap of len bytes below VMEM_MMAP_TOP: its start, or 0. */
+static uint64_t find_top_down(const struct vmem *vm, uint64_t len)
+{
+    uint64_t floor = VMEM_MMAP_LO, end = VMEM_MMAP_TOP;
+    int i = first_above(vm, end);
+    if (i < vm->n && vm->r[i].start < end)
+        end = vm->r[i].start;
+    for (int j = i - 1;; j--) {
+        uint64_t start = j >= 0 ? umax(vm->r[j].end, floor) : floor;
+        if (end >= start && end - start >= len)
+            return end - len;
+        if (j < 0)
+            break;
+        end = vm->r[j].start;
+        if (end <= floor)
+            break;
+    }
+    return 0;
+}
+
+static int in_mmap_area(uint64_t a, uint64_t len)
+{
+    return a >= VMEM_MMAP_LO && a <= VMEM_MMAP_HI && VMEM_MMAP_HI - a >= len;
+}
+
+int64_t vmem_mmap(struct vmem *vm, uint64_t addr, uint64_t len, uint32_t prot,
+                  uint32_t flags)
+{
+    if (len == 0)
+        return -EINVAL;
+    if (len > VMEM_MMAP_HI - VMEM_MMAP_LO)
+        return -ENOMEM;
+    len = PAGE_UP(len);
+    int fixed = (flags & (KMAP_FIXED | KMAP_FIXED_NOREPLACE)) != 0;
+    if (fixed && (addr & (PAGE_SIZE - 1)))
+        return -EINVAL;
+    /* Room for a carve split and an insert, so nothing fails half done. */
+    if (vm->n + 2 > VMEM_MAX_REGIONS)
+        return -ENOMEM;
+
+    uint64_t a;
+    int replace = 0;
+    if (fixed) {
+        if (!in_mmap_area(addr, len))
+            return -ENOMEM;
+        if (overlaps_any(vm, addr, addr + len)) {
+            if (flags & KMAP_FIXED_NOREPLACE)
+                return -EEXIST;
+            replace = 1;
+        }
+        a = addr;
+    } else {
+        addr = PAGE_DOWN(addr);
+        if (addr != 0 && in_mmap_area(addr, len) && !overlaps_any(vm, addr, addr + len))
+            a = addr;
+        else
+            a = find_top_down(vm, len);
+        if (a == 0)
+            return -ENOMEM;
+    }
+    int eager = (prot & 7) && !(flags & KMAP_NORESERVE) &&
+                (fixed || (flags & KMAP_POPULATE) || len <= VMEM_EAGER_MAX);
+    if (eager && reserve(vm, a, a + len) < 0)
+        return -ENOMEM;
+    if (replace)
+        carve(vm, a, a + len);
+    insert(vm, a, a + len, prot);
+    if (replace)
+        release(vm, a, a + len, 0); /* old contents go; the frames stay */
+    else
+        sync_range(vm, a, a + len);  /* pages shared with neighbours */
+    if (eager)
+        commit_range(vm, a, a + len);
+    return (int64_t)a;
+}
+
+int64_t vmem_munmap(struct vmem *vm, uint64_t addr, uint64_t len)
+{
+    if ((addr & (PAGE_SIZE - 1)) || len == 0 || addr + len < addr)
+        return -EINVAL;
+    uint64_t b = PAGE_UP(addr + len);
+    int i = first_above(vm, addr);
+    if (i < vm->n && vm->r[i].start < addr && vm->r[i].end > b &&
+        vm->n + 1 > VMEM_MAX_REGIONS)
+        return -ENOMEM;
+    if (!overlaps_any(vm, addr, b))
+        return 0;
+    carve(vm, addr, b);
+    release(vm, umax(addr, VMEM_MMAP_LO), b, 0);
+    return 0;
+}
+
 static int in_fixed_areas(const struct vmem *vm, uint64_t a, uint64_t b)
 {
-    return (a >= vm->image_start && b <= heap_top(vm)) ||
+    return (a >= vm->image_start && b <= vm->image_end) ||
+           (a >= vm->brk_base && b <= heap_top(vm)) ||
            (a >= vm->stack_low && b <= vm->stack_top);
 }
 
 int64_t vmem_mprotect(struct vmem *vm, uint64_t addr, uint64_t len,
                       uint32_t prot)
 {
-    if ((addr & (PAGE_SIZE - 1)) || addr + len < addr)
+    if ((addr & (PAGE_SIZE - 1)) || addr + len < addr || (prot & ~7U))
         return -EINVAL;
     if (len == 0)
         return 0;
@@ -255,37 +579,58 @@ int64_t vmem_mprotect(struct vmem *vm, uint64_t addr, uint64_t len,
             return -ENOMEM;
         carve(vm, addr, b);
         insert(vm, addr, b, prot);
+        sync_range(vm, addr, b);
         return 0;
     }
-    /* The image, heap and stack are always accessible to the function; a
-     * change there is accepted and has no effect. */
+    /* The image, heap and stack are always accessible to the function (the
+     * direct map is never narrowed); a change there is accepted. */
     if (in_fixed_areas(vm, addr, b))
         return 0;
     return -ENOMEM;
 }
 
-int64_t vmem_dontneed(struct vmem *vm, uint64_t addr, uint64_t len)
+int64_t vmem_madvise(struct vmem *vm, uint64_t addr, uint64_t len,
+                     uint64_t advice)
 {
     if ((addr & (PAGE_SIZE - 1)) || addr + len < addr)
         return -EINVAL;
+    if (advice != KMADV_DONTNEED && advice != KMADV_FREE && advice != KMADV_REMOVE)
+        return 0;
     uint64_t b = PAGE_UP(addr + len);
-    /* Private anonymous memory reads back as zeros after MADV_DONTNEED. */
-    for (int i = first_above(vm, addr); i < vm->n && vm->r[i].start < b; i++) {
-        uint64_t s = umax(addr, vm->r[i].start), e = umin(b, vm->r[i].end);
-        if (vm->r[i].prot != 0 && s < e)
-            memset((void *)(uintptr_t)s, 0, e - s);
-    }
-    uint64_t s = umax(addr, vm->brk_base), e = umin(b, heap_top(vm));
-    if (s < e)
-        memset((void *)(uintptr_t)s, 0, e - s);
+    /* Private anonymous memory reads back as zeros afterwards. The image
+     * and the initial stack live in the direct map and are left alone. */
+    uint64_t lo = umax(addr, VMEM_DIRECT_END);
+    if (lo < b)
+        release(vm, lo, b, 1);
     return 0;
 }
+
+int64_t vmem_mremap(struct vmem *vm, uint64_t addr, uint64_t old_len,
+                    uint64_t new_len, uint64_t flags)
+{
+    if ((addr & (PAGE_SIZE - 1)) || new_len == 0 || (flags & ~7ULL))
+        return -EINVAL;
+    old_len = PAGE_UP(old_len);
+    new_len = PAGE_UP(new_len);
+    if (old_len == 0 || addr + old_len < addr || !covered(vm, addr, addr + old_len))
+        return -EFAULT;
+    if (new_len > old_len)
+        return -ENOMEM; /* growing would move it or need the room above */
+    if (new_len < old_len) {
+        int64_t r = vmem_munmap(vm, addr + new_len, old_len - new_len);
+        if (r < 0)
+            return r;
+    }
+    return (int64_t)addr;
+}
+
+/* ---- lookups ---- */
 
 /* End of the run of accessible memory that contains addr, or 0. */
 static uint64_t valid_end(const struct vmem *vm, uint64_t addr)
 {
     if (addr >= vm->image_start && addr < vm->image_end)
-        return vm->image_end == vm->brk_base ? heap_top(vm) : vm->image_end;
+        return vm->image_end;
     if (addr >= vm->brk_base && addr < heap_top(vm))
         return heap_top(vm);
     if (addr >= vm->stack_low && addr < vm->stack_top)
@@ -312,17 +657,79 @@ int vmem_valid(const struct vmem *vm, uint64_t addr, uint64_t len)
     return 1;
 }
 
+int vmem_mapped(const struct vmem *vm, uint64_t addr, uint64_t len)
+{
+    uint64_t end = addr + len;
+    if (end < addr)
+        return 0;
+    if (len == 0 || in_fixed_areas(vm, addr, end))
+        return 1;
+    return covered(vm, addr, end);
+}
+
+uint64_t vmem_lookup(const struct vmem *vm, uint64_t addr)
+{
+    if (addr < VMEM_DIRECT_END)
+        return addr < vm->mem_size ? addr : 0;
+    const uint64_t *e = pd_lookup(vm, addr);
+    if (!e || !(*e & PTE_COMMITTED))
+        return 0;
+    return (*e & PTE_ADDR) + (addr & (HUGE_SIZE - 1));
+}
+
 int64_t vmem_strlen(const struct vmem *vm, uint64_t addr, uint64_t max)
 {
     uint64_t n = 0;
     while (n < max) {
-        uint64_t e = valid_end(vm, addr + n);
+        uint64_t a = addr + n;
+        uint64_t e = valid_end(vm, a);
         if (e == 0)
             return -1;
-        const char *p = (const char *)(uintptr_t)(addr + n);
+        e = umin(e, HUGE_DOWN(a) + HUGE_SIZE); /* one frame at a time */
+        uint64_t gpa = vmem_lookup(vm, a);
+        if (gpa == 0)
+            return (int64_t)n; /* never touched: reads as zero */
+        const char *p = (const char *)(uintptr_t)(gpa + vm->phys_off);
         for (; addr + n < e && n < max; n++, p++)
             if (*p == 0)
                 return (int64_t)n;
     }
     return -1;
+}
+
+int vmem_demand(struct vmem *vm, uint64_t addr, uint64_t err)
+{
+    if ((err & 1) || addr < VMEM_DIRECT_END || !vmem_valid(vm, addr, 1))
+        return 0;
+    return commit(vm, HUGE_DOWN(addr)) < 0 ? -ENOMEM : 1;
+}
+
+int64_t vmem_translate(struct vmem *vm, uint64_t addr, uint64_t len,
+                       uint64_t *gpa)
+{
+    if (!vmem_valid(vm, addr, len ? len : 1))
+        return -EFAULT;
+    if (addr < VMEM_DIRECT_END) {
+        *gpa = addr;
+        return (int64_t)len;
+    }
+    if (commit(vm, HUGE_DOWN(addr)) < 0)
+        return -ENOMEM;
+    *gpa = vmem_lookup(vm, addr);
+    return (int64_t)umin(len, HUGE_DOWN(addr) + HUGE_SIZE - addr);
+}
+
+uint64_t vmem_kframe(struct vmem *vm)
+{
+    return frame_alloc(vm);
+}
+
+uint64_t vmem_used(const struct vmem *vm)
+{
+    return (uint64_t)(vm->nframes - vm->free_frames) * HUGE_SIZE;
+}
+
+uint64_t vmem_peak(const struct vmem *vm)
+{
+    return (uint64_t)vm->peak_frames * HUGE_SIZE;
 }

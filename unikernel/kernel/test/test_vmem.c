@@ -1,6 +1,8 @@
 /*
- * test_vmem.c — the address-space bookkeeping over a real host mapping at
- * the addresses the tests use, so zeroing is observed, not assumed.
+ * test_vmem.c — the address space on the host: vmem.c's page tables and
+ * frames live in a buffer standing in for 64 MiB of guest RAM (phys_off),
+ * the discard hook zeroes what the VMM would and records it, and the
+ * tests walk the tables as the MMU would.
  */
 #include <stdint.h>
 #include <string.h>
@@ -9,213 +11,512 @@
 #include "ktest.h"
 #include "../libos.h"
 
-#define BASE 0x40000000ULL
-#define SIZE (64ULL << 20)
-#define IMG_END (BASE + 0x100000)
-#define STK_LOW (BASE + SIZE - 0x100000)
-#define STK_TOP (BASE + SIZE)
+#define MiB (1ULL << 20)
+#define GiB (1ULL << 30)
+#define MEM (64 * MiB)
+#define IMG_START 0x400000ULL
+#define IMG_END 0x500000ULL
+#define STK_LOW (MEM - MiB)
+#define STK_TOP MEM
+#define POOL 0x300000ULL
+#define RW (KPROT_READ | KPROT_WRITE)
+#define ANON (KMAP_PRIVATE | KMAP_ANONYMOUS)
 
 static struct vmem vm;
+static uint8_t *ram;
+/* What the hook was handed since the test started. */
+static struct kiln_discard_range seen[4096];
+static int nseen, ncalls;
 
-/* A fresh "guest": real zeroed memory at BASE, like fresh guest RAM. */
-static void fresh(void)
+static void zero_and_record(struct vmem *v)
 {
-    static int mapped;
-    if (mapped)
-        munmap((void *)BASE, SIZE);
-    void *p = mmap((void *)BASE, SIZE, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (p != (void *)BASE) {
-        perror("mmap test area");
-        _exit(2);
+    ncalls++;
+    for (uint32_t i = 0; i < v->dc.count; i++) {
+        struct kiln_discard_range r = v->dc.ranges[i];
+        if (r.gpa < KILN_KERNEL_LIMIT || r.gpa % PAGE_SIZE || r.len % PAGE_SIZE ||
+            r.len == 0 || r.gpa + r.len > MEM) {
+            fprintf(stderr, "bad discard range %#llx+%#llx\n",
+                    (unsigned long long)r.gpa, (unsigned long long)r.len);
+            ktest_failed_checks++;
+            continue;
+        }
+        memset(ram + r.gpa, 0, r.len);
+        if (nseen < 4096)
+            seen[nseen++] = r;
     }
-    mapped = 1;
-    vmem_init(&vm, BASE, IMG_END, STK_LOW, STK_TOP);
+    v->dc.count = 0;
 }
 
-static uint8_t *P(uint64_t a) { return (uint8_t *)(uintptr_t)a; }
+/* What vmemsys does at the end of every syscall. */
+static void finish(void)
+{
+    zero_and_record(&vm);
+    vm.dc_freed = 0;
+    vm.need_flush = 0;
+}
 
-static int all_zero(uint64_t a, uint64_t n)
+static void fresh_pool(uint64_t pool_pages)
+{
+    if (!ram) {
+        ram = mmap(0, MEM, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (ram == MAP_FAILED) {
+            perror("mmap fake guest RAM");
+            _exit(2);
+        }
+    } else {
+        /* Fresh guest RAM is zero. */
+        madvise(ram, MEM, MADV_DONTNEED);
+    }
+    nseen = ncalls = 0;
+    struct vmem_layout l = {
+        .mem_size = MEM, .phys_off = (uint64_t)(uintptr_t)ram,
+        .image_start = IMG_START, .image_end = IMG_END,
+        .stack_low = STK_LOW, .stack_top = STK_TOP,
+        .pt_pool = POOL, .pt_pool_pages = pool_pages,
+    };
+    CHECK_EQ(vmem_init(&vm, &l, zero_and_record), 0);
+}
+
+static void fresh(void) { fresh_pool(32); }
+
+/* The MMU's view: the PD entry of va (0 if no table covers it). */
+static uint64_t pde(uint64_t va)
+{
+    uint64_t t = vm.pml4;
+    int shifts[3] = {39, 30, 21};
+    for (int l = 0; l < 3; l++) {
+        uint64_t e = ((uint64_t *)(ram + t))[(va >> shifts[l]) & 511];
+        if (l == 2)
+            return e;
+        if (!(e & 1))
+            return 0;
+        t = e & 0x000ffffffffff000ULL;
+    }
+    return 0;
+}
+
+static int present(uint64_t va) { return (pde(va) & 0x87) == 0x87; }
+
+/* The byte the function sees at va (the page must be present). */
+static uint8_t *U(uint64_t va)
+{
+    uint64_t e = pde(va);
+    if (!(e & 1)) {
+        fprintf(stderr, "U(%#llx): not present\n", (unsigned long long)va);
+        ktest_failed_checks++;
+        static uint8_t dummy[8];
+        return dummy;
+    }
+    return ram + (e & 0x000fffffffe00000ULL) + (va & (HUGE_SIZE - 1));
+}
+
+static int all_zero(uint64_t va, uint64_t n)
 {
     for (uint64_t i = 0; i < n; i++)
-        if (P(a)[i])
+        if (*U(va + i))
             return 0;
     return 1;
 }
 
-TEST(brk_grows_shrinks_and_rezeroes)
+static uint64_t used_mib(void) { return vmem_used(&vm) / MiB; }
+
+TEST(vmem_direct_map_and_pool)
 {
     fresh();
-    CHECK_EQ(vmem_brk(&vm, 0), IMG_END);
-    CHECK_EQ(vmem_brk(&vm, IMG_END + 10000), IMG_END + 10000);
-    CHECK(vmem_valid(&vm, IMG_END, 10000));
-    CHECK(vmem_valid(&vm, IMG_END + 10000, 100)); /* rest of the last page */
-    CHECK(!vmem_valid(&vm, IMG_END + 3 * 4096, 1));
-    memset(P(IMG_END), 0xaa, 10000);
-    CHECK_EQ(vmem_brk(&vm, IMG_END + 100), IMG_END + 100);
-    CHECK(!vmem_valid(&vm, IMG_END + 4096, 1));
-    CHECK_EQ(vmem_brk(&vm, IMG_END + 3 * 4096), IMG_END + 3 * 4096);
-    /* Pages given back and taken again read as zero, like Linux. */
-    CHECK(all_zero(IMG_END + 4096, 2 * 4096));
-    /* Below the base or past the managed area: the old break stays. */
-    CHECK_EQ(vmem_brk(&vm, BASE), IMG_END + 3 * 4096);
-    CHECK_EQ(vmem_brk(&vm, STK_LOW + 4096), IMG_END + 3 * 4096);
+    /* Identity map of RAM from 2 MiB, 2 MiB pages, user RW; nothing below. */
+    CHECK_EQ(pde(0), 0);
+    CHECK_EQ(pde(0x200000), 0x200000 | 0x87);
+    CHECK_EQ(pde(MEM - HUGE_SIZE), (MEM - HUGE_SIZE) | 0x87);
+    CHECK_EQ(pde(MEM) & 1, 0);
+    CHECK_EQ(pde(KILN_MMIO_GPA), KILN_MMIO_GPA | 0x87 | 0x18); /* PCD|PWT */
+    /* Kept: frames 0, 1 (tables, kernel), the image's, the stack's. */
+    CHECK_EQ(vm.nframes, 32);
+    CHECK_EQ(vm.free_frames, 32 - 4);
+    CHECK_EQ(used_mib(), 8);
+    CHECK_EQ(vmem_peak(&vm), 8 * MiB);
+    CHECK(vmem_valid(&vm, IMG_START, IMG_END - IMG_START));
+    CHECK(vmem_valid(&vm, STK_LOW, STK_TOP - STK_LOW));
+    CHECK(!vmem_valid(&vm, IMG_END, 1));
+    CHECK(!vmem_valid(&vm, 0x800000, 1)); /* a free frame via the direct map */
 }
 
-TEST(mmap_top_down_and_munmap_split)
+TEST(vmem_prot_none_costs_nothing_and_hints)
 {
     fresh();
-    int64_t a = vmem_mmap(&vm, 0, 3 * 4096, KPROT_READ | KPROT_WRITE,
-                          KMAP_PRIVATE | KMAP_ANONYMOUS);
-    CHECK_EQ(a, STK_LOW - 3 * 4096);
-    int64_t b = vmem_mmap(&vm, 0, 100, KPROT_READ, KMAP_PRIVATE | KMAP_ANONYMOUS);
-    CHECK_EQ(b, a - 4096);
+    /* Go's arena hint: honoured, 1 GiB of PROT_NONE in a 64 MiB VM. */
+    int64_t a = vmem_mmap(&vm, 0xc000000000ULL, GiB, 0, ANON);
+    finish();
+    CHECK_EQ(a, 0xc000000000LL);
+    CHECK_EQ(used_mib(), 8);
+    CHECK(!vmem_valid(&vm, (uint64_t)a, 1));
+    CHECK(vmem_mapped(&vm, (uint64_t)a, GiB));
+    /* The same hint again is taken: top-down instead. */
+    int64_t b = vmem_mmap(&vm, 0xc000000000ULL, 64 * MiB, 0, ANON);
+    CHECK_EQ(b, (int64_t)(VMEM_MMAP_TOP - 64 * MiB));
+    /* A hint in the direct map or the brk area is not usable. */
+    int64_t c = vmem_mmap(&vm, 0x800000, 4096, 0, ANON);
+    CHECK_EQ(c, b - 4096);
+    int64_t d = vmem_mmap(&vm, VMEM_BRK_BASE, 4096, 0, ANON);
+    CHECK_EQ(d, c - 4096);
+    CHECK_EQ(vm.n, 2); /* the top-down ones merged */
+    /* An unaligned hint is rounded down, like Linux. */
+    int64_t e = vmem_mmap(&vm, 0x2000000123ULL, 4096, 0, ANON);
+    CHECK_EQ(e, 0x2000000000LL);
+}
+
+TEST(vmem_fixed_commits_eagerly)
+{
+    fresh();
+    uint64_t base = 0xc000000000ULL;
+    CHECK_EQ(vmem_mmap(&vm, base, GiB, 0, ANON), (int64_t)base);
+    /* MAP_FIXED RW over part of the reservation: committed at once. */
+    CHECK_EQ(vmem_mmap(&vm, base + 4 * MiB, 4 * MiB, RW, ANON | KMAP_FIXED),
+             (int64_t)(base + 4 * MiB));
+    finish();
+    CHECK_EQ(used_mib(), 12);
+    CHECK(present(base + 4 * MiB) && present(base + 6 * MiB));
+    CHECK(!present(base + 2 * MiB) && !present(base + 8 * MiB));
+    CHECK(vmem_valid(&vm, base + 4 * MiB, 4 * MiB));
+    CHECK(!vmem_valid(&vm, base + 4 * MiB - 1, 2));
+    CHECK_EQ(vm.n, 3);
+    *U(base + 5 * MiB) = 7;
+    CHECK_EQ(vmem_lookup(&vm, base + 5 * MiB) != 0, 1);
+    /* Over the limit: -ENOMEM and nothing changed. */
+    int n = vm.n;
+    uint32_t free = vm.free_frames;
+    CHECK_EQ(vmem_mmap(&vm, base + 64 * MiB, 64 * MiB, RW, ANON | KMAP_FIXED), -ENOMEM);
+    CHECK_EQ(vm.n, n);
+    CHECK_EQ(vm.free_frames, free);
+    CHECK(!vmem_valid(&vm, base + 64 * MiB, 1));
+    /* NOREPLACE over anything mapped, PROT_NONE included. */
+    CHECK_EQ(vmem_mmap(&vm, base + 100 * MiB, 4096, RW, ANON | KMAP_FIXED_NOREPLACE), -EEXIST);
+    CHECK_EQ(vmem_mmap(&vm, 0x3000000000ULL, 4096, RW, ANON | KMAP_FIXED_NOREPLACE),
+             0x3000000000LL);
+    /* MAP_FIXED outside the mmap area, or unaligned. */
+    CHECK_EQ(vmem_mmap(&vm, 0x800000, 4096, RW, ANON | KMAP_FIXED), -ENOMEM);
+    CHECK_EQ(vmem_mmap(&vm, base + 1, 4096, RW, ANON | KMAP_FIXED), -EINVAL);
+}
+
+TEST(vmem_fixed_replace_zeroes_old_contents)
+{
+    fresh();
+    uint64_t base = 0x4000000000ULL;
+    CHECK_EQ(vmem_mmap(&vm, base, 2 * MiB, RW, ANON | KMAP_FIXED), (int64_t)base);
+    finish();
+    memset(U(base), 0x5a, 2 * MiB);
+    uint32_t free = vm.free_frames;
+    /* Replace the middle 8 KiB: same frame, those bytes read zero. */
+    CHECK_EQ(vmem_mmap(&vm, base + 0x10000, 0x2000, KPROT_READ, ANON | KMAP_FIXED),
+             (int64_t)(base + 0x10000));
+    finish();
+    CHECK_EQ(vm.free_frames, free);
+    CHECK(all_zero(base + 0x10000, 0x2000));
+    CHECK_EQ(*U(base + 0xffff), 0x5a);
+    CHECK_EQ(*U(base + 0x12000), 0x5a);
+    CHECK_EQ(vm.n, 3);
+    CHECK_EQ(vm.r[1].prot, KPROT_READ);
+}
+
+TEST(vmem_lazy_mapping_demand_faults)
+{
+    fresh();
+    /* A big sparse table (Go's heap index): lazy, costs one page per touch,
+     * and may be bigger than memory. */
+    int64_t a = vmem_mmap(&vm, 0, 64 * MiB, RW, ANON);
+    finish();
+    CHECK_EQ(a, (int64_t)(VMEM_MMAP_TOP - 64 * MiB));
+    CHECK_EQ(used_mib(), 8);
+    CHECK(!present((uint64_t)a));
+    CHECK(vmem_valid(&vm, (uint64_t)a, 64 * MiB));
+    CHECK_EQ(vmem_strlen(&vm, (uint64_t)a + 100, 10), 0); /* reads as zero */
+    CHECK_EQ(vmem_demand(&vm, (uint64_t)a + 5 * MiB, 2), 1);
+    CHECK(present((uint64_t)a + 4 * MiB));
+    CHECK(!present((uint64_t)a + 6 * MiB));
+    CHECK_EQ(used_mib(), 10);
+    CHECK(all_zero((uint64_t)a + 4 * MiB, HUGE_SIZE));
+    /* Not the program's memory, or a protection fault: not ours. */
+    CHECK_EQ(vmem_demand(&vm, (uint64_t)a - 4096, 2), 0);
+    CHECK_EQ(vmem_demand(&vm, (uint64_t)a + 5 * MiB, 3), 0);
+    CHECK_EQ(vmem_demand(&vm, 0x800000, 2), 0);
+    /* Touch until the pool is empty: then -ENOMEM. */
+    int ok = 0, oom = 0;
+    for (uint64_t off = 0; off < 64 * MiB; off += HUGE_SIZE) {
+        int r = vmem_demand(&vm, (uint64_t)a + off, 2);
+        ok += r == 1;
+        oom += r == -ENOMEM;
+    }
+    CHECK_EQ(vm.free_frames, 0);
+    CHECK_EQ(used_mib(), 64);
+    CHECK_EQ(vmem_peak(&vm), 64 * MiB);
+    CHECK_EQ(ok, 28); /* 27 new pages and the one touched above */
+    CHECK_EQ(oom, 32 - 28);
+    /* A small mapping now fails at mmap (eager), a big one only at touch. */
+    CHECK_EQ(vmem_mmap(&vm, 0, 4096, RW, ANON), -ENOMEM);
+    CHECK(vmem_mmap(&vm, 0, 64 * MiB, RW, ANON) > 0);
+}
+
+TEST(vmem_small_mmaps_pack_into_one_frame)
+{
+    fresh();
+    int64_t first = vmem_mmap(&vm, 0, 4096, RW, ANON);
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ(vmem_mmap(&vm, 0, 4096 * 3, RW, ANON), first - 3 * 4096 * (i + 1));
+    finish();
+    CHECK_EQ(vm.n, 1);
+    CHECK_EQ(used_mib(), 10); /* 1.2 MiB of small mappings, one frame */
+    CHECK(present((uint64_t)first));
+    /* The mapping that crosses into the next 2 MiB page takes one more. */
+    CHECK(vmem_mmap(&vm, 0, MiB, RW, ANON) > 0);
+    CHECK_EQ(used_mib(), 12);
+}
+
+TEST(vmem_munmap_splits_frees_and_zeroes)
+{
+    fresh();
+    uint64_t base = 0x5000000000ULL;
+    CHECK_EQ(vmem_mmap(&vm, base, 8 * MiB, RW, ANON | KMAP_FIXED), (int64_t)base);
+    finish();
+    memset(U(base), 0xee, 8 * MiB);
+    CHECK_EQ(used_mib(), 16);
+    nseen = 0;
+    /* Unmap [1 MiB, 5 MiB): page 2–4 MiB goes whole, the edges are zeroed. */
+    CHECK_EQ(vmem_munmap(&vm, base + MiB, 4 * MiB), 0);
     CHECK_EQ(vm.n, 2);
-    CHECK(vmem_valid(&vm, (uint64_t)b, 4 * 4096));
-    CHECK_EQ(vmem_munmap(&vm, (uint64_t)a + 4096, 4096), 0);
-    CHECK_EQ(vm.n, 3);
-    CHECK(!vmem_valid(&vm, (uint64_t)a + 4096, 1));
-    CHECK(vmem_valid(&vm, (uint64_t)a, 4096));
-    CHECK(vmem_valid(&vm, (uint64_t)a + 8192, 4096));
-    CHECK_EQ(vmem_munmap(&vm, (uint64_t)a + 1, 4096), -EINVAL);
-    CHECK_EQ(vmem_munmap(&vm, (uint64_t)a, 0), -EINVAL);
-    /* The hole is reused first-fit from the top. */
-    int64_t c = vmem_mmap(&vm, 0, 4096, KPROT_READ | KPROT_WRITE,
-                          KMAP_PRIVATE | KMAP_ANONYMOUS);
-    CHECK_EQ(c, a + 4096);
-    CHECK_EQ(vm.n, 2); /* merged with equal neighbours */
+    CHECK(vm.need_flush);
+    finish();
+    CHECK_EQ(used_mib(), 14);
+    CHECK(!present(base + 2 * MiB));
+    CHECK(present(base) && present(base + 4 * MiB));
+    CHECK(all_zero(base + MiB, MiB));
+    CHECK(all_zero(base + 4 * MiB, MiB));
+    CHECK_EQ(*U(base + MiB - 1), 0xee);
+    CHECK_EQ(*U(base + 5 * MiB), 0xee);
+    CHECK(!vmem_valid(&vm, base + MiB, 1));
+    CHECK(vmem_valid(&vm, base + 5 * MiB, 3 * MiB));
+    /* The freed frame and the two partial ranges, 4 MiB in all (ranges of
+     * adjacent frames are merged). */
+    uint64_t total = 0;
+    for (int i = 0; i < nseen; i++)
+        total += seen[i].len;
+    CHECK_EQ(total, 4 * MiB);
+    CHECK(nseen >= 1 && nseen <= 3);
+    /* Mapping there again reads zero (the frames were kept or are fresh). */
+    CHECK_EQ(vmem_mmap(&vm, base + MiB, 4 * MiB, RW, ANON | KMAP_FIXED), (int64_t)(base + MiB));
+    finish();
+    CHECK(all_zero(base + MiB, 4 * MiB));
+    CHECK_EQ(vm.n, 1);
+    /* Unmapping everything gives every frame back. */
+    CHECK_EQ(vmem_munmap(&vm, base, 8 * MiB), 0);
+    finish();
+    CHECK_EQ(used_mib(), 8);
+    CHECK_EQ(vm.n, 0);
+    CHECK_EQ(vmem_munmap(&vm, base + 1, 4096), -EINVAL);
+    CHECK_EQ(vmem_munmap(&vm, base, 0), -EINVAL);
 }
 
-TEST(mmap_reuse_zeroes_only_dirty_memory)
+TEST(vmem_dontneed_whole_and_partial)
 {
     fresh();
-    int64_t a = vmem_mmap(&vm, 0, 8192, 3, KMAP_PRIVATE | KMAP_ANONYMOUS);
-    memset(P(a), 0x5a, 8192);
-    CHECK_EQ(vmem_munmap(&vm, a, 8192), 0);
-    int64_t b = vmem_mmap(&vm, 0, 8192, 3, KMAP_PRIVATE | KMAP_ANONYMOUS);
-    CHECK_EQ(b, a);
-    CHECK(all_zero(b, 8192));
-    /* Memory never handed out is not written (a canary planted there
-     * survives), since fresh guest memory is zero already. */
-    uint64_t next = (uint64_t)b - 4096;
-    P(next)[17] = 0x77;
-    int64_t c = vmem_mmap(&vm, 0, 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS);
-    CHECK_EQ(c, next);
-    CHECK_EQ(P(next)[17], 0x77);
+    uint64_t base = 0x6000000000ULL;
+    CHECK_EQ(vmem_mmap(&vm, base, 6 * MiB, RW, ANON | KMAP_FIXED), (int64_t)base);
+    finish();
+    memset(U(base), 0x11, 6 * MiB);
+    CHECK_EQ(used_mib(), 14);
+    /* [1 MiB, 4 MiB): page 2–4 MiB is dropped whole (lazy again), the
+     * first page keeps its frame with [1, 2) MiB zeroed. */
+    CHECK_EQ(vmem_madvise(&vm, base + MiB, 3 * MiB, KMADV_DONTNEED), 0);
+    finish();
+    CHECK_EQ(used_mib(), 12);
+    CHECK(!present(base + 2 * MiB));
+    CHECK(vmem_valid(&vm, base, 6 * MiB)); /* still mapped */
+    CHECK(all_zero(base + MiB, MiB));
+    CHECK_EQ(*U(base), 0x11);
+    CHECK_EQ(*U(base + 4 * MiB), 0x11);
+    /* Touched again without re-mapping: a fresh zero frame on demand. */
+    CHECK_EQ(vmem_demand(&vm, base + 3 * MiB, 2), 1);
+    CHECK(all_zero(base + 2 * MiB, HUGE_SIZE));
+    CHECK_EQ(used_mib(), 14);
+    /* Other advice: nothing happens. */
+    CHECK_EQ(vmem_madvise(&vm, base, 6 * MiB, 14 /* MADV_HUGEPAGE */), 0);
+    CHECK_EQ(*U(base), 0x11);
+    CHECK_EQ(vmem_madvise(&vm, base + 1, 4096, KMADV_DONTNEED), -EINVAL);
+    /* MADV_FREE of the last page, unaligned length: rounded up. */
+    CHECK_EQ(vmem_madvise(&vm, base + 4 * MiB, 2 * MiB - 100, KMADV_FREE), 0);
+    finish();
+    CHECK(!present(base + 4 * MiB));
+    CHECK_EQ(used_mib(), 12);
 }
 
-TEST(mmap_fixed_and_hints)
+TEST(vmem_mprotect_maps_and_unmaps_pages)
 {
     fresh();
-    uint64_t mid = BASE + 0x1000000;
-    CHECK_EQ(vmem_mmap(&vm, mid, 4 * 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS | KMAP_FIXED), mid);
-    memset(P(mid), 1, 4 * 4096);
-    /* MAP_FIXED over part of it replaces and zeroes that part only. */
-    CHECK_EQ(vmem_mmap(&vm, mid + 4096, 4096, 1, KMAP_PRIVATE | KMAP_ANONYMOUS | KMAP_FIXED), mid + 4096);
-    CHECK(all_zero(mid + 4096, 4096));
-    CHECK_EQ(P(mid)[0], 1);
-    CHECK_EQ(P(mid + 2 * 4096)[0], 1);
-    CHECK_EQ(vm.n, 3);
-    CHECK_EQ(vmem_mmap(&vm, mid, 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS | KMAP_FIXED_NOREPLACE), -EEXIST);
-    CHECK_EQ(vmem_mmap(&vm, mid + 1, 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS | KMAP_FIXED), -EINVAL);
-    /* Outside the managed area (kernel, stack, past RAM) MAP_FIXED fails. */
-    CHECK_EQ(vmem_mmap(&vm, 0x200000, 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS | KMAP_FIXED), -ENOMEM);
-    CHECK_EQ(vmem_mmap(&vm, STK_LOW, 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS | KMAP_FIXED), -ENOMEM);
-    CHECK_EQ(vmem_mmap(&vm, BASE, 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS | KMAP_FIXED), -ENOMEM);
-    /* A free hint is honoured; a taken one falls back to top-down. */
-    uint64_t h = BASE + 0x2000000;
-    CHECK_EQ(vmem_mmap(&vm, h, 8192, 3, KMAP_PRIVATE | KMAP_ANONYMOUS), h);
-    CHECK_EQ(vmem_mmap(&vm, h, 8192, 3, KMAP_PRIVATE | KMAP_ANONYMOUS), STK_LOW - 8192);
-    /* The heap cannot grow into a mapping. */
-    CHECK_EQ(vmem_brk(&vm, mid + 100), IMG_END);
-    CHECK_EQ(vmem_brk(&vm, mid), mid);
-}
-
-TEST(mprotect_splits_and_prot_none_is_invalid)
-{
-    fresh();
-    int64_t a = vmem_mmap(&vm, 0, 4 * 4096, 0, KMAP_PRIVATE | KMAP_ANONYMOUS);
-    CHECK(!vmem_valid(&vm, a, 1)); /* PROT_NONE reservation */
-    CHECK_EQ(vmem_mprotect(&vm, a + 4096, 4096, 3), 0);
-    CHECK_EQ(vm.n, 3);
-    CHECK(vmem_valid(&vm, a + 4096, 4096));
-    CHECK(!vmem_valid(&vm, a + 4096, 4097));
-    CHECK_EQ(vmem_mprotect(&vm, a + 4096, 4096, 0), 0);
+    uint64_t base = 0x7000000000ULL;
+    CHECK_EQ(vmem_mmap(&vm, base, 4 * MiB, RW, ANON | KMAP_FIXED), (int64_t)base);
+    finish();
+    *U(base + 2 * MiB) = 42;
+    /* PROT_NONE over a whole page: unmapped, the frame and data kept. */
+    CHECK_EQ(vmem_mprotect(&vm, base + 2 * MiB, 2 * MiB, 0), 0);
+    CHECK(vm.need_flush);
+    finish();
+    CHECK(!present(base + 2 * MiB));
+    CHECK_EQ(used_mib(), 12);
+    CHECK(!vmem_valid(&vm, base + 2 * MiB, 1));
+    CHECK_EQ(vmem_demand(&vm, base + 2 * MiB, 2), 0); /* SIGSEGV */
+    CHECK_EQ(vmem_mprotect(&vm, base + 2 * MiB, 2 * MiB, RW), 0);
+    finish();
+    CHECK(present(base + 2 * MiB));
+    CHECK_EQ(*U(base + 2 * MiB), 42);
     CHECK_EQ(vm.n, 1); /* merged back */
-    CHECK_EQ(vmem_mprotect(&vm, a + 1, 4096, 3), -EINVAL);
-    CHECK_EQ(vmem_mprotect(&vm, BASE + 0x1000000, 4096, 3), -ENOMEM); /* unmapped */
-    CHECK_EQ(vmem_mprotect(&vm, BASE, 4096, 1), 0); /* image: accepted */
+    /* 4 KiB PROT_NONE inside a page that stays mapped: exact for syscall
+     * pointers, the page stays present. */
+    CHECK_EQ(vmem_mprotect(&vm, base + 4096, 4096, 0), 0);
+    CHECK(present(base));
+    CHECK(!vmem_valid(&vm, base + 4096, 1));
+    CHECK(vmem_valid(&vm, base, 4096));
+    CHECK_EQ(vm.n, 3);
+    /* Not wholly mapped: -ENOMEM; bad prot: -EINVAL. */
+    CHECK_EQ(vmem_mprotect(&vm, base + 4 * MiB - 4096, 8192, RW), -ENOMEM);
+    CHECK_EQ(vmem_mprotect(&vm, base, 4096, 0x1000000), -EINVAL);
+    /* The image and stack accept it and stay accessible. */
+    CHECK_EQ(vmem_mprotect(&vm, IMG_START, 4096, KPROT_READ), 0);
+    CHECK(vmem_valid(&vm, IMG_START, 4096));
+    /* A PROT_NONE region made accessible is lazy. */
+    int64_t a = vmem_mmap(&vm, 0x7100000000ULL, 8 * MiB, 0, ANON);
+    CHECK_EQ(vmem_mprotect(&vm, (uint64_t)a, 8 * MiB, RW), 0);
+    CHECK(!present((uint64_t)a));
+    CHECK_EQ(vmem_demand(&vm, (uint64_t)a, 2), 1);
 }
 
-TEST(pointer_validation)
+TEST(vmem_brk_virtual_eager_and_shrinks)
 {
     fresh();
-    CHECK(vmem_valid(&vm, BASE, 16));
-    CHECK(vmem_valid(&vm, STK_TOP - 8, 8));
-    CHECK(!vmem_valid(&vm, STK_TOP - 8, 9));
-    CHECK(!vmem_valid(&vm, 0x10, 4));
-    CHECK(!vmem_valid(&vm, 0x210000, 4));        /* the kernel's */
-    CHECK(!vmem_valid(&vm, BASE - 1, 2));
-    CHECK(!vmem_valid(&vm, ~0ULL - 3, 8));        /* wraps */
-    CHECK(!vmem_valid(&vm, STK_TOP, 1));          /* past RAM */
-    CHECK(vmem_valid(&vm, 0x10, 0));              /* nothing to touch */
-    CHECK(!vmem_valid(&vm, IMG_END, 1));          /* empty heap */
-    CHECK(vmem_valid(&vm, IMG_END - 8, 8));
-    memcpy(P(BASE + 100), "hello", 6);
-    CHECK_EQ(vmem_strlen(&vm, BASE + 100, 4096), 5);
-    CHECK_EQ(vmem_strlen(&vm, BASE + 100, 3), -1);
-    memset(P(IMG_END - 4), 'x', 4); /* runs off the image into nothing */
-    CHECK_EQ(vmem_strlen(&vm, IMG_END - 4, 4096), -1);
-    CHECK_EQ(vmem_strlen(&vm, 0x1000, 4096), -1);
+    CHECK_EQ(vmem_brk(&vm, 0), VMEM_BRK_BASE);
+    CHECK_EQ(vmem_brk(&vm, VMEM_BRK_BASE + 10000), VMEM_BRK_BASE + 10000);
+    finish();
+    CHECK(present(VMEM_BRK_BASE));
+    CHECK_EQ(used_mib(), 10);
+    CHECK(vmem_valid(&vm, VMEM_BRK_BASE, 12288));
+    CHECK(!vmem_valid(&vm, VMEM_BRK_BASE + 12288, 1));
+    memset(U(VMEM_BRK_BASE), 0xaa, 10000);
+    /* Shrink: the pages above the break read zero when they come back. */
+    CHECK_EQ(vmem_brk(&vm, VMEM_BRK_BASE + 100), VMEM_BRK_BASE + 100);
+    finish();
+    CHECK_EQ(vmem_brk(&vm, VMEM_BRK_BASE + 3 * 4096), VMEM_BRK_BASE + 3 * 4096);
+    finish();
+    CHECK(all_zero(VMEM_BRK_BASE + 4096, 2 * 4096));
+    CHECK_EQ(*U(VMEM_BRK_BASE + 99), 0xaa);
+    /* Growth the pool cannot cover: the old break stays. */
+    uint64_t before = vmem_brk(&vm, 0);
+    CHECK_EQ(vmem_brk(&vm, VMEM_BRK_BASE + 100 * MiB), before);
+    CHECK_EQ(used_mib(), 10);
+    CHECK_EQ(vmem_brk(&vm, VMEM_BRK_BASE + 20 * MiB), VMEM_BRK_BASE + 20 * MiB);
+    CHECK_EQ(used_mib(), 28);
+    /* Shrinking to the base frees every frame. */
+    CHECK_EQ(vmem_brk(&vm, VMEM_BRK_BASE), VMEM_BRK_BASE);
+    finish();
+    CHECK_EQ(used_mib(), 8);
+    CHECK_EQ(vmem_peak(&vm), 28 * MiB);
+    CHECK_EQ(vmem_brk(&vm, IMG_END), VMEM_BRK_BASE);
 }
 
-TEST(dontneed_zeroes)
+TEST(vmem_freed_frame_is_zero_before_reuse)
 {
     fresh();
-    int64_t a = vmem_mmap(&vm, 0, 3 * 4096, 3, KMAP_PRIVATE | KMAP_ANONYMOUS);
-    memset(P(a), 9, 3 * 4096);
-    CHECK_EQ(vmem_dontneed(&vm, a + 4096, 4096), 0);
-    CHECK(all_zero(a + 4096, 4096));
-    CHECK_EQ(P(a)[4095], 9);
-    CHECK_EQ(P(a + 8192)[0], 9);
-    vmem_brk(&vm, IMG_END + 8192);
-    memset(P(IMG_END), 3, 8192);
-    CHECK_EQ(vmem_dontneed(&vm, IMG_END, 8192), 0);
-    CHECK(all_zero(IMG_END, 8192));
+    uint64_t a = 0x4000000000ULL, b = 0x4100000000ULL;
+    CHECK_EQ(vmem_mmap(&vm, a, 2 * MiB, RW, ANON | KMAP_FIXED), (int64_t)a);
+    finish();
+    uint64_t f = vmem_lookup(&vm, a);
+    memset(U(a), 0x77, 2 * MiB);
+    /* One syscall frees the frame and takes one: the same frame comes back
+     * only after the host zeroed it. */
+    int calls = ncalls;
+    CHECK_EQ(vmem_munmap(&vm, a, 2 * MiB), 0);
+    CHECK_EQ(vmem_mmap(&vm, b, 2 * MiB, RW, ANON | KMAP_FIXED), (int64_t)b);
+    CHECK_EQ(vmem_lookup(&vm, b), f);
+    CHECK(ncalls > calls);
+    CHECK(all_zero(b, 2 * MiB));
+    finish();
 }
 
-TEST(memory_bomb_gets_enomem)
+TEST(vmem_kernel_frames_and_translate)
 {
     fresh();
-    int n = 0;
-    for (;;) {
-        int64_t a = vmem_mmap(&vm, 0, 1 << 20, 3, KMAP_PRIVATE | KMAP_ANONYMOUS);
-        if (a < 0) {
-            CHECK_EQ(a, -ENOMEM);
+    uint64_t k = vmem_kframe(&vm);
+    CHECK(k >= KILN_USER_BASE && k % HUGE_SIZE == 0 && k < MEM);
+    CHECK_EQ(used_mib(), 10);
+    CHECK(!vmem_valid(&vm, k, 1)); /* never the function's */
+    int64_t a = vmem_mmap(&vm, 0, 16 * MiB, RW, ANON);
+    uint64_t gpa;
+    /* Commits the page and stops at its end. */
+    CHECK_EQ(vmem_translate(&vm, (uint64_t)a + HUGE_SIZE - 10, 100, &gpa), 10);
+    CHECK_EQ(gpa, vmem_lookup(&vm, (uint64_t)a + HUGE_SIZE - 10));
+    CHECK(gpa != 0);
+    CHECK_EQ(vmem_translate(&vm, IMG_START + 8, 100, &gpa), 100);
+    CHECK_EQ(gpa, IMG_START + 8);
+    CHECK_EQ(vmem_translate(&vm, k, 100, &gpa), -EFAULT);
+    CHECK_EQ(vmem_translate(&vm, (uint64_t)a - 4096, 100, &gpa), -EFAULT);
+    /* Drain the pool: translate reports -ENOMEM. */
+    while (vmem_kframe(&vm))
+        ;
+    CHECK_EQ(vmem_translate(&vm, (uint64_t)a + 8 * MiB, 1, &gpa), -ENOMEM);
+}
+
+TEST(vmem_tables_spill_into_a_frame)
+{
+    /* Two table pages only: the PML4 and direct map need six, so a frame
+     * is taken for tables and everything still works. */
+    fresh_pool(2);
+    CHECK_EQ(pde(0x200000), 0x200000 | 0x87);
+    CHECK_EQ(used_mib(), 10);
+    for (int i = 0; i < 20; i++) {
+        uint64_t va = 0x10000000000ULL * (uint64_t)(i + 1);
+        CHECK_EQ(vmem_mmap(&vm, va, 4096, RW, ANON | KMAP_FIXED), (int64_t)va);
+    }
+    finish();
+    CHECK_EQ(used_mib(), 50); /* 20 frames of data, still one for tables */
+    CHECK(present(0x10000000000ULL) && present(0x140000000000ULL));
+}
+
+TEST(vmem_region_table_full_is_enomem)
+{
+    fresh();
+    /* Alternating protections never merge. */
+    uint64_t base = 0x2000000000ULL;
+    int i;
+    for (i = 0; i < VMEM_MAX_REGIONS; i++) {
+        int64_t r = vmem_mmap(&vm, base + (uint64_t)i * 8192, 4096,
+                              (i & 1) ? KPROT_READ : 0, ANON | KMAP_FIXED);
+        if (r < 0) {
+            CHECK_EQ(r, -ENOMEM);
             break;
         }
-        P(a)[0] = 1;
-        n++;
-        if (n > 1000)
-            break;
     }
-    CHECK_EQ(n, 62); /* 62 MiB of managed area */
-    /* brk cannot go anywhere now either, and nothing crashed. */
-    CHECK_EQ(vmem_brk(&vm, IMG_END + (2 << 20)), IMG_END);
+    CHECK(i >= VMEM_MAX_REGIONS - 2);
+    CHECK(vm.n <= VMEM_MAX_REGIONS);
+    finish();
 }
 
-TEST(region_table_full_is_enomem)
+TEST(vmem_strlen_and_valid_edges)
 {
     fresh();
-    int64_t last = 0;
-    int i;
-    /* Alternating protections never merge: one slot each. */
-    for (i = 0; i < VMEM_MAX_REGIONS + 10; i++) {
-        last = vmem_mmap(&vm, 0, 4096, (i & 1) ? 1 : 3, KMAP_PRIVATE | KMAP_ANONYMOUS);
-        if (last < 0)
-            break;
-    }
-    CHECK_EQ(last, -ENOMEM);
-    CHECK(vm.n <= VMEM_MAX_REGIONS);
-    CHECK(i >= VMEM_MAX_REGIONS - 2);
+    int64_t a = vmem_mmap(&vm, 0x4000000000ULL, 4 * MiB, RW, ANON | KMAP_FIXED);
+    finish();
+    /* A string across the 2 MiB boundary: two frames, not contiguous. */
+    uint64_t s = (uint64_t)a + HUGE_SIZE - 3;
+    memcpy(U(s), "ab", 2);
+    *U(s + 2) = 'c';
+    memcpy(U(s + 3), "de", 3);
+    CHECK_EQ(vmem_strlen(&vm, s, 100), 5);
+    CHECK_EQ(vmem_strlen(&vm, s, 4), -1);
+    memset(U((uint64_t)a + 4 * MiB - 4), 'x', 4);
+    CHECK_EQ(vmem_strlen(&vm, (uint64_t)a + 4 * MiB - 4, 100), -1);
+    CHECK(!vmem_valid(&vm, ~0ULL - 10, 20));
+    CHECK(vmem_valid(&vm, 12345, 0));
+    CHECK_EQ(vmem_mremap(&vm, (uint64_t)a, 4 * MiB, 4 * MiB, 1), a);
+    CHECK_EQ(vmem_mremap(&vm, (uint64_t)a, 4 * MiB, 8 * MiB, 1), -ENOMEM);
+    CHECK_EQ(vmem_mremap(&vm, (uint64_t)a, 4 * MiB, 2 * MiB, 0), a);
+    finish();
+    CHECK(!vmem_valid(&vm, (uint64_t)a + 2 * MiB, 1));
+    CHECK_EQ(used_mib(), 10);
 }
