@@ -17,7 +17,7 @@ func main() {
 			b[j] = byte(i)
 		}
 		hoard = append(hoard, b)
-		if i%64 == 0 {
+		if i%8 == 0 {
 			fmt.Fprintf(os.Stderr, "held %d MiB\n", len(hoard))
 		}
 	}
