@@ -587,7 +587,9 @@ func TestGoCompatOOM(t *testing.T) {
 }
 
 // TestGoCompatSpin: a program spinning forever is stopped at its timeout
-// while another VM beside it runs to completion with the right output.
+// while another VM beside it runs to completion with the right output. The
+// neighbour is the goroutines program: its timers and futex waits would be
+// the first to show a starved or stalled host.
 func TestGoCompatSpin(t *testing.T) {
 	kvmtest.Require(t)
 	kernel := kvmtest.Artifact(t, "kernel/kiln-kernel.elf")
@@ -609,7 +611,7 @@ func TestGoCompatSpin(t *testing.T) {
 
 	var p program
 	for _, q := range programs {
-		if q.name == "cryptos" {
+		if q.name == "goroutines" {
 			p = q
 		}
 	}
