@@ -520,3 +520,139 @@ TEST(vmem_strlen_and_valid_edges)
     CHECK(!vmem_valid(&vm, (uint64_t)a + 2 * MiB, 1));
     CHECK_EQ(used_mib(), 10);
 }
+
+/* ---- random operation sequences against the invariants ---- */
+
+static uint64_t rng_state;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Whether 4 KiB page va is covered by a region or the heap. */
+static int covered_page(uint64_t va, int *acc)
+{
+    if (va >= vm.brk_base && va < PAGE_UP(vm.brk)) {
+        *acc = 1;
+        return 1;
+    }
+    for (int i = 0; i < vm.n; i++)
+        if (vm.r[i].start <= va && va < vm.r[i].end) {
+            *acc = vm.r[i].prot != 0;
+            return 1;
+        }
+    *acc = 0;
+    return 0;
+}
+
+/* Everything vmem promises, checked from the outside after a syscall. */
+static int invariants_hold(void)
+{
+    int bad = 0;
+    for (int i = 0; i < vm.n; i++) {
+        struct vregion *r = &vm.r[i];
+        if (r->start >= r->end || r->start % PAGE_SIZE || r->end % PAGE_SIZE)
+            bad |= 1;
+        if (i > 0 && (vm.r[i - 1].end > r->start ||
+                      (vm.r[i - 1].end == r->start && vm.r[i - 1].prot == r->prot)))
+            bad |= 2;
+    }
+    /* Walk every user PD entry: committed ones own distinct used frames,
+     * are present exactly while something accessible overlaps them, and
+     * read zero wherever no region covers them. */
+    static uint8_t owner[VMEM_MAX_FRAMES];
+    memset(owner, 0, sizeof(owner));
+    uint32_t committed = 0;
+    uint64_t *pml4 = (uint64_t *)(ram + vm.pml4);
+    for (uint64_t i4 = 0; i4 < 256; i4++) {
+        if (!(pml4[i4] & 1))
+            continue;
+        uint64_t *pdpt = (uint64_t *)(ram + (pml4[i4] & 0x000ffffffffff000ULL));
+        for (uint64_t i3 = 0; i3 < 512; i3++) {
+            uint64_t base = (i4 << 39) | (i3 << 30);
+            if (!(pdpt[i3] & 1) || base < VMEM_DIRECT_END)
+                continue;
+            uint64_t *pd = (uint64_t *)(ram + (pdpt[i3] & 0x000ffffffffff000ULL));
+            for (uint64_t i2 = 0; i2 < 512; i2++) {
+                uint64_t e = pd[i2], pg = base | (i2 << 21);
+                if (!e)
+                    continue;
+                if (!(e & 0x200)) {
+                    bad |= 4;
+                    continue;
+                }
+                committed++;
+                uint64_t f = e & 0x000fffffffe00000ULL;
+                uint32_t fi = (uint32_t)(f / HUGE_SIZE);
+                if (fi >= vm.nframes || owner[fi] || !((vm.frames[fi / 64] >> (fi % 64)) & 1))
+                    bad |= 8;
+                if (fi < vm.nframes)
+                    owner[fi] = 1;
+                int any = 0, anyacc = 0;
+                for (uint64_t p = pg; p < pg + HUGE_SIZE; p += PAGE_SIZE) {
+                    int acc;
+                    if (covered_page(p, &acc)) {
+                        any = 1;
+                        anyacc |= acc;
+                    } else {
+                        const uint8_t *m = ram + f + (p - pg);
+                        if (m[0] | m[17] | m[PAGE_SIZE - 1])
+                            bad |= 16;
+                    }
+                }
+                if (!any)
+                    bad |= 32;
+                if (anyacc != ((e & 0x87) == 0x87))
+                    bad |= 64;
+            }
+        }
+    }
+    /* Frames in use: the four kept at boot and the committed ones (the
+     * table pool is big enough here never to take a frame). */
+    if (vm.nframes - vm.free_frames != 4 + committed)
+        bad |= 128;
+    if (bad)
+        fprintf(stderr, "invariants broken: %#x (committed %u, free %u)\n", bad,
+                committed, vm.free_frames);
+    return bad == 0;
+}
+
+TEST(vmem_random_operations_keep_invariants)
+{
+    const uint64_t W = 0x4000000000ULL; /* a 64 MiB window for fixed ops */
+    for (uint64_t seed = 1; seed <= 12; seed++) {
+        fresh();
+        rng_state = seed * 0x9e3779b97f4a7c15ULL;
+        int ok = 1;
+        for (int step = 0; step < 250 && ok; step++) {
+            uint64_t a = W + (rnd() % (64 * MiB / PAGE_SIZE)) * PAGE_SIZE;
+            uint64_t len = (rnd() % 4 == 0) ? (rnd() % 16 + 1) * HUGE_SIZE
+                                            : (rnd() % 600 + 1) * PAGE_SIZE;
+            uint32_t prot = (uint32_t)(rnd() % 3 == 0 ? 0 : RW);
+            switch (rnd() % 8) {
+            case 0: vmem_mmap(&vm, a, len, prot, ANON | KMAP_FIXED); break;
+            case 1: vmem_mmap(&vm, rnd() % 2 ? a : 0, len, prot, ANON); break;
+            case 2: vmem_munmap(&vm, a, len); break;
+            case 3: vmem_mprotect(&vm, a, len, prot); break;
+            case 4: vmem_madvise(&vm, a, len, KMADV_DONTNEED); break;
+            case 5: vmem_brk(&vm, VMEM_BRK_BASE + rnd() % (12 * MiB)); break;
+            default: {
+                /* The program touches a random valid page and dirties it. */
+                uint64_t t = vm.n ? vm.r[rnd() % (uint64_t)vm.n].start : a;
+                t += (rnd() % 64) * PAGE_SIZE;
+                if (vmem_valid(&vm, t, PAGE_SIZE) && vmem_demand(&vm, t, 2) == 1)
+                    memset(U(t), (int)(rnd() | 1), PAGE_SIZE);
+            }
+            }
+            finish();
+            ok = invariants_hold();
+            if (!ok)
+                fprintf(stderr, "seed %llu step %d\n", (unsigned long long)seed, step);
+        }
+        CHECK(ok);
+        CHECK(vm.pt_end == POOL + 32 * PAGE_SIZE); /* no table frame taken */
+    }
+}
