@@ -319,6 +319,11 @@ func (p program) selfChecks(t *testing.T, w where, o outcome, start time.Time) {
 	}
 }
 
+func firstLine(b []byte) []byte {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	return line[:min(len(line), 160)]
+}
+
 func failLines(out []byte) string {
 	var fails []string
 	for _, l := range strings.Split(string(out), "\n") {
@@ -512,8 +517,26 @@ func TestGoCompat(t *testing.T) {
 	kvmtest.Require(t)
 	kernel := kvmtest.Artifact(t, "kernel/kiln-kernel.elf")
 	dir := binaries(t)
+	// The matrix at a glance, for CI logs and the kernel's engineers.
+	var rows []string
+	defer func() { t.Logf("matrix:\n%s", strings.Join(rows, "\n")) }()
 	for _, p := range programs {
 		t.Run(p.name, func(t *testing.T) {
+			var vmo outcome
+			defer func() {
+				verdict := "PASS"
+				if t.Failed() {
+					verdict = "FAIL"
+				}
+				row := fmt.Sprintf("  %-4s %-10s", verdict, p.name)
+				if vmo.res != nil {
+					row += " vm: " + vmSummary(vmo)
+					if t.Failed() {
+						row += fmt.Sprintf("; stderr starts %q", firstLine(vmo.stderr))
+					}
+				}
+				rows = append(rows, row)
+			}()
 			bin := filepath.Join(dir, p.name)
 			prog, err := os.ReadFile(bin)
 			if err != nil {
@@ -534,7 +557,7 @@ func TestGoCompat(t *testing.T) {
 				timeout = defaultTimeout
 			}
 			vstart := time.Now()
-			vmo := runVM(t, kernel, prog, argv, p.environ(), stdin, p.mem, timeout)
+			vmo = runVM(t, kernel, prog, argv, p.environ(), stdin, p.mem, timeout)
 			if vmo.res.Reason != vmm.ReasonExited {
 				t.Fatalf("%s did not exit in the VM:\n%s", p.name, report(nat, vmo))
 			}
