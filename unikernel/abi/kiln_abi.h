@@ -13,8 +13,12 @@
  * fields (VMM → guest). The VMM bounds-checks every address and length
  * against guest memory: a bad one ends the VM, never the host.
  *
- * Guest memory map (guest-virtual == guest-physical, identity-mapped with
- * 2 MiB pages, every page user-accessible: one protection domain):
+ * Guest physical memory map. The VMM's boot page tables identity-map it with
+ * 2 MiB pages, every page user-accessible (one protection domain); the guest
+ * kernel then installs its own tables that keep exactly this identity map
+ * (its "direct map", below 4 GiB) and map the function's brk heap and mmap
+ * regions at virtual addresses above 4 GiB onto 2 MiB frames of guest RAM
+ * (unikernel/kernel/libos.h has the virtual layout):
  *
  *   0x0000_0000 ┌──────────────────────────────┐
  *               │ page tables (not mapped:     │  null guard — a NULL
