@@ -548,6 +548,8 @@ int64_t vmem_munmap(struct vmem *vm, uint64_t addr, uint64_t len)
     if ((addr & (PAGE_SIZE - 1)) || len == 0 || addr + len < addr)
         return -EINVAL;
     uint64_t b = PAGE_UP(addr + len);
+    if (b < addr)
+        return -EINVAL;
     int i = first_above(vm, addr);
     if (i < vm->n && vm->r[i].start < addr && vm->r[i].end > b &&
         vm->n + 1 > VMEM_MAX_REGIONS)
@@ -574,6 +576,8 @@ int64_t vmem_mprotect(struct vmem *vm, uint64_t addr, uint64_t len,
     if (len == 0)
         return 0;
     uint64_t b = PAGE_UP(addr + len);
+    if (b < addr) /* rounding up wrapped past the top */
+        return -ENOMEM;
     if (covered(vm, addr, b)) {
         if (vm->n + 2 > VMEM_MAX_REGIONS)
             return -ENOMEM;
@@ -597,6 +601,8 @@ int64_t vmem_madvise(struct vmem *vm, uint64_t addr, uint64_t len,
     if (advice != KMADV_DONTNEED && advice != KMADV_FREE && advice != KMADV_REMOVE)
         return 0;
     uint64_t b = PAGE_UP(addr + len);
+    if (b < addr)
+        return -EINVAL;
     /* Private anonymous memory reads back as zeros afterwards. The image
      * and the initial stack live in the direct map and are left alone. */
     uint64_t lo = umax(addr, VMEM_DIRECT_END);

@@ -512,6 +512,14 @@ TEST(vmem_strlen_and_valid_edges)
     memset(U((uint64_t)a + 4 * MiB - 4), 'x', 4);
     CHECK_EQ(vmem_strlen(&vm, (uint64_t)a + 4 * MiB - 4, 100), -1);
     CHECK(!vmem_valid(&vm, ~0ULL - 10, 20));
+    /* Lengths that wrap when rounded up to a page are refused whole. */
+    int n = vm.n;
+    CHECK_EQ(vmem_mprotect(&vm, (uint64_t)a, ~0ULL - (uint64_t)a - 10, 0), -ENOMEM);
+    CHECK_EQ(vmem_munmap(&vm, (uint64_t)a, ~0ULL - (uint64_t)a - 10), -EINVAL);
+    CHECK_EQ(vmem_madvise(&vm, (uint64_t)a, ~0ULL - (uint64_t)a - 10, KMADV_DONTNEED), -EINVAL);
+    CHECK_EQ(vmem_mmap(&vm, 0, ~0ULL - 10, RW, ANON), -ENOMEM);
+    CHECK_EQ(vm.n, n);
+    CHECK(vmem_valid(&vm, (uint64_t)a, 4 * MiB));
     CHECK(vmem_valid(&vm, 12345, 0));
     CHECK_EQ(vmem_mremap(&vm, (uint64_t)a, 4 * MiB, 4 * MiB, 1), a);
     CHECK_EQ(vmem_mremap(&vm, (uint64_t)a, 4 * MiB, 8 * MiB, 1), -ENOMEM);
