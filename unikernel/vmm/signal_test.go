@@ -18,10 +18,10 @@ import (
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
 
-// nativeStatus runs a guest binary as a plain process and returns its
+// sigNative runs a guest binary as a plain process and returns its
 // stdout and its status as a shell reports it (128 + signo if a signal
 // ended it).
-func nativeStatus(t *testing.T, name string, args ...string) (string, int) {
+func sigNative(t *testing.T, name string, args ...string) (string, int) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(kvmtest.BuildDir(t), "guests", name), args...)
 	cmd.Args[0] = name
@@ -40,13 +40,13 @@ func nativeStatus(t *testing.T, name string, args ...string) (string, int) {
 	return out.String(), 0
 }
 
-// sameAsNative checks a guest that must succeed in the VM and natively,
+// sigSameAsNative checks a guest that must succeed in the VM and natively,
 // printing the same lines in both.
-func sameAsNative(t *testing.T, name string) guestRun {
+func sigSameAsNative(t *testing.T, name string) guestRun {
 	t.Helper()
 	r := runGuest(t, name, nil)
 	r.wantSuccess(t)
-	out, code := nativeStatus(t, name)
+	out, code := sigNative(t, name)
 	if code != 0 || out != r.stdout {
 		t.Errorf("native: status %d stdout %q\nVM stdout %q", code, out, r.stdout)
 	}
@@ -54,7 +54,7 @@ func sameAsNative(t *testing.T, name string) guestRun {
 }
 
 func TestSignalFaults(t *testing.T) {
-	r := sameAsNative(t, "sig-fault")
+	r := sigSameAsNative(t, "sig-fault")
 	for _, want := range []string{"segv: code 1 addr 0x30", "fpe: code 1 at div_site+2", "sigreturn: registers", "altstack: on it, flags 1"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("stdout lacks %q", want)
@@ -63,7 +63,7 @@ func TestSignalFaults(t *testing.T) {
 }
 
 func TestSignalSend(t *testing.T) {
-	r := sameAsNative(t, "sig-send")
+	r := sigSameAsNative(t, "sig-send")
 	if r.res.Enosys != 0 {
 		t.Errorf("ENOSYS: %v", r.res.EnosysByNr)
 	}
@@ -93,7 +93,7 @@ func TestSignalDeath(t *testing.T) {
 			if !strings.HasPrefix(r.stderr, c.stderr) {
 				t.Errorf("stderr %q, want it to start with %q", r.stderr, c.stderr)
 			}
-			out, code := nativeStatus(t, "sig-die", c.mode)
+			out, code := sigNative(t, "sig-die", c.mode)
 			if code != 128+c.sig || out != r.stdout {
 				t.Errorf("native: status %d stdout %q; VM status %d stdout %q", code, out, r.res.Status, r.stdout)
 			}
