@@ -152,7 +152,14 @@ func buildPrograms(dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	args := []string{"build", "-trimpath", "-o", dir + string(filepath.Separator)}
+	// Other test runs may be executing the binaries in dir right now: build
+	// beside it and rename each into place, which never disturbs them.
+	tmp, err := os.MkdirTemp(dir, ".build-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	args := []string{"build", "-trimpath", "-o", tmp + string(filepath.Separator)}
 	for _, n := range allNames() {
 		args = append(args, "./unikernel/gocompat/testdata/"+n)
 	}
@@ -161,6 +168,11 @@ func buildPrograms(dir string) (string, error) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("gocompat: go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	for _, n := range allNames() {
+		if err := os.Rename(filepath.Join(tmp, n), filepath.Join(dir, n)); err != nil {
+			return "", fmt.Errorf("gocompat: %w", err)
+		}
 	}
 	return dir, nil
 }
