@@ -113,6 +113,9 @@ void sched_sleep_until(uint64_t deadline_tsc);
  * One reader at a time: stdio_read queues the others. */
 int64_t sched_wait_input(uint64_t p, uint64_t n);
 int sched_syscall(uint64_t nr, const uint64_t *a, struct kframe *f, int64_t *ret);
+/* The live thread with this tid, or NULL (tkill/tgkill to another thread).
+ * signal.c has a weak stand-in that knows only the current thread. */
+struct kthread *sched_thread(int tid);
 
 /* ---- vmemsys.c: the address space's syscalls and page tables ---- */
 
