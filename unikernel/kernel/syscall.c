@@ -34,6 +34,8 @@ void ksys_fill_stats(struct kiln_hc_exit *e)
 {
     e->syscalls = K.syscalls;
     e->enosys = K.enosys;
+    e->mem_used = vmem_used_bytes();
+    e->mem_peak = vmem_peak_bytes();
     for (int i = 0; i < KILN_ENOSYS_SLOTS; i++) {
         e->enosys_nr[i] = K.enosys_nr[i];
         e->enosys_count[i] = K.enosys_count[i];
