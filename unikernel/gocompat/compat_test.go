@@ -143,8 +143,9 @@ func buildPrograms(dir string) (string, error) {
 	if root == "" || lookErr != nil {
 		for _, n := range allNames() {
 			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
-				return "", fmt.Errorf("gocompat: no Go toolchain or sources here and %v: "+
-					"run `go test ./unikernel/gocompat` on the build machine first (it fills %s)", err, dir)
+				return "", fmt.Errorf("gocompat: no Go toolchain or sources here, and %v: "+
+					"`go test ./unikernel/gocompat` on the build machine fills $KILN_BUILD/gocompat, "+
+					"which scripts/kvmtests must copy into the VM as %s", err, dir)
 			}
 		}
 		return dir, nil
