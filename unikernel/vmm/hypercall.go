@@ -201,6 +201,7 @@ func (vm *VM) hcIO(ctx context.Context, gpa uint64) *Result {
 	var eof bool
 	switch {
 	case a.InCap > 0:
+		vm.stats.inputWaits.Add(1)
 		var err error
 		n, eof, err = vm.input.read(ctx, in, a.Flags&abi.IOWaitInput != 0, vm.tscToTime(a.DeadlineTSC))
 		if err != nil {

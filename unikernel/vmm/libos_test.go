@@ -288,6 +288,11 @@ func TestLibosServeOneExitPerRequest(t *testing.T) {
 		t.Fatalf("end: %+v %v; stderr %q", r.res, r.err, errb.String())
 	}
 	t.Logf("100 requests: %d syscalls, stats %+v", r.res.Syscalls, r.res.Stats)
+	// At least one wait for each request and one for the EOF (a frame may
+	// arrive in pieces).
+	if w := r.res.Stats.InputWaits; w < 101 {
+		t.Errorf("InputWaits = %d, want ≥ 101", w)
+	}
 }
 
 // TestLibosHelloC runs examples/hello-c in a VM with two requests.

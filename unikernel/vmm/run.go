@@ -16,7 +16,7 @@ import (
 // and read by anyone.
 type stats struct {
 	exits, ioExits, mmioExits, hypercalls atomic.Uint64
-	discards, discardedBytes              atomic.Uint64
+	discards, discardedBytes, inputWaits  atomic.Uint64
 }
 
 func (s *stats) snapshot() Stats {
@@ -25,6 +25,7 @@ func (s *stats) snapshot() Stats {
 		IOExits:    s.ioExits.Load(),
 		MMIOExits:  s.mmioExits.Load(),
 		Hypercalls: s.hypercalls.Load(),
+		InputWaits: s.inputWaits.Load(),
 		Discards:   s.discards.Load(),
 		Discarded:  s.discardedBytes.Load(),
 	}

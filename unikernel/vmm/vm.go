@@ -62,6 +62,7 @@ type Stats struct {
 	IOExits    uint64 // KVM_EXIT_IO
 	MMIOExits  uint64 // KVM_EXIT_MMIO
 	Hypercalls uint64 // served hypercalls
+	InputWaits uint64 // KILN_HC_IO calls that asked for input (the first is the function ready for a request)
 	Discards   uint64 // KILN_HC_DISCARD hypercalls served
 	Discarded  uint64 // bytes of guest memory they gave back to the host
 }
