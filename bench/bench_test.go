@@ -108,11 +108,79 @@ func TestReport(t *testing.T) {
 	fmt.Printf("%-52s %12d\n", "VM exits per warm serve invocation (max)", warm.exitsMax)
 	fmt.Printf("%-52s %12.2f\n", "ring-0 entries per warm invocation", warm.ring0PerCall)
 	fmt.Printf("%-52s %12d\n", "ring-0 entries during boot", warm.ring0Boot)
+
+	goReport(t, kernel, n, progress)
 }
 
-// bootToFirstRead creates a VM for the serve hello and times the moment its
-// first hypercall (the read of its first request, which blocks) reaches the
-// VMM, then closes its input and times the clean exit.
+// goReport measures the Go hello (examples/hello-go, sdk/go) the same way:
+// VM create → its first request read beside a native fork/exec of the same
+// binary, what the start-up costs (syscalls, exits, ring-0 entries: on the
+// PVM hosts each ring-0 entry is emulated), `kiln run`, and warm calls.
+func goReport(t *testing.T, kernel []byte, n int, progress func(string)) {
+	path := filepath.Join(kvmtest.BuildDir(t), "examples/hello-go/hello-go")
+	prog := kvmtest.Artifact(t, "examples/hello-go/hello-go")
+	progress("Go: VM create → first read")
+	var toFirstRead []time.Duration
+	for i := 0; i < n; i++ {
+		first, _ := bootToFirstRead(t, kernel, prog)
+		toFirstRead = append(toFirstRead, first)
+	}
+	progress("Go: start-up breakdown")
+	vm, err := vmm.New(vmm.Config{Kernel: kernel, Program: prog, Args: []string{"hello-go"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := vm.Run(context.Background())
+	vm.Close()
+	if err != nil || res.Reason != vmm.ReasonExited || res.Status != 0 {
+		t.Fatalf("hello-go at EOF: %+v %v", res, err)
+	}
+	progress("Go: native fork/exec")
+	var native []time.Duration
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(path)
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("native %s: %v", path, err)
+		}
+		native = append(native, time.Since(start))
+	}
+	var cli []time.Duration
+	if kiln, err := exec.LookPath("kiln"); err == nil {
+		progress("Go: kiln run")
+		for i := 0; i < n; i++ {
+			cmd := exec.Command(kiln, "run", path)
+			start := time.Now()
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("kiln run: %v\n%s", err, out)
+			}
+			cli = append(cli, time.Since(start))
+		}
+	}
+	progress("Go: warm serve invocations")
+	warm := warmInvocations(t, kernel, prog, 10*n)
+
+	fmt.Printf("\n== Go hello (examples/hello-go, %d runs each; medians) ==\n", n)
+	fmt.Printf("%-52s %12v\n", "VM create → Go hello's first request read", median(toFirstRead))
+	if cli != nil {
+		fmt.Printf("%-52s %12v\n", "`kiln run hello-go </dev/null` (whole CLI process)", median(cli))
+	}
+	fmt.Printf("%-52s %12v\n", "native fork/exec of the same binary </dev/null", median(native))
+	fmt.Printf("%-52s %12.1fx\n", "ratio: VM first read / native fork+exec+exit", float64(median(toFirstRead))/float64(median(native)))
+	fmt.Printf("%-52s %12d\n", "syscalls, boot → exit at EOF", res.Syscalls)
+	fmt.Printf("%-52s %12d\n", "VM exits, boot → exit at EOF", res.Stats.Exits)
+	fmt.Printf("%-52s %12d\n", "ring-0 entries, boot → exit at EOF", res.Ring0Entries)
+	fmt.Printf("%-52s %12d\n", "-ENOSYS answers, boot → exit at EOF", res.Enosys)
+	fmt.Printf("%-52s %12.1f\n", "guest memory used at exit (MiB)", float64(res.MemUsed)/(1<<20))
+	fmt.Printf("%-52s %12v\n", "warm Go invocation at the VMM, p50", warm.p50)
+	fmt.Printf("%-52s %12v\n", "warm Go invocation at the VMM, p99", warm.p99)
+	fmt.Printf("%-52s %12.2f\n", "VM exits per warm Go invocation (median)", warm.exitsMedian)
+	fmt.Printf("%-52s %12.2f\n", "ring-0 entries per warm Go invocation", warm.ring0PerCall)
+}
+
+// bootToFirstRead creates a VM for a serve function and times the moment
+// its first wait for input (the read of its first request, which blocks)
+// reaches the VMM, then closes its input and times the clean exit.
 func bootToFirstRead(t *testing.T, kernel, hello []byte) (first, whole time.Duration) {
 	t.Helper()
 	in := &signalReader{read: make(chan time.Time, 1), release: make(chan struct{})}
@@ -124,7 +192,7 @@ func bootToFirstRead(t *testing.T, kernel, hello []byte) (first, whole time.Dura
 	defer vm.Close()
 	done := make(chan error, 1)
 	go func() { _, err := vm.Run(context.Background()); done <- err }()
-	for vm.Stats().Hypercalls == 0 {
+	for vm.Stats().InputWaits == 0 {
 		select {
 		case err := <-done:
 			t.Fatalf("hello ended before reading a request: %v", err)
@@ -180,7 +248,7 @@ func warmInvocations(t *testing.T, kernel, hello []byte, calls int) warmFigures 
 		br := bufio.NewReader(outR)
 		// Start counting once the guest waits for its first request, so the
 		// first call does not also pay for the boot's exits.
-		for calls > 0 && vm.Stats().Hypercalls == 0 {
+		for calls > 0 && vm.Stats().InputWaits == 0 {
 			time.Sleep(20 * time.Microsecond)
 		}
 		var lat []time.Duration
