@@ -512,7 +512,7 @@ static int fpu_restore(uint64_t fp, uint64_t uc_flags)
         fpu_reset();
         return 0;
     }
-    if ((fp & 63) || !OK(fp, FXSAVE_SIZE))
+    if ((fp & 15) || !OK(fp, FXSAVE_SIZE))
         return -EFAULT;
     const uint8_t *p = UPTR(fp);
     uint32_t mxcsr;
@@ -521,14 +521,18 @@ static int fpu_restore(uint64_t fp, uint64_t uc_flags)
         return -EFAULT;
     struct fpx_sw_bytes sw;
     memcpy(&sw, p + 464, sizeof(sw));
-    if (S.fpu_kind == 2 && (uc_flags & UC_FP_XSTATE) && sw.magic1 == FP_XSTATE_MAGIC1 &&
-        sw.xstate_size == S.xstate_size && sw.extended_size == S.fpu_size &&
-        OK(fp, S.fpu_size)) {
-        uint32_t m2;
+    uint32_t m2 = 0;
+    int xsave = S.fpu_kind == 2 && (uc_flags & UC_FP_XSTATE) &&
+                sw.magic1 == FP_XSTATE_MAGIC1 && sw.xstate_size == S.xstate_size &&
+                sw.extended_size == S.fpu_size && (fp & 63) == 0 && OK(fp, S.fpu_size);
+    if (xsave)
         memcpy(&m2, p + S.xstate_size, 4);
+    /* Anything short of a whole XSAVE frame restores the legacy part only,
+     * as Linux's "fx_only". */
+    if (xsave && m2 == FP_XSTATE_MAGIC2) {
         uint64_t hdr[8];
         memcpy(hdr, p + FXSAVE_SIZE, sizeof(hdr));
-        int clean = m2 == FP_XSTATE_MAGIC2 && (hdr[0] & ~S.xcr0) == 0;
+        int clean = (hdr[0] & ~S.xcr0) == 0;
         for (int i = 1; i < 8; i++)
             clean &= hdr[i] == 0;
         if (!clean)
@@ -688,19 +692,32 @@ void signal_on_return(struct kframe *f)
 
 /* ---- rt_sigreturn, rt_sigsuspend, rt_sigtimedwait ---- */
 
+/*
+ * rt_sigreturn could not restore the frame. As Linux does, the registers
+ * and mask already restored stay, and SIGSEGV is forced: its handler runs
+ * if one may, otherwise the program dies.
+ */
+__attribute__((noreturn)) static void bad_sigreturn(struct kframe *f, const char *why)
+{
+    struct kthread *t = sched_current();
+    uint64_t h = S.act[SIGSEGV].handler;
+    if (h != SIG_DFL && h != SIG_IGN && !(t->sigmask & BIT(SIGSEGV))) {
+        struct sigdesc d = {.sig = SIGSEGV, .code = 0x80 /* SI_KERNEL */, .fault = 1};
+        setup_frame(f, &d, t->sigmask, 0);
+        arch_resume(f);
+    }
+    die(SIGSEGV, why, 0);
+}
+
 __attribute__((noreturn)) static void sys_rt_sigreturn(struct kframe *f)
 {
     struct kthread *t = sched_current();
     uint64_t frame = f->rsp - 8; /* the handler's ret popped pretcode */
     if (!OK(frame, sizeof(struct rt_sigframe)))
-        die(SIGSEGV, "rt_sigreturn with a bad frame", 0);
+        bad_sigreturn(f, "rt_sigreturn with a bad frame");
     struct kucontext uc;
     memcpy(&uc, UPTR(frame + 8), sizeof(uc));
     const struct ksigcontext *mc = &uc.uc_mcontext;
-    if (mc->rip >= USER_ADDR_END)
-        die(SIGSEGV, "rt_sigreturn to a non-canonical address", 0);
-    if (fpu_restore(mc->fpstate, uc.uc_flags))
-        die(SIGSEGV, "rt_sigreturn with a corrupt FPU state", 0);
     t->sigmask = uc.uc_sigmask & ~UNBLOCKABLE;
     /* As Linux: a failed restore (still on the stack) is not an error. */
     set_altstack(t, &uc.uc_stack, f->rsp);
@@ -709,7 +726,15 @@ __attribute__((noreturn)) static void sys_rt_sigreturn(struct kframe *f)
     f->rdi = mc->rdi, f->rsi = mc->rsi, f->rbp = mc->rbp, f->rbx = mc->rbx;
     f->rdx = mc->rdx, f->rax = mc->rax, f->rcx = mc->rcx, f->rsp = mc->rsp;
     f->rip = mc->rip;
-    f->rflags = (f->rflags & ~FIX_EFLAGS) | (mc->eflags & FIX_EFLAGS);
+    /* Not TF: its trap would fire on the next instruction, which is the
+     * kernel's own resume path, not the function's. */
+    uint64_t fix = FIX_EFLAGS & ~RFLAGS_TF;
+    f->rflags = (f->rflags & ~fix) | (mc->eflags & fix);
+    if (fpu_restore(mc->fpstate, uc.uc_flags))
+        bad_sigreturn(f, "rt_sigreturn with a corrupt FPU state");
+    /* Jumping there would fault inside arch_resume, in the kernel. */
+    if (f->rip >= USER_ADDR_END)
+        bad_sigreturn(f, "rt_sigreturn to a non-canonical address");
     /* A signal the restored mask unblocks is due now, as on Linux's way
      * back to user mode. The syscall return would clobber RCX and R11. */
     signal_on_return(f);

@@ -69,6 +69,19 @@ func TestSignalSend(t *testing.T) {
 	}
 }
 
+// TestSignalFrameFuzz throws thousands of corrupted frames at rt_sigreturn
+// (sig-fuzz): every one must end in a resume or a signal the program
+// catches, never in a kernel fault or a hang — natively too.
+func TestSignalFrameFuzz(t *testing.T) {
+	for _, seed := range []string{"1", "0x5eed", "977"} {
+		r := runGuest(t, "sig-fuzz", nil, "3000", seed)
+		r.wantSuccess(t)
+		if out, code := sigNative(t, "sig-fuzz", "3000", seed); code != 0 || !strings.Contains(out, "SUCCESS") {
+			t.Errorf("native seed %s: status %d stdout %q", seed, code, out)
+		}
+	}
+}
+
 func TestSignalDeath(t *testing.T) {
 	cases := []struct {
 		mode   string
