@@ -8,6 +8,8 @@
  *             (Go's heap growth: it must end in ENOMEM, not a crash)
  *   lazy      touches a 256 MiB lazy mapping page by page: the VM must
  *             end with SIGKILL (status 137) partway
+ *   sparse    touches one byte per 2 MiB of a 256 MiB lazy mapping: fits
+ *             (4 KiB pages), prints SUCCESS
  *   readlazy  read(0) into an untouched lazy mapping, echo it back
  */
 #include <stdint.h>
@@ -98,11 +100,27 @@ static void lazy(void)
 {
     char *p = mmap(0, 256 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     EXPECT(p != MAP_FAILED);
-    for (size_t off = 0; off < 256 * MiB; off += 2 * MiB) {
+    for (size_t off = 0; off < 256 * MiB; off += 4096) {
         p[off] = 1;
-        dprintf(2, "touched %zu MiB\n", off / MiB + 2);
+        if ((off + 4096) % (2 * MiB) == 0)
+            dprintf(2, "touched %zu MiB\n", (off + 4096) / MiB);
     }
     printf("ABORT: 256 MiB touched in a 64 MiB VM\n");
+}
+
+/* One byte in every 2 MiB of a 256 MiB lazy mapping (a sparse index): each
+ * touch commits a few 4 KiB pages, not a 2 MiB frame, so it all fits. */
+static void sparse(void)
+{
+    char *p = mmap(0, 256 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    EXPECT(p != MAP_FAILED);
+    for (size_t off = 0; off < 256 * MiB; off += 2 * MiB)
+        p[off + (off / MiB) * 4096] = (char)(off / MiB + 1);
+    for (size_t off = 0; off < 256 * MiB; off += 2 * MiB) {
+        EXPECT(p[off + (off / MiB) * 4096] == (char)(off / MiB + 1));
+        EXPECT(p[off + (off / MiB) * 4096 + 1] == 0);
+    }
+    printf("SUCCESS\n");
 }
 
 static void readlazy(void)
@@ -130,6 +148,8 @@ int main(int argc, char **argv)
         grow();
     else if (!strcmp(what, "lazy"))
         lazy();
+    else if (!strcmp(what, "sparse"))
+        sparse();
     else if (!strcmp(what, "readlazy"))
         readlazy();
     else

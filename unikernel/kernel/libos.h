@@ -102,6 +102,12 @@ struct vregion {
  * crash. */
 #define VMEM_MAX_REGIONS 512
 #define VMEM_MAX_FRAMES (KILN_MEM_MAX / HUGE_SIZE)
+/* 4 KiB pages per 2 MiB page, and the first cluster a demand fault maps
+ * (it doubles with the pages the table already holds, so dense touching
+ * costs ≈ 6 faults per 2 MiB and sparse touching 64 KiB each). */
+#define VMEM_PTES 512
+#define VMEM_FAULT_CLUSTER 16
+#define VMEM_TFREE 64
 
 /* Where vmem_init finds memory and what it must keep. */
 struct vmem_layout {
@@ -119,13 +125,25 @@ struct vmem_layout {
  * can refuse every other pointer), the 2 MiB frames of guest RAM, and the
  * page tables that map the first to the second.
  *
- * A user 2 MiB page's PD entry is its whole state: 0 = not committed; else
- * frame | PS | PTE_COMMITTED, plus P|RW|US while some accessible region
- * overlaps it (a committed page covered only by PROT_NONE keeps its frame
- * and contents, unmapped). Two invariants keep memory zero without the
- * kernel writing it: a free frame reads as zero, and so does every byte of
- * a committed frame that no region covers — both because whatever loses
- * its contents goes to the host in a discard (dc) before the syscall ends.
+ * A user 2 MiB virtual page is in one of three states, told by its PD
+ * entry: 0 = nothing committed; a leaf (frame | PS | PTE_COMMITTED, plus
+ * P|RW|US while some accessible region overlaps it) for dense memory; or a
+ * page table of 4 KiB entries (pte = page | PTE_COMMITTED, plus P|RW|US
+ * while an accessible region covers that page; 0 = not committed) for
+ * sparse memory. 4 KiB pages come from "small-page frames": 2 MiB frames
+ * carved into 512 pages with a bitmap each; a frame goes back to the pool
+ * when its last page is freed. A table never holds an empty page table: the
+ * last page leaving unlinks it.
+ *
+ * Two invariants keep memory zero without the kernel writing it: a free
+ * frame or page reads as zero, and so does every byte of committed memory
+ * that no region covers — both because whatever loses its contents goes to
+ * the host in a discard (dc) before the syscall ends (or, within one
+ * syscall, before freed memory is handed out again).
+ *
+ * The memory limit is the frame pool (a partly used small-page frame counts
+ * whole); vmem_used reports what is really committed: whole frames and
+ * 4 KiB pages.
  */
 struct vmem {
     uint64_t phys_off, mem_size;
@@ -133,14 +151,23 @@ struct vmem {
     uint64_t stack_low, stack_top;
     uint64_t brk_base, brk;  /* brk is the exact value the program set */
     uint64_t pml4;           /* gpa of the root table */
-    uint64_t pt_next, pt_end;/* unused table pages [pt_next, pt_end) */
-    uint32_t nframes, free_frames, peak_frames;
+    uint64_t pt_next, pt_end;/* unused boot-pool table pages [pt_next, pt_end) */
+    uint32_t nframes, free_frames;
+    uint32_t sp_frames;      /* frames carved into 4 KiB pages */
+    uint32_t sp_used;        /* pages in use in them (data and tables) */
+    uint32_t sp_hint;        /* small-page frame to try first */
+    uint32_t ntfree;         /* emptied page tables kept for reuse */
+    uint64_t peak;           /* most bytes ever in use (see vmem_used) */
     int need_flush;          /* a present entry was removed or changed */
-    int dc_freed;            /* dc holds a whole frame marked free */
+    int dc_freed;            /* dc holds memory marked free */
     /* Hands dc to the host (which zeroes every range) and empties it. */
     void (*discard)(struct vmem *vm);
     struct kiln_hc_discard dc;
     uint64_t frames[(VMEM_MAX_FRAMES + 63) / 64]; /* 1 = in use */
+    uint64_t small[(VMEM_MAX_FRAMES + 63) / 64];  /* 1 = carved into pages */
+    uint16_t sp_count[VMEM_MAX_FRAMES];            /* pages used per frame */
+    uint64_t sp_bits[VMEM_MAX_FRAMES][8];          /* 1 = page in use */
+    uint64_t tfree[VMEM_TFREE];
     int n;
     struct vregion r[VMEM_MAX_REGIONS];
 };
@@ -179,15 +206,18 @@ uint64_t vmem_lookup(const struct vmem *vm, uint64_t addr);
  * is left. */
 int vmem_demand(struct vmem *vm, uint64_t addr, uint64_t err);
 /* Commit the page of addr and give its gpa and the bytes contiguous from
- * it (≤ len, to the end of the 2 MiB page): -EFAULT or -ENOMEM. */
+ * it (≤ len, to the end of its 2 MiB or 4 KiB page): -EFAULT or -ENOMEM. */
 int64_t vmem_translate(struct vmem *vm, uint64_t addr, uint64_t len,
                        uint64_t *gpa);
 /* A free frame for the kernel (zero by the invariant): its gpa, or 0. */
 uint64_t vmem_kframe(struct vmem *vm);
-/* Bytes of guest RAM in use (kernel, image, stack, tables, frames) now and
- * at most so far. */
+/* Bytes of guest RAM in use (kernel, image, stack, tables, whole frames and
+ * 4 KiB pages) now and at most so far. */
 uint64_t vmem_used(const struct vmem *vm);
 uint64_t vmem_peak(const struct vmem *vm);
+/* After the TLB flush that ends a syscall: page tables emptied during it
+ * go back to the pool (until then the CPU may still hold links to them). */
+void vmem_settle(struct vmem *vm);
 
 /* ---- chacha.c: ChaCha20 (RFC 8439) and the getrandom CSPRNG ---- */
 

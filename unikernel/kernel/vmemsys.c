@@ -56,6 +56,7 @@ static void finish(void)
         kiln_vm.need_flush = 0;
         arch_flush_tlb();
     }
+    vmem_settle(&kiln_vm);
 }
 
 static int64_t sys_mmap(uint64_t addr, uint64_t len, uint64_t prot,
