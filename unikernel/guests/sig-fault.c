@@ -79,6 +79,60 @@ static void test_segv_fpe(void)
     printf("fpe: code %d at div_site+%ld\n", got_code, (long)(got_addr - (uintptr_t)div_site));
 }
 
+/* Floating-point exceptions unmasked: SSE (#XM) and x87 (#MF), with the
+ * FPE_FLT* code of the condition. QEMU's TCG (scripts/kvmbox) raises
+ * neither: there the line says so, for the VM and the native run alike,
+ * and the test's comparison of the two still holds. */
+extern char xm_site[], mf_site[];
+
+static void test_float(void)
+{
+    handle(SIGFPE, on_fault, 0);
+    static const double one = 1.0, zero = 0.0;
+    got_sig = 0;
+    if (sigsetjmp(jb, 1) == 0) {
+        unsigned mx = 0x1f80 & ~0x200; /* ZM clear: divide by zero traps */
+        double d = one;
+        __asm__ volatile("ldmxcsr %1\n"
+                         ".globl xm_site\n"
+                         "xm_site: divsd %2, %0"
+                         : "+x"(d)
+                         : "m"(mx), "m"(zero));
+        got_sig = -1;
+        (void)d;
+    }
+    unsigned def = 0x1f80;
+    __asm__ volatile("ldmxcsr %0" ::"m"(def));
+    if (got_sig == -1) {
+        printf("simd: no #XM on this CPU\n");
+    } else {
+        EXPECT(got_sig == SIGFPE && got_code == FPE_FLTDIV && got_addr == (uintptr_t)xm_site);
+        printf("simd: code %d at xm_site\n", got_code);
+    }
+
+    got_sig = 0;
+    if (sigsetjmp(jb, 1) == 0) {
+        unsigned short cw = 0x37f & ~0x4; /* ZM clear */
+        /* The x87 reports on the next waiting instruction: fwait. */
+        __asm__ volatile("fldcw %0\n"
+                         "fldl %1\n"
+                         "fdivl %2\n"
+                         ".globl mf_site\n"
+                         "mf_site: fwait\n"
+                         "fstp %%st(0)"
+                         :
+                         : "m"(cw), "m"(one), "m"(zero));
+        got_sig = -1;
+    }
+    __asm__ volatile("fninit");
+    if (got_sig == -1) {
+        printf("x87: no #MF on this CPU\n");
+    } else {
+        EXPECT(got_sig == SIGFPE && got_code == FPE_FLTDIV && got_addr == (uintptr_t)mf_site);
+        printf("x87: code %d at mf_site\n", got_code);
+    }
+}
+
 /* ---- rt_sigreturn brings back what the handler leaves in the context ---- */
 
 extern char ud2_site[];
@@ -236,6 +290,7 @@ int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     test_segv_fpe();
+    test_float();
     test_sigreturn();
     test_altstack();
     printf("SUCCESS\n");
