@@ -1018,7 +1018,21 @@ int64_t vmem_translate(struct vmem *vm, uint64_t addr, uint64_t len,
         return -ENOMEM;
     *gpa = vmem_lookup(vm, addr);
     const uint64_t *e = pd_lookup(vm, addr);
-    uint64_t end = is_leaf(*e) ? HUGE_DOWN(addr) + HUGE_SIZE : PAGE_DOWN(addr) + PAGE_SIZE;
+    if (is_leaf(*e))
+        return (int64_t)umin(len, HUGE_DOWN(addr) + HUGE_SIZE - addr);
+    /* Pages of one cluster usually sit side by side in their frame: the
+     * run goes on while they do, so a big read or write needs fewer
+     * hypercalls. */
+    const uint64_t *pt = pt_of(vm, *e);
+    uint64_t end = PAGE_DOWN(addr) + PAGE_SIZE, pend = HUGE_DOWN(addr) + HUGE_SIZE;
+    uint64_t next = PAGE_DOWN(*gpa) + PAGE_SIZE;
+    while (end < pend && end - addr < len) {
+        uint64_t pte = pt[(end >> 12) & 511];
+        if (!(pte & PTE_COMMITTED) || (pte & PTE_ADDR) != next)
+            break;
+        end += PAGE_SIZE;
+        next += PAGE_SIZE;
+    }
     return (int64_t)umin(len, end - addr);
 }
 

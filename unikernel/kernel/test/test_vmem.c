@@ -626,8 +626,12 @@ TEST(vmem_kernel_frames_and_translate)
     CHECK_EQ(vmem_translate(&vm, (uint64_t)a + HUGE_SIZE - 10, 100, &gpa), 10);
     CHECK_EQ(gpa, vmem_lookup(&vm, (uint64_t)a + HUGE_SIZE - 10));
     CHECK(gpa != 0);
-    CHECK_EQ(vmem_translate(&vm, (uint64_t)a + 4096 - 10, 100, &gpa), 10);
+    CHECK_EQ(vmem_translate(&vm, (uint64_t)a + 4096 - 10, 100, &gpa), 100);
     CHECK_EQ(gpa % PAGE_SIZE, PAGE_SIZE - 10);
+    /* A committed cluster's pages lie side by side: the run spans them
+     * and stops at the end of the cluster (the next page is not there). */
+    CHECK_EQ(vmem_translate(&vm, (uint64_t)a + 4096, 1 << 20, &gpa), 15 * 4096);
+    CHECK_EQ(vmem_lookup(&vm, (uint64_t)a + 15 * 4096), gpa + 14 * 4096);
     /* In a 2 MiB leaf it runs to the end of the leaf. */
     int64_t f = vmem_mmap(&vm, 0x4000000000ULL, 4 * MiB, RW, ANON | KMAP_FIXED);
     CHECK_EQ(vmem_translate(&vm, (uint64_t)f + 4096 - 10, 100, &gpa), 100);
