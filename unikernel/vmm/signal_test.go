@@ -62,6 +62,10 @@ func TestSignalFaults(t *testing.T) {
 	}
 }
 
+func TestSignalThreads(t *testing.T) {
+	sigSameAsNative(t, "sig-thread")
+}
+
 func TestSignalSend(t *testing.T) {
 	r := sigSameAsNative(t, "sig-send")
 	if r.res.Enosys != 0 {
