@@ -253,7 +253,10 @@ func (vm *VM) hcExit(gpa uint64) *Result {
 		r.Reason = ReasonSignaled
 		r.Signal = int(a.Signo)
 		r.Status = 128 + r.Signal
-		r.Message = fmt.Sprintf("killed by signal %d (%s): %s", a.Signo, signalName(a.Signo), fault)
+		r.Message = fmt.Sprintf("killed by signal %d (%s)", a.Signo, signalName(a.Signo))
+		if a.FaultRIP != 0 { // a fault, not a signal sent by the program
+			r.Message += ": " + fault
+		}
 	case abi.ExitPanic:
 		r.Reason = ReasonPanic
 		r.Message = "guest kernel panic (see stderr); " + fault
@@ -432,9 +435,12 @@ func (p *inputPump) read(ctx context.Context, dst []byte, wait bool, deadline ti
 }
 
 func signalName(sig uint32) string {
-	names := map[uint32]string{4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV", 31: "SIGSYS"}
-	if n, ok := names[sig]; ok {
-		return n
+	names := [...]string{1: "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS",
+		"SIGFPE", "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM",
+		"SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG",
+		"SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS"}
+	if int(sig) < len(names) && names[sig] != "" {
+		return names[sig]
 	}
 	return fmt.Sprintf("signal %d", sig)
 }
