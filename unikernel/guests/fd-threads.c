@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/epoll.h>
@@ -57,6 +58,14 @@ static void *breaker(void *arg)
     return NULL;
 }
 
+static void *poke(void *arg)
+{
+    (void)arg;
+    sleep_ms(50);
+    EXPECT(write(pa[1], "p", 1) == 1);
+    return NULL;
+}
+
 int main(void)
 {
     EXPECT(pipe(pa) == 0);
@@ -99,6 +108,18 @@ int main(void)
     EXPECT(waited < 5000);
     EXPECT(pthread_join(t, NULL) == 0);
     printf("threads: epoll woken by an eventfd write ok\n");
+
+    /* poll woken by a write from another thread. */
+    EXPECT(pipe(pa) == 0);
+    EXPECT(pthread_create(&t, NULL, poke, NULL) == 0);
+    struct pollfd pf = {pa[0], POLLIN, 0};
+    t0 = now_ms();
+    EXPECT(poll(&pf, 1, 10000) == 1 && pf.revents == POLLIN);
+    waited = now_ms() - t0;
+    printf("timing: poll(10 s) woken after %lld ms\n", (long long)waited);
+    EXPECT(waited < 5000);
+    EXPECT(pthread_join(t, NULL) == 0);
+    printf("threads: poll woken by a pipe write ok\n");
     printf("SUCCESS\n");
     return 0;
 }

@@ -338,6 +338,10 @@ int64_t epoll_wait(uint64_t epfd, uint64_t uevents, uint64_t maxevents,
         }
         if (waitq_wait(&ep->wq, deadline) == -ETIMEDOUT)
             deadline = 1; /* one last look, then report the timeout */
+        if (!OK(uevents, (uint64_t)max * sizeof(struct kepoll_event))) {
+            r = -EFAULT; /* unmapped by another thread meanwhile */
+            break;
+        }
     }
 out:
     kfile_put(f);

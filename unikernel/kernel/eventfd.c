@@ -68,6 +68,8 @@ int64_t eventfd_read(struct kfile *f, struct kiov *it, uint64_t n)
         if (fd_signal_pending())
             return -EINTR;
         waitq_wait(&e->rq, 0);
+        if (!kiov_valid(it))
+            return -EFAULT;
     }
 }
 

@@ -249,8 +249,9 @@ static int64_t sys_dup3(int64_t oldfd, int64_t newfd, uint64_t flags, int is_dup
 
 /* ---- I/O ---- */
 
-void kiov_init(struct kiov *it, const struct kiovec *v, uint64_t cnt)
+void kiov_init(struct kiov *it, const struct kiovec *v, uint64_t cnt, int uvec)
 {
+    it->uvec = uvec;
     it->v = v;
     it->cnt = cnt;
     it->i = 0;
@@ -278,6 +279,16 @@ static uint64_t kiov_copy(struct kiov *it, void *k, uint64_t n, int to_user)
         it->off += c;
     }
     return done;
+}
+
+int kiov_valid(const struct kiov *it)
+{
+    if (it->uvec && !OK(it->v, it->cnt * sizeof(struct kiovec)))
+        return 0;
+    for (uint64_t i = it->i; i < it->cnt; i++)
+        if (!OK(it->v[i].base, it->v[i].len))
+            return 0;
+    return 1;
 }
 
 uint64_t kiov_in(struct kiov *it, void *dst, uint64_t n)
@@ -358,7 +369,7 @@ static int64_t file_write(struct kfile *f, struct kiov *it, uint64_t n)
 /* read/write/readv/writev: one path, a single buffer being a one-element
  * iovec. */
 static int64_t do_rw(int64_t fd, const struct kiovec *v, uint64_t cnt,
-                     uint64_t n, int write)
+                     int uvec, uint64_t n, int write)
 {
     struct kfile *f = fd_get(fd);
     if (!f)
@@ -368,7 +379,7 @@ static int64_t do_rw(int64_t fd, const struct kiovec *v, uint64_t cnt,
         r = -EBADF;
     } else {
         struct kiov it;
-        kiov_init(&it, v, cnt);
+        kiov_init(&it, v, cnt, uvec);
         r = write ? file_write(f, &it, n) : file_read(f, &it, n);
     }
     kfile_put(f);
@@ -385,7 +396,7 @@ static int64_t sys_rw(int64_t fd, uint64_t buf, uint64_t n, int write)
     if (!OK(buf, n))
         return -EFAULT;
     struct kiovec v = {buf, n};
-    return do_rw(fd, &v, 1, n, write);
+    return do_rw(fd, &v, 1, 0, n, write);
 }
 
 static int64_t sys_rwv(int64_t fd, uint64_t iov, uint64_t cnt, int write)
@@ -397,7 +408,7 @@ static int64_t sys_rwv(int64_t fd, uint64_t iov, uint64_t cnt, int write)
     int64_t e = check_iov(iov, cnt, &total);
     if (e)
         return e;
-    return do_rw(fd, UPTR(iov), cnt, total, write);
+    return do_rw(fd, UPTR(iov), cnt, 1, total, write);
 }
 
 /* pread/pwrite/preadv/pwritev and lseek: nothing here has a position. */
@@ -598,6 +609,8 @@ static int64_t do_poll(uint64_t ufds, uint64_t nfds, uint64_t deadline)
             return -EINTR;
         if (waitq_wait(&F.poll_wq, deadline) == -ETIMEDOUT)
             deadline = 1; /* one last look, then report nothing ready */
+        if (!OK(ufds, nfds * sizeof(struct kpollfd)))
+            return -EFAULT; /* unmapped by another thread meanwhile */
     }
 }
 

@@ -93,6 +93,7 @@ struct kiovec {
 struct kiov {
     const struct kiovec *v;
     uint64_t cnt, i, off;
+    int uvec; /* v itself is in user memory (readv/writev), not the kernel's */
 };
 
 /* ---- fd.c ---- */
@@ -126,7 +127,11 @@ int fd_signal_pending(void);
 int64_t fd_sigmask_enter(uint64_t uset, uint64_t size, uint64_t *old);
 void fd_sigmask_leave(uint64_t uset, uint64_t old);
 
-void kiov_init(struct kiov *it, const struct kiovec *v, uint64_t cnt);
+void kiov_init(struct kiov *it, const struct kiovec *v, uint64_t cnt, int uvec);
+/* Whether the buffers still lie in the function's memory: after a block,
+ * another thread may have unmapped them, and the kernel must answer
+ * -EFAULT rather than fault itself. */
+int kiov_valid(const struct kiov *it);
 /* Copy n bytes from the user buffers at the cursor into dst (kiov_in) or
  * from src out to them (kiov_out); returns how many fit. */
 uint64_t kiov_in(struct kiov *it, void *dst, uint64_t n);

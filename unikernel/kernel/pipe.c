@@ -156,6 +156,8 @@ int64_t pipe_read(struct kfile *f, struct kiov *it, uint64_t n)
         if (fd_signal_pending())
             return -EINTR;
         waitq_wait(&p->rq, 0);
+        if (!kiov_valid(it))
+            return -EFAULT;
     }
 }
 
@@ -187,6 +189,8 @@ int64_t pipe_write(struct kfile *f, struct kiov *it, uint64_t n)
         if (fd_signal_pending())
             return done ? (int64_t)done : -EINTR;
         waitq_wait(&p->wq, 0);
+        if (!kiov_valid(it))
+            return done ? (int64_t)done : -EFAULT;
     }
 }
 
