@@ -329,6 +329,14 @@ struct kthread *sched_current(void)
     return cur;
 }
 
+struct kthread *sched_thread(int tid)
+{
+    for (int i = 0; i < KTHREAD_MAX; i++)
+        if (threads[i].state != TS_FREE && threads[i].tid == tid)
+            return &threads[i];
+    return 0;
+}
+
 int64_t waitq_wait(struct kwaitq *q, uint64_t deadline_tsc)
 {
     struct kthread *me = cur;
@@ -666,12 +674,12 @@ static int64_t sys_nanosleep(uint64_t req)
 
 static int64_t sys_clock_nanosleep(uint64_t clk, uint64_t flags, uint64_t req)
 {
-    /* As Linux: clocks without a sleep are EOPNOTSUPP, THREAD_CPUTIME and
-     * unknown ones EINVAL. PROCESS_CPUTIME would never advance while the
-     * only process sleeps, so it is refused too. */
-    if (clk == 3 || clk == 10 || clk > 11)
+    /* As Linux: clocks without a sleep are EOPNOTSUPP, unknown ones
+     * EINVAL. PROCESS_CPUTIME would never advance while the only process
+     * sleeps, so it is refused too (Linux sleeps on it). */
+    if (clk == 10 || clk > 11)
         return -EINVAL;
-    if (clk == 2 || clk == 4 || clk == 5 || clk == 6)
+    if (clk == 2 || clk == 3 || clk == 4 || clk == 5 || clk == 6)
         return -ENOTSUP;
     if (clk == 11) /* TAI: no leap-second table, so it is REALTIME */
         clk = 0;
