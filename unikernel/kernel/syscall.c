@@ -390,7 +390,7 @@ static const struct {
     {269, 3, "faccessat"}, {270, 6, "pselect6"}, {271, 5, "ppoll"},
     {273, 2, "set_robust_list"}, {281, 6, "epoll_pwait"}, {284, 2, "eventfd"},
     {290, 2, "eventfd2"}, {291, 1, "epoll_create1"}, {292, 3, "dup3"},
-    {293, 2, "pipe2"}, {302, 4, "prlimit64"}, {318, 3, "getrandom"},
+    {293, 2, "pipe2"}, {295, 4, "preadv"}, {296, 4, "pwritev"}, {302, 4, "prlimit64"}, {318, 3, "getrandom"},
     {324, 2, "membarrier"}, {332, 5, "statx"}, {334, 4, "rseq"},
     {435, 2, "clone3"}, {439, 4, "faccessat2"}, {441, 6, "epoll_pwait2"},
 };
