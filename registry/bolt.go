@@ -95,7 +95,7 @@ func (s *Bolt) PutFunction(ctx context.Context, spec Spec) (uint64, error) {
 		f := Function{
 			Name: spec.Name, Version: version, ImageDigest: spec.ImageDigest, Kind: spec.Kind,
 			MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
-			Env: clone(spec.Env), Args: clone(spec.Args), Created: s.now().UTC(),
+			Env: clone(spec.Env), Args: clone(spec.Args), Created: s.now().UTC(), Limits: spec.Limits,
 		}
 		data, err := json.Marshal(f)
 		if err != nil {

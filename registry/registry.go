@@ -48,6 +48,25 @@ type Spec struct {
 	TimeoutMs   int64
 	Env         []string // "KEY=VALUE"
 	Args        []string // argv after argv[0]
+	Limits
+}
+
+// Limits say who may call a function and how much. Each gateway enforces
+// them on its own (they are not shared between gateways), so N gateways
+// admit up to N times a concurrency or rate limit. The zero value is a
+// public function with no concurrency or rate limit and the gateway's
+// default body limit.
+type Limits struct {
+	// Private functions answer only callers with an API key.
+	Private bool `json:"private,omitempty"`
+	// MaxConcurrency bounds the invocations in flight at one gateway; 0: none.
+	MaxConcurrency int `json:"max_concurrency,omitempty"`
+	// RatePerSecond is a token bucket's refill rate at one gateway, and
+	// RateBurst its size (0 → the rate rounded up, at least 1); 0: no limit.
+	RatePerSecond float64 `json:"rate_per_second,omitempty"`
+	RateBurst     int     `json:"rate_burst,omitempty"`
+	// MaxBodyBytes bounds a request body; 0: the gateway's default.
+	MaxBodyBytes int64 `json:"max_body_bytes,omitempty"`
 }
 
 // Function is one immutable version of a function.
@@ -61,6 +80,7 @@ type Function struct {
 	Env         []string  `json:"env,omitempty"`
 	Args        []string  `json:"args,omitempty"`
 	Created     time.Time `json:"created"`
+	Limits
 }
 
 // Store is a function registry. Implementations are safe for concurrent use.
@@ -110,6 +130,9 @@ func CheckSpec(s Spec) error {
 	}
 	if s.TimeoutMs < 0 {
 		return fmt.Errorf("%w: negative timeout %d ms", ErrInvalidSpec, s.TimeoutMs)
+	}
+	if l := s.Limits; l.MaxConcurrency < 0 || l.RateBurst < 0 || l.MaxBodyBytes < 0 || !(l.RatePerSecond >= 0 && l.RatePerSecond <= 1e9) {
+		return fmt.Errorf("%w: limits %+v: each must be 0 (none) or positive", ErrInvalidSpec, l)
 	}
 	return nil
 }

@@ -56,6 +56,7 @@ func mustPut(t *testing.T, s registry.Store, sp registry.Spec) uint64 {
 func testPutGet(t *testing.T, s registry.Store) {
 	ctx := context.Background()
 	sp := spec("hello", "sha256:aa")
+	sp.Limits = registry.Limits{Private: true, MaxConcurrency: 3, RatePerSecond: 2.5, RateBurst: 4, MaxBodyBytes: 1 << 10}
 	v := mustPut(t, s, sp)
 	if v != 1 {
 		t.Fatalf("first version = %d, want 1", v)
@@ -66,7 +67,7 @@ func testPutGet(t *testing.T, s registry.Store) {
 	}
 	if f.Name != sp.Name || f.Version != 1 || f.ImageDigest != sp.ImageDigest || f.Kind != sp.Kind ||
 		f.MemoryBytes != sp.MemoryBytes || f.TimeoutMs != sp.TimeoutMs ||
-		fmt.Sprint(f.Env) != fmt.Sprint(sp.Env) || fmt.Sprint(f.Args) != fmt.Sprint(sp.Args) {
+		fmt.Sprint(f.Env) != fmt.Sprint(sp.Env) || fmt.Sprint(f.Args) != fmt.Sprint(sp.Args) || f.Limits != sp.Limits {
 		t.Fatalf("GetFunction = %+v, want the fields of %+v at version 1", f, sp)
 	}
 	if f.Created.IsZero() {
@@ -160,6 +161,8 @@ func testInvalidSpecs(t *testing.T, s registry.Store) {
 		{Name: "x", ImageDigest: "sha256:00"},
 		{Name: "x", Kind: registry.KindExec},
 		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindExec, TimeoutMs: -1},
+		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindExec, Limits: registry.Limits{MaxConcurrency: -1}},
+		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindExec, Limits: registry.Limits{RatePerSecond: -0.5}},
 	}
 	for _, sp := range bad {
 		if _, err := s.PutFunction(ctx, sp); !errors.Is(err, registry.ErrInvalidSpec) {
