@@ -609,8 +609,11 @@ type CapacityResponse struct {
 	MemoryBytesTotal uint64                 `protobuf:"varint,2,opt,name=memory_bytes_total,json=memoryBytesTotal,proto3" json:"memory_bytes_total,omitempty"`
 	MemoryBytesUsed  uint64                 `protobuf:"varint,3,opt,name=memory_bytes_used,json=memoryBytesUsed,proto3" json:"memory_bytes_used,omitempty"`
 	Warm             []*WarmInstances       `protobuf:"bytes,4,rep,name=warm,proto3" json:"warm,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Digests of the images this node holds in its cache (no fetch needed
+	// for a cold start there); the scheduler prefers such nodes.
+	CachedImages  []string `protobuf:"bytes,5,rep,name=cached_images,json=cachedImages,proto3" json:"cached_images,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CapacityResponse) Reset() {
@@ -667,6 +670,13 @@ func (x *CapacityResponse) GetMemoryBytesUsed() uint64 {
 func (x *CapacityResponse) GetWarm() []*WarmInstances {
 	if x != nil {
 		return x.Warm
+	}
+	return nil
+}
+
+func (x *CapacityResponse) GetCachedImages() []string {
+	if x != nil {
+		return x.CachedImages
 	}
 	return nil
 }
@@ -1067,12 +1077,13 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\aexec_ns\x18\n" +
 	" \x01(\x03R\x06execNs\x12\x19\n" +
 	"\bvm_exits\x18\v \x01(\x04R\avmExits\"\x11\n" +
-	"\x0fCapacityRequest\"\xac\x01\n" +
+	"\x0fCapacityRequest\"\xd1\x01\n" +
 	"\x10CapacityResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12,\n" +
 	"\x12memory_bytes_total\x18\x02 \x01(\x04R\x10memoryBytesTotal\x12*\n" +
 	"\x11memory_bytes_used\x18\x03 \x01(\x04R\x0fmemoryBytesUsed\x12*\n" +
-	"\x04warm\x18\x04 \x03(\v2\x16.kiln.v1.WarmInstancesR\x04warm\"Z\n" +
+	"\x04warm\x18\x04 \x03(\v2\x16.kiln.v1.WarmInstancesR\x04warm\x12#\n" +
+	"\rcached_images\x18\x05 \x03(\tR\fcachedImages\"Z\n" +
 	"\rWarmInstances\x12!\n" +
 	"\fimage_digest\x18\x01 \x01(\tR\vimageDigest\x12\x12\n" +
 	"\x04idle\x18\x02 \x01(\rR\x04idle\x12\x12\n" +
