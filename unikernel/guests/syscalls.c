@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -195,6 +196,15 @@ static void test_fds(void)
     EXPECT(write(99, "x", 1) == -1 && errno == EBADF);
     EXPECT(open("/nonexistent/kiln", O_RDONLY) == -1 && errno == ENOENT);
     EXPECT(openat(AT_FDCWD, "/nonexistent/kiln", O_RDONLY) == -1 && errno == ENOENT);
+    EXPECT(access("/nonexistent/kiln", R_OK) == -1 && errno == ENOENT);
+    EXPECT(faccessat(AT_FDCWD, "/nonexistent/kiln", R_OK, 0) == -1 && errno == ENOENT);
+    {
+        char name[16] = {0};
+        EXPECT(prctl(PR_SET_NAME, "kiln-guest") == 0);
+        EXPECT(prctl(PR_GET_NAME, name) == 0 && strcmp(name, "kiln-guest") == 0);
+        EXPECT(prctl(PR_SET_DUMPABLE, 1) == 0 && prctl(PR_GET_DUMPABLE) == 1);
+        EXPECT(prctl(0x7fff0000) == -1 && errno == EINVAL);
+    }
     struct iovec iov[3] = {{"wr", 2}, {"it", 2}, {"ev\n", 3}};
     EXPECT(writev(1, iov, 3) == 7);
     EXPECT(write(2, "stderr works\n", 13) == 13);

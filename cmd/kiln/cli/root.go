@@ -74,9 +74,11 @@ func (a *app) root() *cobra.Command {
 		Short: "Kiln runs functions as unikernels under KVM",
 		Long: `Kiln runs functions as unikernels under KVM.
 
-Start the platform on this machine with 'kiln up', deploy a static x86-64
-program with 'kiln deploy NAME --binary FILE', and call it with
-'kiln invoke NAME -d DATA' or 'curl -d DATA http://127.0.0.1:8080/function/NAME'.`,
+Start the platform on this machine with 'kiln up'. Write a function with
+'kiln new NAME --lang go', try it with 'kiln build' and 'kiln run', deploy
+its source with 'kiln deploy NAME DIR' (or a static x86-64 program with
+'kiln deploy NAME --binary FILE'), and call it with 'kiln invoke NAME -d DATA'
+or 'curl -d DATA http://127.0.0.1:8080/function/NAME'.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
