@@ -3,7 +3,10 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/registry/registrytest"
@@ -32,7 +35,7 @@ func TestBoltSurvivesRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.SetAlias(ctx, "keep", "prod", 1); err != nil {
+	if _, err := s.SetAlias(ctx, "keep", "prod", registry.One(1)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -98,6 +101,72 @@ func FuzzParseRef(f *testing.F) {
 		}
 		if alias != "" && !registry.ValidName(alias) {
 			t.Fatalf("ParseRef(%q) returned invalid alias %q", ref, alias)
+		}
+	})
+}
+
+// A registry written before aliases could split traffic holds each alias as
+// a bare 8-byte big-endian version; it must still resolve and be movable.
+func TestBoltReadsEightByteAliases(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := registry.OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"sha256:01", "sha256:02"} {
+		if _, err := s.PutFunction(ctx, registry.Spec{Name: "old", ImageDigest: d, Kind: registry.KindExec}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	db, err := bolt.Open(filepath.Join(dir, registry.FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		ab := tx.Bucket([]byte("functions")).Bucket([]byte("old")).Bucket([]byte("aliases"))
+		if err := ab.Put([]byte("latest"), []byte{0, 0, 0, 0, 0, 0, 0, 2}); err != nil {
+			return err
+		}
+		return ab.Put([]byte("prod"), []byte{0, 0, 0, 0, 0, 0, 0, 1})
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = registry.OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for ref, want := range map[string]uint64{"": 2, "prod": 1} {
+		if f, err := s.GetFunction(ctx, "old", ref); err != nil || f.Version != want {
+			t.Fatalf("GetFunction(%q) = v%d, %v; want v%d", ref, f.Version, err, want)
+		}
+	}
+	a, err := s.SetAlias(ctx, "old", "prod", registry.One(2))
+	if err != nil || registry.FormatHistory(a.History) != "1" {
+		t.Fatalf("moving a legacy alias = %+v, %v; want history 1", a, err)
+	}
+}
+
+func FuzzParseTargets(f *testing.F) {
+	for _, s := range []string{"3", "3:90,4:10", "3:100", "3,4", "0", "+3", "3:+90,4:10", "1:50,1:50", "", ",", "3:90,4:10,5:0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		to, err := registry.ParseTargets(s)
+		if err != nil {
+			return
+		}
+		if _, err := registry.CheckTargets(to); err != nil {
+			t.Fatalf("ParseTargets(%q) = %v, which CheckTargets refuses: %v", s, to, err)
+		}
+		// Only the canonical form parses, so equal routes are equal strings
+		// (the Redis scripts compare them as strings).
+		if back := registry.FormatTargets(to); back != s {
+			t.Fatalf("ParseTargets(%q) = %v, formatted back as %q", s, to, back)
 		}
 	})
 }

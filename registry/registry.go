@@ -3,8 +3,14 @@
 // immutable; a deploy appends one and moves the alias "latest" to it in the
 // same transaction, so a reader never sees a half-finished deploy.
 //
+// Aliases ("prod", "beta", ...) route to one version or split traffic by
+// weight between two (a canary). Every alias change is one transaction that
+// also remembers what the alias pointed at before, so RollbackAlias can undo
+// it; Resolve reads an alias and the versions it routes to together, so an
+// invocation never sees half of a change.
+//
 // Store is the contract every back-end fills in (the embedded bbolt store
-// here, a Redis store for clusters later); package registrytest holds the
+// here, the Redis store in redisstore); package registrytest holds the
 // conformance suite they all pass.
 package registry
 
@@ -14,6 +20,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -26,9 +33,16 @@ var (
 	// ErrInvalidSpec: a spec the platform could not run (unknown kind, no image).
 	ErrInvalidSpec = errors.New("registry: invalid function spec")
 	// ErrConflict: the change contradicts the registry's state, e.g. moving
-	// the alias "latest", which only deploys may move.
+	// the alias "latest", which only deploys may move, or rolling back an
+	// alias that has no earlier target.
 	ErrConflict = errors.New("registry: conflict")
+	// ErrInvalidRoute: alias targets the registry cannot route by (no
+	// version, more than two, weights that do not add up to 100).
+	ErrInvalidRoute = errors.New("registry: invalid alias route")
 )
+
+// HistoryLen is how many earlier targets an alias remembers for rollback.
+const HistoryLen = 10
 
 // Latest is the alias every deploy moves to the version it creates.
 const Latest = "latest"
@@ -83,22 +97,78 @@ type Function struct {
 	Limits
 }
 
+// Target is one version an alias routes to and its share of the traffic,
+// in percent.
+type Target struct {
+	Version uint64 `json:"version"`
+	Weight  uint32 `json:"weight"`
+}
+
+// Alias is where an alias routes now and, newest first, where it routed
+// before its recent changes (what RollbackAlias goes back to).
+type Alias struct {
+	Name    string     `json:"name"`
+	Targets []Target   `json:"versions"`
+	History [][]Target `json:"history,omitempty"`
+}
+
+// Routed is one version a reference may run, with its share in percent.
+type Routed struct {
+	Function
+	Weight uint32 `json:"weight"`
+}
+
+// Route is what a reference resolved to at one instant: the alias (empty
+// when the reference named a version) and the versions it routes to, whose
+// weights add up to 100.
+type Route struct {
+	Alias   string
+	Targets []Routed
+}
+
+// Pick chooses the version one invocation runs; n is uniform in [0, 100).
+// Routes from a Store always have at least one target.
+func (r Route) Pick(n int) Function {
+	for _, t := range r.Targets {
+		if n < int(t.Weight) {
+			return t.Function
+		}
+		n -= int(t.Weight)
+	}
+	return r.Targets[len(r.Targets)-1].Function
+}
+
 // Store is a function registry. Implementations are safe for concurrent use.
 type Store interface {
 	// PutFunction records a new version of spec.Name (creating the function
 	// on its first deploy) and moves "latest" to it atomically.
 	PutFunction(ctx context.Context, spec Spec) (version uint64, err error)
 	// GetFunction resolves ref: "" or "latest" for the newest deploy, a
-	// decimal version number, or an alias.
+	// decimal version number, or an alias. For an alias that splits
+	// traffic it returns the alias's first target; invocations use Resolve.
 	GetFunction(ctx context.Context, name, ref string) (Function, error)
+	// Resolve reads ref (as GetFunction takes it) and every version it
+	// routes to in one consistent read.
+	Resolve(ctx context.Context, name, ref string) (Route, error)
 	// ListFunctions returns the latest version of every function, by name.
 	ListFunctions(ctx context.Context) ([]Function, error)
 	// DeleteFunction removes a function with all its versions and aliases.
 	DeleteFunction(ctx context.Context, name string) error
 	// Versions returns every version of a function, oldest first.
 	Versions(ctx context.Context, name string) ([]Function, error)
-	// SetAlias points alias at an existing version. "latest" is reserved.
-	SetAlias(ctx context.Context, name, alias string, version uint64) error
+	// SetAlias points alias at one existing version or splits it between
+	// two (see CheckTargets), creating the alias if needed, and pushes what
+	// it pointed at before onto its history. "latest" is reserved.
+	SetAlias(ctx context.Context, name, alias string, to []Target) (Alias, error)
+	// GetAlias returns one alias, "latest" included.
+	GetAlias(ctx context.Context, name, alias string) (Alias, error)
+	// Aliases returns every alias of a function, by name.
+	Aliases(ctx context.Context, name string) ([]Alias, error)
+	// DeleteAlias removes an alias and its history. "latest" is reserved.
+	DeleteAlias(ctx context.Context, name, alias string) error
+	// RollbackAlias points alias back at the newest entry of its history
+	// and drops that entry: ErrConflict for "latest" or an empty history.
+	RollbackAlias(ctx context.Context, name, alias string) (Alias, error)
 	// Close releases the store; calls after Close fail.
 	Close() error
 }
@@ -152,6 +222,127 @@ func ParseRef(ref string) (version uint64, alias string, err error) {
 		return 0, "", err
 	}
 	return 0, ref, nil
+}
+
+// One routes all traffic to version v.
+func One(v uint64) []Target { return []Target{{Version: v, Weight: 100}} }
+
+// CheckTargets validates where an alias is to route and returns it in the
+// stored form: one version (weight 0 means 100), or two distinct versions
+// with weights from 1 to 99 that add up to 100.
+func CheckTargets(to []Target) ([]Target, error) {
+	switch len(to) {
+	case 0:
+		return nil, fmt.Errorf("%w: no version given", ErrInvalidRoute)
+	case 1:
+		t := to[0]
+		if t.Version == 0 {
+			return nil, fmt.Errorf("%w: version 0: versions start at 1", ErrInvalidRoute)
+		}
+		if t.Weight != 0 && t.Weight != 100 {
+			return nil, fmt.Errorf("%w: a single version takes all traffic: give weight 100 or none, or name a second version to split with", ErrInvalidRoute)
+		}
+		return One(t.Version), nil
+	case 2:
+		a, b := to[0], to[1]
+		if a.Version == 0 || b.Version == 0 {
+			return nil, fmt.Errorf("%w: version 0: versions start at 1", ErrInvalidRoute)
+		}
+		if a.Version == b.Version {
+			return nil, fmt.Errorf("%w: version %d given twice: a split needs two different versions", ErrInvalidRoute, a.Version)
+		}
+		if a.Weight == 0 || b.Weight == 0 || a.Weight >= 100 || b.Weight >= 100 || a.Weight+b.Weight != 100 {
+			return nil, fmt.Errorf("%w: weights %d and %d: each must be 1-99 and together 100 (percent of traffic)", ErrInvalidRoute, a.Weight, b.Weight)
+		}
+		return []Target{a, b}, nil
+	default:
+		return nil, fmt.Errorf("%w: %d versions: an alias routes to one version or splits between two", ErrInvalidRoute, len(to))
+	}
+}
+
+// FormatTargets is the stored form of targets, already checked: "3" for
+// one version, "3:90,4:10" for a split. Both stores keep it as text so the
+// Redis scripts can read it without decoding JSON.
+func FormatTargets(to []Target) string {
+	if len(to) == 1 && to[0].Weight == 100 {
+		return strconv.FormatUint(to[0].Version, 10)
+	}
+	var b []byte
+	for i, t := range to {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, t.Version, 10)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, uint64(t.Weight), 10)
+	}
+	return string(b)
+}
+
+// ParseTargets reads FormatTargets's form back; anything else, even an
+// equivalent spelling ("03", "3:100"), is an error (a damaged store), never
+// a guess, so equal routes are always equal strings.
+func ParseTargets(s string) ([]Target, error) {
+	var to []Target
+	for _, part := range strings.Split(s, ",") {
+		vs, ws, split := strings.Cut(part, ":")
+		v, err := strconv.ParseUint(vs, 10, 64)
+		if err != nil {
+			break
+		}
+		t := Target{Version: v, Weight: 100}
+		if split {
+			w, err := strconv.ParseUint(ws, 10, 32)
+			if err != nil {
+				break
+			}
+			t.Weight = uint32(w)
+		}
+		to = append(to, t)
+	}
+	if checked, err := CheckTargets(to); err != nil || FormatTargets(checked) != s {
+		return nil, fmt.Errorf("registry: damaged alias record %q", s)
+	}
+	return to, nil
+}
+
+// FormatHistory and ParseHistory store an alias's earlier targets, newest
+// first, as FormatTargets forms joined by "|".
+func FormatHistory(h [][]Target) string {
+	parts := make([]string, len(h))
+	for i, to := range h {
+		parts[i] = FormatTargets(to)
+	}
+	return strings.Join(parts, "|")
+}
+
+// ParseHistory is FormatHistory's inverse; "" is an empty history.
+func ParseHistory(s string) ([][]Target, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var h [][]Target
+	for _, part := range strings.Split(s, "|") {
+		to, err := ParseTargets(part)
+		if err != nil {
+			return nil, err
+		}
+		h = append(h, to)
+	}
+	return h, nil
+}
+
+// SameTargets reports whether a and b route identically.
+func SameTargets(a, b []Target) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func clone(s []string) []string {

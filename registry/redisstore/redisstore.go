@@ -8,18 +8,25 @@
 //	kiln:functions            set    names of every existing function
 //	kiln:fn:<name>:seq        string last version handed out (INCR counter)
 //	kiln:fn:<name>:versions   hash   decimal version -> registry.Function JSON
-//	kiln:fn:<name>:aliases    hash   alias ("latest", "prod", ...) -> decimal version
+//	kiln:fn:<name>:aliases    hash   alias ("latest", "prod", ...) -> targets, "3" or "3:90,4:10"
+//	kiln:fn:<name>:history    hash   alias -> earlier targets, newest first, "2|1:50,2:50"
 //
-// A function exists exactly when its name is in kiln:functions; the three
+// Targets and histories are registry.FormatTargets and FormatHistory text,
+// the same as in the bbolt store, which the scripts read with string
+// patterns.
+//
+// A function exists exactly when its name is in kiln:functions; the
 // per-function keys appear with its first deploy and go with its deletion,
 // so a function deployed again after deletion starts over at version 1 with
 // no aliases, as in the bbolt store.
 //
-// Every write that touches more than one key (deploy, alias flip, delete) is
-// one Lua script, which Redis runs atomically: two nodes deploying the same
-// function at once get distinct consecutive versions and "latest" ends on the
-// highest. Lookups by alias are scripts too, so resolving an alias and
-// reading its version is one consistent read.
+// Every write that touches more than one key (deploy, alias flip with its
+// history, rollback, delete) is one Lua script, which Redis runs atomically:
+// two nodes deploying the same function at once get distinct consecutive
+// versions and "latest" ends on the highest, and an alias and its history
+// never disagree. Resolving an alias is a script too, so the alias and the
+// versions it routes to are one consistent read; multi-key reads without
+// logic are MULTI/EXEC.
 //
 // The scripts name kiln:functions alongside the per-function keys, which
 // would land in different hash slots, so the store needs a single Redis
@@ -47,11 +54,11 @@ const Prefix = "kiln:"
 const keyFunctions = Prefix + "functions"
 
 // fnKeys are the per-function keys, in the order the scripts take them.
-type fnKeys struct{ seq, versions, aliases string }
+type fnKeys struct{ seq, versions, aliases, history string }
 
 func keysOf(name string) fnKeys {
 	base := Prefix + "fn:" + name + ":"
-	return fnKeys{seq: base + "seq", versions: base + "versions", aliases: base + "aliases"}
+	return fnKeys{seq: base + "seq", versions: base + "versions", aliases: base + "aliases", history: base + "history"}
 }
 
 // A version hash field holds registry.Function as JSON with Version left 0:
@@ -75,40 +82,89 @@ const (
 	codeNoFunction  = 1
 	codeNoAlias     = 2
 	codeNoVersion   = 3
+	codeNoHistory   = 4
 	codeUnknownCode = -1
 )
 
-// getScript resolves an alias (when ARGV[2] is not empty) or takes the
-// version in ARGV[1], and returns {code, version, record JSON}.
+// resolveScript takes the targets of an alias (when ARGV[2] is not empty)
+// or the version in ARGV[1], and returns {code, targets, then each target's
+// version and record JSON}; for codeNoVersion, {code, version}.
 // KEYS: functions, versions, aliases. ARGV: version, alias, name.
-var getScript = redis.NewScript(`
+var resolveScript = redis.NewScript(`
 if redis.call('SISMEMBER', KEYS[1], ARGV[3]) == 0 then return {1} end
-local v = ARGV[1]
+local t = ARGV[1]
 if ARGV[2] ~= '' then
-  v = redis.call('HGET', KEYS[3], ARGV[2])
-  if not v then return {2} end
+  t = redis.call('HGET', KEYS[3], ARGV[2])
+  if not t then return {2} end
 end
-local data = redis.call('HGET', KEYS[2], v)
-if not data then return {3} end
-return {0, v, data}
+local out = {0, t}
+for part in string.gmatch(t, '[^,]+') do
+  local v = string.match(part, '^%d+')
+  local data = redis.call('HGET', KEYS[2], v)
+  if not data then return {3, v} end
+  out[#out+1] = v
+  out[#out+1] = data
+end
+return out
 `)
 
-// aliasScript points an alias at a version only if the function and the
-// version exist at that instant, so a concurrent delete cannot leave a
-// dangling alias behind.
-// KEYS: functions, versions, aliases. ARGV: name, version, alias.
-var aliasScript = redis.NewScript(`
+// setAliasScript points an alias at targets only if the function and every
+// target version exist at that instant, so a concurrent delete cannot leave
+// a dangling alias behind, and pushes the alias's old targets (when they
+// differ) onto its history, keeping ARGV[4] entries. Returns {code, history}
+// or {codeNoVersion, version}.
+// KEYS: functions, versions, aliases, history.
+// ARGV: name, alias, targets, history length, then each target version.
+var setAliasScript = redis.NewScript(`
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return {1} end
+for i = 5, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then return {3, ARGV[i]} end
+end
+local old = redis.call('HGET', KEYS[3], ARGV[2])
+local h = redis.call('HGET', KEYS[4], ARGV[2]) or ''
+if old and old ~= ARGV[3] then
+  local kept = {old}
+  for e in string.gmatch(h, '[^|]+') do
+    if #kept >= tonumber(ARGV[4]) then break end
+    kept[#kept+1] = e
+  end
+  h = table.concat(kept, '|')
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+if h == '' then redis.call('HDEL', KEYS[4], ARGV[2]) else redis.call('HSET', KEYS[4], ARGV[2], h) end
+return {0, h}
+`)
+
+// rollbackScript moves an alias to the newest entry of its history and
+// drops that entry. Returns {code, targets, history}.
+// KEYS: functions, aliases, history. ARGV: name, alias.
+var rollbackScript = redis.NewScript(`
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return {1} end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return {2} end
+local h = redis.call('HGET', KEYS[3], ARGV[2])
+if not h or h == '' then return {4} end
+local top, rest = h, ''
+local i = string.find(h, '|', 1, true)
+if i then top = string.sub(h, 1, i - 1); rest = string.sub(h, i + 1) end
+redis.call('HSET', KEYS[2], ARGV[2], top)
+if rest == '' then redis.call('HDEL', KEYS[3], ARGV[2]) else redis.call('HSET', KEYS[3], ARGV[2], rest) end
+return {0, top, rest}
+`)
+
+// deleteAliasScript removes an alias and its history together.
+// KEYS: functions, aliases, history. ARGV: name, alias.
+var deleteAliasScript = redis.NewScript(`
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 1 end
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return 3 end
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
+if redis.call('HDEL', KEYS[2], ARGV[2]) == 0 then return 2 end
+redis.call('HDEL', KEYS[3], ARGV[2])
 return 0
 `)
 
-// deleteScript removes a function and its three keys together.
-// KEYS: functions, seq, versions, aliases. ARGV: name.
+// deleteScript removes a function and its keys together.
+// KEYS: functions, seq, versions, aliases, history. ARGV: name.
 var deleteScript = redis.NewScript(`
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 1 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return 0
 `)
 
@@ -160,38 +216,61 @@ func (s *Store) PutFunction(ctx context.Context, spec registry.Spec) (uint64, er
 
 // GetFunction implements registry.Store.
 func (s *Store) GetFunction(ctx context.Context, name, ref string) (registry.Function, error) {
-	if err := registry.CheckName(name); err != nil {
+	r, err := s.Resolve(ctx, name, ref)
+	if err != nil {
 		return registry.Function{}, err
+	}
+	return r.Targets[0].Function, nil
+}
+
+// Resolve implements registry.Store.
+func (s *Store) Resolve(ctx context.Context, name, ref string) (registry.Route, error) {
+	if err := registry.CheckName(name); err != nil {
+		return registry.Route{}, err
 	}
 	version, alias, err := registry.ParseRef(ref)
 	if err != nil {
-		return registry.Function{}, err
+		return registry.Route{}, err
 	}
-	return s.get(ctx, name, version, alias)
+	return s.resolve(ctx, name, version, alias)
 }
 
-// get runs getScript for one function; exactly one of version and alias is set.
-func (s *Store) get(ctx context.Context, name string, version uint64, alias string) (registry.Function, error) {
+// resolve runs resolveScript for one function; exactly one of version and
+// alias is set.
+func (s *Store) resolve(ctx context.Context, name string, version uint64, alias string) (registry.Route, error) {
 	k := keysOf(name)
-	res, err := getScript.Run(ctx, s.rdb, []string{keyFunctions, k.versions, k.aliases},
+	res, err := resolveScript.Run(ctx, s.rdb, []string{keyFunctions, k.versions, k.aliases},
 		strconv.FormatUint(version, 10), alias, name).Slice()
 	if err != nil {
-		return registry.Function{}, fmt.Errorf("registry: get %s: %w", name, err)
+		return registry.Route{}, fmt.Errorf("registry: get %s: %w", name, err)
 	}
 	switch code := scriptCode(res); code {
 	case codeOK:
 	case codeNoFunction:
-		return registry.Function{}, fmt.Errorf("%w: function %s", registry.ErrNotFound, name)
+		return registry.Route{}, fmt.Errorf("%w: function %s", registry.ErrNotFound, name)
 	case codeNoAlias:
-		return registry.Function{}, fmt.Errorf("%w: %s has no alias %q", registry.ErrNotFound, name, alias)
+		return registry.Route{}, fmt.Errorf("%w: %s has no alias %q", registry.ErrNotFound, name, alias)
 	case codeNoVersion:
-		return registry.Function{}, fmt.Errorf("%w: %s has no version %d", registry.ErrNotFound, name, version)
+		return registry.Route{}, fmt.Errorf("%w: %s has no version %v", registry.ErrNotFound, name, res[1:])
 	default:
-		return registry.Function{}, fmt.Errorf("registry: get %s: unexpected script reply %v", name, res)
+		return registry.Route{}, fmt.Errorf("registry: get %s: unexpected script reply %v", name, res)
 	}
-	vs, _ := res[1].(string)
-	data, _ := res[2].(string)
-	return decode(name, vs, data)
+	ts, _ := res[1].(string)
+	to, err := registry.ParseTargets(ts)
+	if err != nil || len(res) != 2+2*len(to) {
+		return registry.Route{}, fmt.Errorf("registry: get %s: alias %q: unexpected script reply %v (%v)", name, alias, res, err)
+	}
+	r := registry.Route{Alias: alias}
+	for i, t := range to {
+		vs, _ := res[2+2*i].(string)
+		data, _ := res[3+2*i].(string)
+		f, err := decode(name, vs, data)
+		if err != nil {
+			return registry.Route{}, err
+		}
+		r.Targets = append(r.Targets, registry.Routed{Function: f, Weight: t.Weight})
+	}
+	return r, nil
 }
 
 // scriptCode reads the leading status code of a script's array reply.
@@ -200,7 +279,7 @@ func scriptCode(res []any) int64 {
 		return codeUnknownCode
 	}
 	code, ok := res[0].(int64)
-	if !ok || (code == codeOK && len(res) != 3) {
+	if !ok || (code == codeNoVersion && len(res) != 2) {
 		return codeUnknownCode
 	}
 	return code
@@ -232,14 +311,14 @@ func (s *Store) ListFunctions(ctx context.Context) ([]registry.Function, error) 
 	sort.Strings(names)
 	out := make([]registry.Function, 0, len(names))
 	for _, name := range names {
-		f, err := s.get(ctx, name, 0, registry.Latest)
+		r, err := s.resolve(ctx, name, 0, registry.Latest)
 		if errors.Is(err, registry.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("registry: list: %w", err)
 		}
-		out = append(out, f)
+		out = append(out, r.Targets[0].Function)
 	}
 	return out, nil
 }
@@ -250,7 +329,7 @@ func (s *Store) DeleteFunction(ctx context.Context, name string) error {
 		return err
 	}
 	k := keysOf(name)
-	code, err := deleteScript.Run(ctx, s.rdb, []string{keyFunctions, k.seq, k.versions, k.aliases}, name).Int64()
+	code, err := deleteScript.Run(ctx, s.rdb, []string{keyFunctions, k.seq, k.versions, k.aliases, k.history}, name).Int64()
 	if err != nil {
 		return fmt.Errorf("registry: delete %s: %w", name, err)
 	}
@@ -288,7 +367,124 @@ func (s *Store) Versions(ctx context.Context, name string) ([]registry.Function,
 }
 
 // SetAlias implements registry.Store.
-func (s *Store) SetAlias(ctx context.Context, name, alias string, version uint64) error {
+func (s *Store) SetAlias(ctx context.Context, name, alias string, to []registry.Target) (registry.Alias, error) {
+	if err := registry.CheckName(name); err != nil {
+		return registry.Alias{}, err
+	}
+	if err := registry.CheckAlias(alias); err != nil {
+		return registry.Alias{}, err
+	}
+	to, err := registry.CheckTargets(to)
+	if err != nil {
+		return registry.Alias{}, err
+	}
+	k := keysOf(name)
+	args := []any{name, alias, registry.FormatTargets(to), registry.HistoryLen}
+	for _, t := range to {
+		args = append(args, strconv.FormatUint(t.Version, 10))
+	}
+	res, err := setAliasScript.Run(ctx, s.rdb, []string{keyFunctions, k.versions, k.aliases, k.history}, args...).Slice()
+	if err != nil {
+		return registry.Alias{}, fmt.Errorf("registry: alias %s/%s: %w", name, alias, err)
+	}
+	code := scriptCode(res)
+	switch {
+	case code == codeOK && len(res) == 2:
+		hs, _ := res[1].(string)
+		h, err := registry.ParseHistory(hs)
+		if err != nil {
+			return registry.Alias{}, err
+		}
+		return registry.Alias{Name: alias, Targets: to, History: h}, nil
+	case code == codeNoFunction:
+		return registry.Alias{}, fmt.Errorf("%w: function %s", registry.ErrNotFound, name)
+	case code == codeNoVersion:
+		return registry.Alias{}, fmt.Errorf("%w: %s has no version %v", registry.ErrNotFound, name, res[1])
+	default:
+		return registry.Alias{}, fmt.Errorf("registry: alias %s/%s: unexpected script reply %v", name, alias, res)
+	}
+}
+
+// GetAlias implements registry.Store; MULTI/EXEC reads the alias and its
+// history at one instant.
+func (s *Store) GetAlias(ctx context.Context, name, alias string) (registry.Alias, error) {
+	if err := registry.CheckName(name); err != nil {
+		return registry.Alias{}, err
+	}
+	if err := registry.CheckName(alias); err != nil {
+		return registry.Alias{}, err
+	}
+	k := keysOf(name)
+	var (
+		exists   *redis.BoolCmd
+		to, hist *redis.StringCmd
+	)
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		exists = p.SIsMember(ctx, keyFunctions, name)
+		to = p.HGet(ctx, k.aliases, alias)
+		hist = p.HGet(ctx, k.history, alias)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return registry.Alias{}, fmt.Errorf("registry: alias %s/%s: %w", name, alias, err)
+	}
+	if !exists.Val() {
+		return registry.Alias{}, fmt.Errorf("%w: function %s", registry.ErrNotFound, name)
+	}
+	if errors.Is(to.Err(), redis.Nil) {
+		return registry.Alias{}, fmt.Errorf("%w: %s has no alias %q", registry.ErrNotFound, name, alias)
+	}
+	return decodeAlias(alias, to.Val(), hist.Val())
+}
+
+func decodeAlias(alias, targets, history string) (registry.Alias, error) {
+	to, err := registry.ParseTargets(targets)
+	if err != nil {
+		return registry.Alias{}, err
+	}
+	h, err := registry.ParseHistory(history)
+	if err != nil {
+		return registry.Alias{}, err
+	}
+	return registry.Alias{Name: alias, Targets: to, History: h}, nil
+}
+
+// Aliases implements registry.Store.
+func (s *Store) Aliases(ctx context.Context, name string) ([]registry.Alias, error) {
+	if err := registry.CheckName(name); err != nil {
+		return nil, err
+	}
+	k := keysOf(name)
+	var (
+		exists     *redis.BoolCmd
+		all, hists *redis.MapStringStringCmd
+	)
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		exists = p.SIsMember(ctx, keyFunctions, name)
+		all = p.HGetAll(ctx, k.aliases)
+		hists = p.HGetAll(ctx, k.history)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: aliases %s: %w", name, err)
+	}
+	if !exists.Val() {
+		return nil, fmt.Errorf("%w: function %s", registry.ErrNotFound, name)
+	}
+	out := make([]registry.Alias, 0, len(all.Val()))
+	for alias, to := range all.Val() {
+		a, err := decodeAlias(alias, to, hists.Val()[alias])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// DeleteAlias implements registry.Store.
+func (s *Store) DeleteAlias(ctx context.Context, name, alias string) error {
 	if err := registry.CheckName(name); err != nil {
 		return err
 	}
@@ -296,20 +492,48 @@ func (s *Store) SetAlias(ctx context.Context, name, alias string, version uint64
 		return err
 	}
 	k := keysOf(name)
-	code, err := aliasScript.Run(ctx, s.rdb, []string{keyFunctions, k.versions, k.aliases},
-		name, strconv.FormatUint(version, 10), alias).Int64()
+	code, err := deleteAliasScript.Run(ctx, s.rdb, []string{keyFunctions, k.aliases, k.history}, name, alias).Int64()
 	if err != nil {
-		return fmt.Errorf("registry: alias %s/%s: %w", name, alias, err)
+		return fmt.Errorf("registry: delete alias %s/%s: %w", name, alias, err)
 	}
 	switch code {
 	case codeOK:
 		return nil
 	case codeNoFunction:
 		return fmt.Errorf("%w: function %s", registry.ErrNotFound, name)
-	case codeNoVersion:
-		return fmt.Errorf("%w: %s has no version %d", registry.ErrNotFound, name, version)
+	case codeNoAlias:
+		return fmt.Errorf("%w: %s has no alias %q", registry.ErrNotFound, name, alias)
 	default:
-		return fmt.Errorf("registry: alias %s/%s: unexpected script reply %d", name, alias, code)
+		return fmt.Errorf("registry: delete alias %s/%s: unexpected script reply %d", name, alias, code)
+	}
+}
+
+// RollbackAlias implements registry.Store.
+func (s *Store) RollbackAlias(ctx context.Context, name, alias string) (registry.Alias, error) {
+	if err := registry.CheckName(name); err != nil {
+		return registry.Alias{}, err
+	}
+	if err := registry.CheckRollback(alias); err != nil {
+		return registry.Alias{}, err
+	}
+	k := keysOf(name)
+	res, err := rollbackScript.Run(ctx, s.rdb, []string{keyFunctions, k.aliases, k.history}, name, alias).Slice()
+	if err != nil {
+		return registry.Alias{}, fmt.Errorf("registry: rollback %s/%s: %w", name, alias, err)
+	}
+	switch code := scriptCode(res); {
+	case code == codeOK && len(res) == 3:
+		to, _ := res[1].(string)
+		h, _ := res[2].(string)
+		return decodeAlias(alias, to, h)
+	case code == codeNoFunction:
+		return registry.Alias{}, fmt.Errorf("%w: function %s", registry.ErrNotFound, name)
+	case code == codeNoAlias:
+		return registry.Alias{}, fmt.Errorf("%w: %s has no alias %q", registry.ErrNotFound, name, alias)
+	case code == codeNoHistory:
+		return registry.Alias{}, registry.NoHistory(name, alias)
+	default:
+		return registry.Alias{}, fmt.Errorf("registry: rollback %s/%s: unexpected script reply %v", name, alias, res)
 	}
 }
 

@@ -190,7 +190,7 @@ func TestSharedAcrossStores(t *testing.T) {
 	if _, err := a.PutFunction(ctx, registry.Spec{Name: "shared", ImageDigest: "sha256:01", Kind: registry.KindServe, MemoryBytes: 1<<63 + 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.SetAlias(ctx, "shared", "prod", 1); err != nil {
+	if _, err := a.SetAlias(ctx, "shared", "prod", registry.One(1)); err != nil {
 		t.Fatal(err)
 	}
 	b, err := redisstore.New(ctx, url)

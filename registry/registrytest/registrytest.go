@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/kilnfaas/kiln/registry"
@@ -30,6 +31,14 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"Aliases", testAliases},
 		{"ConcurrentDeploys", testConcurrentDeploys},
 		{"NoAliasing", testNoAliasing},
+		{"WeightedAliases", testWeightedAliases},
+		{"BadRoutesChangeNothing", testBadRoutesChangeNothing},
+		{"AliasHistoryAndRollback", testAliasHistoryAndRollback},
+		{"HistoryIsCapped", testHistoryIsCapped},
+		{"DeleteAlias", testDeleteAlias},
+		{"AtomicFlips", testAtomicFlips},
+		{"ConcurrentFlipsLoseNoHistory", testConcurrentFlipsLoseNoHistory},
+		{"ConsecutiveVersionsAcrossFunctions", testConsecutiveVersionsAcrossFunctions},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -128,7 +137,7 @@ func testNotFound(t *testing.T, s registry.Store) {
 	if err := s.DeleteFunction(ctx, "nope"); !errors.Is(err, registry.ErrNotFound) {
 		t.Fatalf("DeleteFunction(missing) err = %v, want ErrNotFound", err)
 	}
-	if err := s.SetAlias(ctx, "one", "prod", 9); !errors.Is(err, registry.ErrNotFound) {
+	if _, err := s.SetAlias(ctx, "one", "prod", registry.One(9)); !errors.Is(err, registry.ErrNotFound) {
 		t.Fatalf("SetAlias to a missing version err = %v, want ErrNotFound", err)
 	}
 }
@@ -204,7 +213,7 @@ func testDelete(t *testing.T, s registry.Store) {
 	mustPut(t, s, spec("gone", "sha256:01"))
 	mustPut(t, s, spec("gone", "sha256:02"))
 	mustPut(t, s, spec("stays", "sha256:03"))
-	if err := s.SetAlias(ctx, "gone", "prod", 1); err != nil {
+	if _, err := s.SetAlias(ctx, "gone", "prod", registry.One(1)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteFunction(ctx, "gone"); err != nil {
@@ -231,7 +240,7 @@ func testAliases(t *testing.T, s registry.Store) {
 	ctx := context.Background()
 	mustPut(t, s, spec("app", "sha256:01"))
 	mustPut(t, s, spec("app", "sha256:02"))
-	if err := s.SetAlias(ctx, "app", "prod", 1); err != nil {
+	if _, err := s.SetAlias(ctx, "app", "prod", registry.One(1)); err != nil {
 		t.Fatal(err)
 	}
 	mustPut(t, s, spec("app", "sha256:03"))
@@ -239,19 +248,19 @@ func testAliases(t *testing.T, s registry.Store) {
 	if err != nil || f.Version != 1 {
 		t.Fatalf("alias prod = v%d, %v; want v1 (deploys move only latest)", f.Version, err)
 	}
-	if err := s.SetAlias(ctx, "app", "prod", 3); err != nil {
+	if _, err := s.SetAlias(ctx, "app", "prod", registry.One(3)); err != nil {
 		t.Fatal(err)
 	}
 	if f, _ := s.GetFunction(ctx, "app", "prod"); f.Version != 3 {
 		t.Fatalf("alias prod = v%d after moving it to 3", f.Version)
 	}
-	if err := s.SetAlias(ctx, "app", registry.Latest, 1); !errors.Is(err, registry.ErrConflict) {
+	if _, err := s.SetAlias(ctx, "app", registry.Latest, registry.One(1)); !errors.Is(err, registry.ErrConflict) {
 		t.Fatalf("SetAlias(latest) err = %v, want ErrConflict", err)
 	}
-	if err := s.SetAlias(ctx, "app", "42", 1); !errors.Is(err, registry.ErrInvalidName) {
+	if _, err := s.SetAlias(ctx, "app", "42", registry.One(1)); !errors.Is(err, registry.ErrInvalidName) {
 		t.Fatalf("SetAlias(numeric) err = %v, want ErrInvalidName", err)
 	}
-	if err := s.SetAlias(ctx, "app", "Prod", 1); !errors.Is(err, registry.ErrInvalidName) {
+	if _, err := s.SetAlias(ctx, "app", "Prod", registry.One(1)); !errors.Is(err, registry.ErrInvalidName) {
 		t.Fatalf("SetAlias(Prod) err = %v, want ErrInvalidName", err)
 	}
 }
@@ -307,5 +316,450 @@ func testNoAliasing(t *testing.T, s registry.Store) {
 	g, err := s.GetFunction(ctx, "imm", "")
 	if err != nil || g.Env[0] != "A=1" || g.Args[0] != "--flag" {
 		t.Fatalf("stored version changed through a caller's slice: %+v, %v", g, err)
+	}
+}
+
+// deployN deploys n versions of name, digests sha256:01, 02, ...
+func deployN(t *testing.T, s registry.Store, name string, n int) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		if v := mustPut(t, s, spec(name, fmt.Sprintf("sha256:%02d", i))); v != uint64(i) {
+			t.Fatalf("deploy %d of %s got version %d", i, name, v)
+		}
+	}
+}
+
+func split(a uint64, wa uint32, b uint64, wb uint32) []registry.Target {
+	return []registry.Target{{Version: a, Weight: wa}, {Version: b, Weight: wb}}
+}
+
+// routeString renders a Route as "v3:90,v4:10", checking on the way that
+// each target carries its own version's record.
+func routeString(t *testing.T, r registry.Route) string {
+	t.Helper()
+	out := ""
+	for i, rt := range r.Targets {
+		if rt.ImageDigest != fmt.Sprintf("sha256:%02d", rt.Version) {
+			t.Fatalf("route target v%d carries digest %s: the record of another version", rt.Version, rt.ImageDigest)
+		}
+		if i > 0 {
+			out += ","
+		}
+		out += fmt.Sprintf("v%d:%d", rt.Version, rt.Weight)
+	}
+	return out
+}
+
+func mustAlias(t *testing.T, s registry.Store, name, alias string, to []registry.Target) registry.Alias {
+	t.Helper()
+	a, err := s.SetAlias(context.Background(), name, alias, to)
+	if err != nil {
+		t.Fatalf("SetAlias(%s, %s, %v): %v", name, alias, to, err)
+	}
+	return a
+}
+
+func targetsString(to []registry.Target) string { return registry.FormatTargets(to) }
+
+func historyString(h [][]registry.Target) string { return registry.FormatHistory(h) }
+
+func testWeightedAliases(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	deployN(t, s, "canary", 4)
+	a := mustAlias(t, s, "canary", "prod", split(3, 90, 4, 10))
+	if a.Name != "prod" || targetsString(a.Targets) != "3:90,4:10" || len(a.History) != 0 {
+		t.Fatalf("SetAlias returned %+v", a)
+	}
+	r, err := s.Resolve(ctx, "canary", "prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := routeString(t, r); got != "v3:90,v4:10" || r.Alias != "prod" {
+		t.Fatalf("Resolve(prod) = %s (alias %q), want v3:90,v4:10", got, r.Alias)
+	}
+	// Pick maps [0,90) to v3 and [90,100) to v4.
+	for n, want := range map[int]uint64{0: 3, 89: 3, 90: 4, 99: 4} {
+		if f := r.Pick(n); f.Version != want {
+			t.Fatalf("Pick(%d) = v%d, want v%d", n, f.Version, want)
+		}
+	}
+	// GetFunction of a split alias is its first target.
+	if f, err := s.GetFunction(ctx, "canary", "prod"); err != nil || f.Version != 3 {
+		t.Fatalf("GetFunction(prod) = v%d, %v; want v3", f.Version, err)
+	}
+	// A version or latest resolves to one target with all the traffic.
+	for ref, want := range map[string]string{"": "v4:100", "latest": "v4:100", "2": "v2:100"} {
+		r, err := s.Resolve(ctx, "canary", ref)
+		if err != nil || routeString(t, r) != want {
+			t.Fatalf("Resolve(%q) = %+v, %v; want %s", ref, r, err, want)
+		}
+	}
+	// A single target given with weight 100 or none is stored the same.
+	a = mustAlias(t, s, "canary", "beta", []registry.Target{{Version: 2}})
+	if targetsString(a.Targets) != "2" {
+		t.Fatalf("beta = %+v", a)
+	}
+	got, err := s.GetAlias(ctx, "canary", "prod")
+	if err != nil || targetsString(got.Targets) != "3:90,4:10" {
+		t.Fatalf("GetAlias(prod) = %+v, %v", got, err)
+	}
+	if got, err := s.GetAlias(ctx, "canary", registry.Latest); err != nil || targetsString(got.Targets) != "4" {
+		t.Fatalf("GetAlias(latest) = %+v, %v", got, err)
+	}
+	as, err := s.Aliases(ctx, "canary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, a := range as {
+		names = append(names, a.Name+"="+targetsString(a.Targets))
+	}
+	if fmt.Sprint(names) != "[beta=2 latest=4 prod=3:90,4:10]" {
+		t.Fatalf("Aliases = %v, want beta, latest, prod by name", names)
+	}
+	for _, call := range []func() error{
+		func() error { _, err := s.GetAlias(ctx, "canary", "nope"); return err },
+		func() error { _, err := s.GetAlias(ctx, "missing", "prod"); return err },
+		func() error { _, err := s.Aliases(ctx, "missing"); return err },
+	} {
+		if err := call(); !errors.Is(err, registry.ErrNotFound) {
+			t.Fatalf("lookup of a missing alias/function: err = %v, want ErrNotFound", err)
+		}
+	}
+	// A deploy moves latest only.
+	mustPut(t, s, spec("canary", "sha256:05"))
+	if r, _ := s.Resolve(ctx, "canary", "prod"); routeString(t, r) != "v3:90,v4:10" {
+		t.Fatalf("a deploy moved prod: %s", routeString(t, r))
+	}
+}
+
+// Every rejected alias change leaves the alias exactly as it was.
+func testBadRoutesChangeNothing(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	deployN(t, s, "strict", 3)
+	mustAlias(t, s, "strict", "prod", registry.One(1))
+	mustAlias(t, s, "strict", "prod", registry.One(2))
+	before, err := s.GetAlias(ctx, "strict", "prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		to   []registry.Target
+		want error
+	}{
+		{nil, registry.ErrInvalidRoute},
+		{registry.One(0), registry.ErrInvalidRoute},
+		{[]registry.Target{{Version: 1, Weight: 50}}, registry.ErrInvalidRoute},
+		{split(1, 50, 1, 50), registry.ErrInvalidRoute},
+		{split(1, 60, 2, 60), registry.ErrInvalidRoute},
+		{split(1, 100, 2, 0), registry.ErrInvalidRoute},
+		{split(1, 0, 2, 100), registry.ErrInvalidRoute},
+		{split(0, 50, 2, 50), registry.ErrInvalidRoute},
+		{[]registry.Target{{Version: 1, Weight: 30}, {Version: 2, Weight: 30}, {Version: 3, Weight: 40}}, registry.ErrInvalidRoute},
+		{registry.One(9), registry.ErrNotFound},
+		// One good version and one missing: nothing half-written.
+		{split(3, 50, 9, 50), registry.ErrNotFound},
+		{split(9, 50, 3, 50), registry.ErrNotFound},
+	} {
+		if _, err := s.SetAlias(ctx, "strict", "prod", tc.to); !errors.Is(err, tc.want) {
+			t.Errorf("SetAlias(%v) err = %v, want %v", tc.to, err, tc.want)
+		}
+	}
+	if _, err := s.SetAlias(ctx, "missing", "prod", registry.One(1)); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("SetAlias on a missing function err = %v, want ErrNotFound", err)
+	}
+	if _, err := s.SetAlias(ctx, "strict", "new", split(3, 50, 9, 50)); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("SetAlias(new, missing version) err = %v, want ErrNotFound", err)
+	}
+	if _, err := s.GetAlias(ctx, "strict", "new"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("a rejected SetAlias created the alias: %v", err)
+	}
+	after, err := s.GetAlias(ctx, "strict", "prod")
+	if err != nil || targetsString(after.Targets) != targetsString(before.Targets) || historyString(after.History) != historyString(before.History) {
+		t.Fatalf("prod after rejected changes = %+v, %v; want %+v", after, err, before)
+	}
+	if err := s.DeleteAlias(ctx, "strict", registry.Latest); !errors.Is(err, registry.ErrConflict) {
+		t.Errorf("DeleteAlias(latest) err = %v, want ErrConflict", err)
+	}
+	if _, err := s.RollbackAlias(ctx, "strict", registry.Latest); !errors.Is(err, registry.ErrConflict) {
+		t.Errorf("RollbackAlias(latest) err = %v, want ErrConflict", err)
+	}
+	for _, bad := range []string{"Prod", "", "a_b"} {
+		if _, err := s.GetAlias(ctx, "strict", bad); !errors.Is(err, registry.ErrInvalidName) {
+			t.Errorf("GetAlias(%q) err = %v, want ErrInvalidName", bad, err)
+		}
+		if err := s.DeleteAlias(ctx, "strict", bad); !errors.Is(err, registry.ErrInvalidName) {
+			t.Errorf("DeleteAlias(%q) err = %v, want ErrInvalidName", bad, err)
+		}
+		if _, err := s.RollbackAlias(ctx, "strict", bad); !errors.Is(err, registry.ErrInvalidName) {
+			t.Errorf("RollbackAlias(%q) err = %v, want ErrInvalidName", bad, err)
+		}
+	}
+	if f, err := s.GetFunction(ctx, "strict", ""); err != nil || f.Version != 3 {
+		t.Fatalf("latest moved: v%d, %v", f.Version, err)
+	}
+}
+
+func testAliasHistoryAndRollback(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	deployN(t, s, "roll", 3)
+	mustAlias(t, s, "roll", "prod", registry.One(1))
+	if _, err := s.RollbackAlias(ctx, "roll", "prod"); !errors.Is(err, registry.ErrConflict) {
+		t.Fatalf("rollback of a new alias err = %v, want ErrConflict (no history)", err)
+	}
+	if _, err := s.RollbackAlias(ctx, "roll", "nope"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("rollback of a missing alias err = %v, want ErrNotFound", err)
+	}
+	if _, err := s.RollbackAlias(ctx, "missing", "prod"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("rollback on a missing function err = %v, want ErrNotFound", err)
+	}
+	a := mustAlias(t, s, "roll", "prod", registry.One(2))
+	if historyString(a.History) != "1" {
+		t.Fatalf("history after 1→2 = %q, want 1", historyString(a.History))
+	}
+	a = mustAlias(t, s, "roll", "prod", split(2, 90, 3, 10))
+	if historyString(a.History) != "2|1" {
+		t.Fatalf("history = %q, want 2|1 (newest first)", historyString(a.History))
+	}
+	// Setting what is already there is not a change.
+	a = mustAlias(t, s, "roll", "prod", split(2, 90, 3, 10))
+	if historyString(a.History) != "2|1" {
+		t.Fatalf("history after a no-op = %q, want 2|1", historyString(a.History))
+	}
+	for _, want := range []struct{ targets, history string }{{"2", "1"}, {"1", ""}} {
+		a, err := s.RollbackAlias(ctx, "roll", "prod")
+		if err != nil || targetsString(a.Targets) != want.targets || historyString(a.History) != want.history {
+			t.Fatalf("rollback = %+v, %v; want %s with history %q", a, err, want.targets, want.history)
+		}
+		got, err := s.GetAlias(ctx, "roll", "prod")
+		if err != nil || targetsString(got.Targets) != want.targets || historyString(got.History) != want.history {
+			t.Fatalf("after rollback GetAlias = %+v, %v", got, err)
+		}
+		if f, err := s.GetFunction(ctx, "roll", "prod"); err != nil || fmt.Sprint(f.Version) != want.targets {
+			t.Fatalf("after rollback prod resolves to v%d, %v", f.Version, err)
+		}
+	}
+	if _, err := s.RollbackAlias(ctx, "roll", "prod"); !errors.Is(err, registry.ErrConflict) {
+		t.Fatalf("rollback past the oldest entry err = %v, want ErrConflict", err)
+	}
+	if f, _ := s.GetFunction(ctx, "roll", "prod"); f.Version != 1 {
+		t.Fatalf("a refused rollback moved prod to v%d", f.Version)
+	}
+	// Aliases are independent: beta's history is its own.
+	mustAlias(t, s, "roll", "beta", registry.One(3))
+	if _, err := s.RollbackAlias(ctx, "roll", "beta"); !errors.Is(err, registry.ErrConflict) {
+		t.Fatalf("beta borrowed history: %v", err)
+	}
+	// Rollback never touches latest.
+	if f, _ := s.GetFunction(ctx, "roll", ""); f.Version != 3 {
+		t.Fatalf("latest = v%d, want v3", f.Version)
+	}
+}
+
+func testHistoryIsCapped(t *testing.T, s registry.Store) {
+	n := registry.HistoryLen + 3
+	deployN(t, s, "cap", n)
+	var a registry.Alias
+	for v := 1; v <= n; v++ {
+		a = mustAlias(t, s, "cap", "prod", registry.One(uint64(v)))
+	}
+	if len(a.History) != registry.HistoryLen {
+		t.Fatalf("history holds %d entries, want %d", len(a.History), registry.HistoryLen)
+	}
+	if h := a.History; targetsString(h[0]) != fmt.Sprint(n-1) || targetsString(h[len(h)-1]) != fmt.Sprint(n-registry.HistoryLen) {
+		t.Fatalf("history %q: want the newest %d, newest first", historyString(h), registry.HistoryLen)
+	}
+	got, err := s.GetAlias(context.Background(), "cap", "prod")
+	if err != nil || historyString(got.History) != historyString(a.History) {
+		t.Fatalf("stored history %q, %v; SetAlias returned %q", historyString(got.History), err, historyString(a.History))
+	}
+}
+
+func testDeleteAlias(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	deployN(t, s, "del", 2)
+	mustAlias(t, s, "del", "prod", registry.One(1))
+	mustAlias(t, s, "del", "prod", registry.One(2))
+	mustAlias(t, s, "del", "keep", registry.One(1))
+	if err := s.DeleteAlias(ctx, "del", "prod"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Resolve(ctx, "del", "prod"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("deleted alias resolves: %v", err)
+	}
+	if err := s.DeleteAlias(ctx, "del", "prod"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("second delete err = %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteAlias(ctx, "missing", "prod"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("delete on a missing function err = %v, want ErrNotFound", err)
+	}
+	// The history went with the alias: a new prod starts afresh.
+	a := mustAlias(t, s, "del", "prod", registry.One(2))
+	if len(a.History) != 0 {
+		t.Fatalf("a re-created alias inherited history %q", historyString(a.History))
+	}
+	if _, err := s.RollbackAlias(ctx, "del", "prod"); !errors.Is(err, registry.ErrConflict) {
+		t.Fatalf("rollback of a re-created alias err = %v, want ErrConflict", err)
+	}
+	if f, err := s.GetFunction(ctx, "del", "keep"); err != nil || f.Version != 1 {
+		t.Fatalf("deleting prod touched keep: v%d, %v", f.Version, err)
+	}
+	// Deleting the function takes aliases and histories with it.
+	mustAlias(t, s, "del", "keep", registry.One(2))
+	if err := s.DeleteFunction(ctx, "del"); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, spec("del", "sha256:01"))
+	mustPut(t, s, spec("del", "sha256:02"))
+	as, err := s.Aliases(ctx, "del")
+	if err != nil || len(as) != 1 || as[0].Name != registry.Latest {
+		t.Fatalf("after delete and redeploy Aliases = %+v, %v; want only latest", as, err)
+	}
+	mustAlias(t, s, "del", "keep", registry.One(1))
+	if _, err := s.RollbackAlias(ctx, "del", "keep"); !errors.Is(err, registry.ErrConflict) {
+		t.Fatalf("history survived the function's deletion: %v", err)
+	}
+}
+
+// Readers resolving an alias while a writer flips it see the old route or
+// the new one, never a mixture (a target of one with the weight of the
+// other, or one half of a split).
+func testAtomicFlips(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	deployN(t, s, "flip", 4)
+	states := [][]registry.Target{registry.One(1), split(2, 70, 3, 30), split(3, 30, 4, 70), registry.One(4)}
+	allowed := map[string]bool{}
+	for _, st := range states {
+		allowed[routeFor(st)] = true
+	}
+	mustAlias(t, s, "flip", "prod", states[0])
+	const flips = 200
+	var (
+		done  atomic.Bool
+		wg    sync.WaitGroup
+		reads atomic.Int64
+	)
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !done.Load() {
+				rt, err := s.Resolve(ctx, "flip", "prod")
+				if err != nil {
+					t.Errorf("Resolve during flips: %v", err)
+					return
+				}
+				if got := routeString(t, rt); !allowed[got] {
+					t.Errorf("Resolve saw %s, which the alias never held", got)
+					return
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	for i := 1; i <= flips; i++ {
+		if _, err := s.SetAlias(ctx, "flip", "prod", states[i%len(states)]); err != nil {
+			t.Error(err)
+			break
+		}
+	}
+	done.Store(true)
+	wg.Wait()
+	if reads.Load() == 0 {
+		t.Fatal("no reads ran during the flips")
+	}
+	if r, _ := s.Resolve(ctx, "flip", "prod"); routeString(t, r) != routeFor(states[flips%len(states)]) {
+		t.Fatalf("final route %s", routeString(t, r))
+	}
+}
+
+func routeFor(to []registry.Target) string {
+	out := ""
+	for i, t := range to {
+		if i > 0 {
+			out += ","
+		}
+		out += fmt.Sprintf("v%d:%d", t.Version, t.Weight)
+	}
+	return out
+}
+
+// Writers flipping one alias at once each push the route they replaced:
+// afterwards the current route and the history hold every route exactly
+// once. A read-modify-write that is not atomic loses entries here.
+func testConcurrentFlipsLoseNoHistory(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	const writers = registry.HistoryLen - 1
+	deployN(t, s, "many", writers+1)
+	mustAlias(t, s, "many", "prod", registry.One(1))
+	var wg sync.WaitGroup
+	for i := 0; i < writers; i++ {
+		wg.Add(1)
+		go func(v uint64) {
+			defer wg.Done()
+			if _, err := s.SetAlias(ctx, "many", "prod", registry.One(v)); err != nil {
+				t.Error(err)
+			}
+		}(uint64(i + 2))
+	}
+	wg.Wait()
+	a, err := s.GetAlias(ctx, "many", "prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]int{a.Targets[0].Version: 1}
+	for _, h := range a.History {
+		seen[h[0].Version]++
+	}
+	for v := uint64(1); v <= writers+1; v++ {
+		if seen[v] != 1 {
+			t.Fatalf("route v%d appears %d times in current %s + history %q: want once", v, seen[v], targetsString(a.Targets), historyString(a.History))
+		}
+	}
+	if len(a.History) != writers {
+		t.Fatalf("history has %d entries, want %d", len(a.History), writers)
+	}
+}
+
+// Version numbers are per function: deploys of two functions interleaved
+// from many goroutines give each function 1..n with no gaps.
+func testConsecutiveVersionsAcrossFunctions(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	const n = 12
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	got := map[string][]uint64{}
+	for i := 0; i < 2*n; i++ {
+		name := []string{"left", "right"}[i%2]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := s.PutFunction(ctx, spec(name, "sha256:00"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			got[name] = append(got[name], v)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, name := range []string{"left", "right"} {
+		vs := got[name]
+		sort.Slice(vs, func(i, j int) bool { return vs[i] < vs[j] })
+		for i, v := range vs {
+			if v != uint64(i+1) {
+				t.Fatalf("%s got versions %v, want 1..%d", name, vs, n)
+			}
+		}
+		if len(vs) != n {
+			t.Fatalf("%s got %d versions, want %d", name, len(vs), n)
+		}
+		if f, err := s.GetFunction(ctx, name, ""); err != nil || f.Version != n {
+			t.Fatalf("%s latest = v%d, %v", name, f.Version, err)
+		}
 	}
 }
