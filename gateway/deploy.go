@@ -26,6 +26,7 @@ type DeployParams struct {
 	Timeout string   `json:"timeout,omitempty"` // "5s", "300ms" or milliseconds
 	Env     []string `json:"env,omitempty"`
 	Args    []string `json:"args,omitempty"`
+	LimitParams
 }
 
 // Deployed is the answer to a successful deploy.
@@ -36,6 +37,7 @@ type Deployed struct {
 	Kind        string `json:"kind"`
 	MemoryBytes uint64 `json:"memory_bytes"`
 	TimeoutMs   int64  `json:"timeout_ms"`
+	registry.Limits
 }
 
 func (p *DeployParams) fromValues(v url.Values) {
@@ -57,6 +59,7 @@ func (p *DeployParams) fromValues(v url.Values) {
 	if a := v["args"]; len(a) > 0 {
 		p.Args = a
 	}
+	p.LimitParams.fromValues(v)
 }
 
 // Values encodes p as the query string of a raw-body deploy.
@@ -74,6 +77,7 @@ func (p DeployParams) Values() url.Values {
 	for _, a := range p.Args {
 		v.Add("args", a)
 	}
+	p.LimitParams.addValues(v)
 	return v
 }
 
@@ -115,6 +119,11 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, apiError{Error: err.Error(), Function: p.Name})
 		return
 	}
+	limits, err := p.limits()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, apiError{Error: err.Error(), Function: p.Name})
+		return
+	}
 	if len(program) == 0 {
 		writeError(w, http.StatusBadRequest, apiError{
 			Error: "no program uploaded: send the ELF as the request body, or as a multipart file field named \"binary\"", Function: p.Name})
@@ -146,7 +155,7 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 	spec = spec.Normalize()
 	version, err := g.cfg.Registry.PutFunction(r.Context(), registry.Spec{
 		Name: spec.Name, ImageDigest: digest, Kind: spec.Kind, MemoryBytes: spec.MemoryBytes,
-		TimeoutMs: spec.TimeoutMs, Env: spec.Env, Args: spec.Args,
+		TimeoutMs: spec.TimeoutMs, Env: spec.Env, Args: spec.Args, Limits: limits,
 	})
 	if err != nil {
 		code := http.StatusServiceUnavailable
@@ -159,7 +168,7 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 	g.log.Info("deployed", "function", spec.Name, "version", version, "digest", digest, "kind", spec.Kind, "program_bytes", len(program))
 	writeJSON(w, http.StatusCreated, Deployed{
 		Name: spec.Name, Version: version, Digest: digest, Kind: spec.Kind,
-		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
+		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs, Limits: limits,
 	})
 }
 

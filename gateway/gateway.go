@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kilnfaas/kiln/apikeys"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
 )
@@ -52,6 +53,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger
+	// Keys holds the API keys (docs/AUTH.md). nil means no key exists:
+	// only loopback callers may manage functions or call private ones.
+	Keys apikeys.Store
 }
 
 // Gateway is the http.Handler of the public API.
@@ -60,6 +64,8 @@ type Gateway struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	metrics *metrics
+	auth    *auth
+	limits  *limiter
 }
 
 // ErrConfig: New was given an incomplete Config.
@@ -92,7 +98,9 @@ func New(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), metrics: m}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), metrics: m,
+		auth: newAuth(cfg.Keys, cfg.Logger), limits: newLimiter()}
+	g.registerKeyRoutes()
 	g.mux.HandleFunc("/function/{name}", g.invoke)
 	g.mux.HandleFunc("/function/{name}/{rest...}", g.invoke)
 	g.mux.HandleFunc("POST /system/functions", g.deploy)
@@ -112,7 +120,7 @@ func New(cfg Config) (*Gateway, error) {
 }
 
 // ServeHTTP implements http.Handler.
-func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.mux.ServeHTTP(w, r) }
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.serveAuthorized(w, r) }
 
 func (g *Gateway) healthz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

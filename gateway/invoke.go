@@ -60,7 +60,12 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	limit := g.cfg.MaxBodyBytes
+	release, ok := g.admit(w, r, fn, fail)
+	if !ok {
+		return
+	}
+	defer release()
+	limit := g.bodyLimit(fn)
 	tooBig := fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
 	if r.ContentLength > limit {
 		fail(http.StatusRequestEntityTooLarge, name, tooBig)

@@ -1,0 +1,231 @@
+package gateway
+
+import (
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/kilnfaas/kiln/registry"
+)
+
+// MaxFunctionBodyBytes bounds what a deploy may set as a function's body
+// limit: a request body travels to the node in one gRPC message, and the
+// roles allow 64 MiB plus headers.
+const MaxFunctionBodyBytes = 64 << 20
+
+// Per-function limits are this gateway's own: counters and token buckets
+// live in its memory, so with N gateways behind a balancer a function may
+// see up to N times its limits. That keeps the invocation path free of a
+// shared store round trip; docs/AUTH.md says so.
+
+// limiter holds the per-function counters of one gateway.
+type limiter struct {
+	now func() time.Time
+
+	mu  sync.Mutex // guards fns and every fnState in it
+	fns map[string]*fnState
+}
+
+type fnState struct {
+	inflight int
+	bucket   *rate.Limiter // nil without a rate limit
+}
+
+func newLimiter() *limiter {
+	return &limiter{now: time.Now, fns: map[string]*fnState{}}
+}
+
+// burstOf is the bucket size of l: RateBurst, else the rate rounded up.
+func burstOf(l registry.Limits) int {
+	if l.RateBurst > 0 {
+		return l.RateBurst
+	}
+	return max(1, int(math.Ceil(l.RatePerSecond)))
+}
+
+// admit takes a slot for an invocation of fn, or says why not and when to
+// retry. The limits are read from fn on every call, so a redeploy that
+// changes them takes effect at once; invocations already in flight keep
+// their slots and count against the new limit.
+func (l *limiter) admit(name string, lim registry.Limits) (release func(), retryAfter time.Duration, why string) {
+	if lim.MaxConcurrency <= 0 && lim.RatePerSecond <= 0 {
+		return func() {}, 0, ""
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.fns[name]
+	if st == nil {
+		st = &fnState{}
+		l.fns[name] = st
+	}
+	if lim.MaxConcurrency > 0 && st.inflight >= lim.MaxConcurrency {
+		// When a slot frees is unknowable here; a second is the usual hint.
+		return nil, time.Second, fmt.Sprintf("function at its concurrency limit of %d invocations in flight (per gateway)", lim.MaxConcurrency)
+	}
+	if lim.RatePerSecond > 0 {
+		r, b := rate.Limit(lim.RatePerSecond), burstOf(lim)
+		if st.bucket == nil {
+			st.bucket = rate.NewLimiter(r, b)
+		} else if st.bucket.Limit() != r || st.bucket.Burst() != b {
+			st.bucket.SetLimitAt(now, r)
+			st.bucket.SetBurstAt(now, b)
+		}
+		res := st.bucket.ReserveN(now, 1)
+		if d := res.DelayFrom(now); !res.OK() || d > 0 {
+			res.CancelAt(now)
+			return nil, d, fmt.Sprintf("function over its rate limit of %s (burst %d, per gateway)", formatRate(lim.RatePerSecond), b)
+		}
+	} else {
+		st.bucket = nil
+	}
+	st.inflight++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			st.inflight--
+			l.mu.Unlock()
+		})
+	}, 0, ""
+}
+
+// admit applies fn's access rule and limits to an invocation. On false the
+// answer is written; on true release must run when the invocation ends.
+func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, fn registry.Function, fail func(code int, label, msg string)) (release func(), ok bool) {
+	failMsg := func(code int, msg string) { fail(code, fn.Name, msg) }
+	if !g.callerMayInvoke(w, r, fn.Private, failMsg) {
+		return nil, false
+	}
+	release, wait, why := g.limits.admit(fn.Name, fn.Limits)
+	if release == nil {
+		w.Header().Set("Retry-After", strconv.FormatInt(retrySeconds(wait), 10))
+		fail(http.StatusTooManyRequests, fn.Name, why+"; retry after the Retry-After seconds, or ask for a higher limit (kiln deploy --max-concurrency/--rate)")
+		return nil, false
+	}
+	return release, true
+}
+
+// bodyLimit is fn's own body limit, else the gateway's.
+func (g *Gateway) bodyLimit(fn registry.Function) int64 {
+	if fn.MaxBodyBytes > 0 {
+		return fn.MaxBodyBytes
+	}
+	return g.cfg.MaxBodyBytes
+}
+
+// retrySeconds rounds a wait up to whole seconds, at least 1: Retry-After
+// has no fractions, and 0 would invite an immediate retry into the same wall.
+func retrySeconds(d time.Duration) int64 {
+	s := int64(math.Ceil(d.Seconds()))
+	if s < 1 {
+		return 1
+	}
+	return s
+}
+
+func formatRate(perSecond float64) string {
+	switch {
+	case perSecond >= 1:
+		return strconv.FormatFloat(perSecond, 'f', -1, 64) + "/s"
+	case perSecond*60 >= 1:
+		return strconv.FormatFloat(perSecond*60, 'f', -1, 64) + "/m"
+	default:
+		return strconv.FormatFloat(perSecond*3600, 'f', -1, 64) + "/h"
+	}
+}
+
+// LimitParams are a deploy's access and limit settings, as text from the
+// query string, form fields or the "spec" JSON part.
+type LimitParams struct {
+	Private        string `json:"private,omitempty"`         // "true" or "false"
+	MaxConcurrency string `json:"max_concurrency,omitempty"` // invocations in flight
+	Rate           string `json:"rate,omitempty"`            // "10", "10/s", "600/m", "100/h"
+	Burst          string `json:"burst,omitempty"`           // requests
+	MaxBody        string `json:"max_body,omitempty"`        // "1M", "512K" or bytes
+}
+
+var limitFields = []string{"private", "max_concurrency", "rate", "burst", "max_body"}
+
+func (p *LimitParams) fields() []*string {
+	return []*string{&p.Private, &p.MaxConcurrency, &p.Rate, &p.Burst, &p.MaxBody}
+}
+
+func (p *LimitParams) fromValues(v url.Values) {
+	for i, f := range p.fields() {
+		if s := v.Get(limitFields[i]); s != "" {
+			*f = s
+		}
+	}
+}
+
+func (p LimitParams) addValues(v url.Values) {
+	for i, f := range p.fields() {
+		if *f != "" {
+			v.Set(limitFields[i], *f)
+		}
+	}
+}
+
+// limits validates the settings; every error says what would be accepted.
+func (p LimitParams) limits() (registry.Limits, error) {
+	var l registry.Limits
+	if p.Private != "" {
+		b, err := strconv.ParseBool(p.Private)
+		if err != nil {
+			return l, fmt.Errorf("bad private %q: use true or false", p.Private)
+		}
+		l.Private = b
+	}
+	if p.MaxConcurrency != "" {
+		n, err := strconv.Atoi(p.MaxConcurrency)
+		if err != nil || n < 0 || n > 1<<20 {
+			return l, fmt.Errorf("bad max_concurrency %q: use a whole number of invocations in flight, 0 for no limit", p.MaxConcurrency)
+		}
+		l.MaxConcurrency = n
+	}
+	if p.Rate != "" {
+		r, err := ParseRate(p.Rate)
+		if err != nil {
+			return l, err
+		}
+		l.RatePerSecond = r
+	}
+	if p.Burst != "" {
+		n, err := strconv.Atoi(p.Burst)
+		if err != nil || n < 0 || n > 1<<20 {
+			return l, fmt.Errorf("bad burst %q: use a whole number of requests", p.Burst)
+		}
+		if l.RatePerSecond == 0 && n > 0 {
+			return l, fmt.Errorf("burst %d without a rate: set a rate too (e.g. rate=10/s)", n)
+		}
+		l.RateBurst = n
+	}
+	if p.MaxBody != "" {
+		n, err := ParseMemory(p.MaxBody)
+		if err != nil || n > MaxFunctionBodyBytes {
+			return l, fmt.Errorf("bad max_body %q: use a size from 1 byte to %s, such as 256K or 1M", p.MaxBody, humanBytes(MaxFunctionBodyBytes))
+		}
+		l.MaxBodyBytes = int64(n)
+	}
+	return l, nil
+}
+
+// ParseRate reads a request rate: a number of requests per second, or a
+// number per unit ("10/s", "600/m", "100/h"). "0" means no limit.
+func ParseRate(s string) (float64, error) {
+	num, unit, _ := strings.Cut(strings.TrimSpace(s), "/")
+	per := map[string]float64{"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[strings.ToLower(unit)]
+	n, err := strconv.ParseFloat(num, 64)
+	if per == 0 || err != nil || !(n >= 0 && n <= 1e6) {
+		return 0, fmt.Errorf("bad rate %q: use requests per second or per unit, such as 10, 10/s, 600/m or 100/h", s)
+	}
+	return n / per, nil
+}
