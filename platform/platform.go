@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/kilnfaas/kiln/apikeys"
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/imagestore"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
@@ -84,6 +85,9 @@ type Platform struct {
 	Metrics *prometheus.Registry
 	// Agent reports whether a node-agent runs (false without /dev/kvm).
 	Agent bool
+	// NoKeys reports that no API key existed at start-up: until one is
+	// created the management API is open to callers on this machine only.
+	NoKeys bool
 
 	log     *slog.Logger
 	closers []func() error // in reverse start order
@@ -137,6 +141,17 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}
 	p.closers = append(p.closers, reg.Close)
 
+	keys, err := apikeys.OpenBolt(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	p.closers = append(p.closers, keys.Close)
+	if any, err := keys.Any(ctx); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	} else if !any {
+		p.NoKeys = true
+	}
+
 	images, err := imagestore.Embedded(ctx, cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
@@ -175,7 +190,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}
 
 	gw, err := gateway.New(gateway.Config{
-		Registry: reg, Images: images, Scheduler: schedClient, Kernel: kernel,
+		Registry: reg, Images: images, Scheduler: schedClient, Kernel: kernel, Keys: keys,
 		Registerer: p.Metrics, Logger: log.With("role", "gateway"),
 	})
 	if err != nil {
