@@ -41,6 +41,9 @@ type Config struct {
 	Registry  registry.Store
 	Images    Images
 	Scheduler kilnv1.SchedulerClient
+	// RandN picks the version of a split alias per invocation: uniform in
+	// [0, n); nil → math/rand/v2. Tests make it deterministic.
+	RandN func(n int) int
 	// Kernel is the guest kernel ELF that deploys pack into images.
 	Kernel []byte
 	// MaxBodyBytes bounds an invocation's request body; 0 → 6 MiB.
@@ -107,6 +110,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.mux.HandleFunc("GET /system/functions", g.list)
 	g.mux.HandleFunc("GET /system/functions/{name}", g.describe)
 	g.mux.HandleFunc("DELETE /system/functions/{name}", g.remove)
+	g.registerVersionRoutes()
 	g.mux.HandleFunc("GET /healthz", g.healthz)
 	if cfg.Gatherer != nil {
 		g.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -42,23 +41,25 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	id := uuid.NewString()
 	w.Header().Set(HeaderInvocationID, id)
-	name := r.PathValue("name")
+	name, ref, refErr := ParseFunctionRef(r.PathValue("name"))
 	fail := func(code int, label, msg string) {
 		g.metrics.answered(label, code)
 		writeError(w, code, apiError{Error: msg, Function: name, InvocationID: id})
 	}
 
-	fn, err := g.cfg.Registry.GetFunction(r.Context(), name, "")
-	switch {
-	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidName):
-		fail(http.StatusNotFound, unknownFunction,
-			fmt.Sprintf("function %q is not deployed: deploy it with `kiln deploy %s --binary FILE`, or list deployed functions with `kiln list`", name, name))
-		return
-	case err != nil:
-		g.log.Error("registry lookup failed", "function", name, "err", err)
-		fail(http.StatusServiceUnavailable, name, "the function registry is unavailable, retry shortly: "+err.Error())
+	if refErr != nil {
+		fail(http.StatusBadRequest, unknownFunction, refErr.Error())
 		return
 	}
+	fn, rcode, rmsg := g.resolve(r.Context(), name, ref)
+	if rcode == http.StatusNotFound {
+		fail(rcode, unknownFunction, rmsg)
+		return
+	} else if rcode != 0 {
+		fail(rcode, name, rmsg)
+		return
+	}
+	w.Header().Set(HeaderVersion, strconv.FormatUint(fn.Version, 10))
 
 	release, ok := g.admit(w, r, fn, fail)
 	if !ok {
@@ -81,10 +82,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	path := strings.TrimPrefix(r.URL.EscapedPath(), "/function/"+name)
-	if path == "" {
-		path = "/"
-	}
+	path := invokePath(r.URL.EscapedPath(), "/function/")
 	req := &kilnv1.InvokeRequest{
 		InvocationId: id,
 		Function:     FunctionSpec(fn),

@@ -71,11 +71,15 @@ func (p *process) Run(ctx context.Context) (*vmm.Result, error) {
 	if len(args) == 0 {
 		args = []string{filepath.Base(p.path)}
 	}
-	cmd := exec.CommandContext(ctx, p.path, args[1:]...)
-	cmd.Args[0] = args[0]
-	cmd.Env = p.cfg.Env
-	cmd.Stdout, cmd.Stderr = p.cfg.Stdout, p.cfg.Stderr
-	cmd.WaitDelay = 100 * time.Millisecond
+	newCmd := func() *exec.Cmd {
+		cmd := exec.CommandContext(ctx, p.path, args[1:]...)
+		cmd.Args[0] = args[0]
+		cmd.Env = p.cfg.Env
+		cmd.Stdout, cmd.Stderr = p.cfg.Stdout, p.cfg.Stderr
+		cmd.WaitDelay = 100 * time.Millisecond
+		return cmd
+	}
+	cmd := newCmd()
 	if p.cfg.Stdin != nil {
 		// exec.Cmd waits for its own stdin copier, which would block
 		// forever in a reader the agent keeps open (the request pipe);
@@ -91,7 +95,20 @@ func (p *process) Run(ctx context.Context) (*vmm.Result, error) {
 		defer r.Close()
 		cmd.Stdin = r
 	}
-	err := cmd.Run()
+	// Another goroutine's fork may still hold this program file open for
+	// writing (inherited from ProcessBooter's write until that child execs,
+	// golang/go#22315): exec then fails with ETXTBSY for a moment.
+	err := cmd.Start()
+	for i := 0; errors.Is(err, syscall.ETXTBSY) && i < 100; i++ {
+		time.Sleep(time.Millisecond)
+		stdin := cmd.Stdin
+		cmd = newCmd()
+		cmd.Stdin = stdin
+		err = cmd.Start()
+	}
+	if err == nil {
+		err = cmd.Wait()
+	}
 	if ctx.Err() != nil {
 		return &vmm.Result{Reason: vmm.ReasonTimeout, Message: "process killed: " + ctx.Err().Error()},
 			fmt.Errorf("%w: %v", vmm.ErrTimeout, ctx.Err())
