@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kilnfaas/kiln/apikeys"
+	"github.com/kilnfaas/kiln/asyncq"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
 )
@@ -41,6 +42,8 @@ type Config struct {
 	Registry  registry.Store
 	Images    Images
 	Scheduler kilnv1.SchedulerClient
+	// Async queues POST /async-function/NAME; nil answers those with 503.
+	Async *asyncq.Queue
 	// RandN picks the version of a split alias per invocation: uniform in
 	// [0, n); nil → math/rand/v2. Tests make it deterministic.
 	RandN func(n int) int
@@ -111,6 +114,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.mux.HandleFunc("GET /system/functions/{name}", g.describe)
 	g.mux.HandleFunc("DELETE /system/functions/{name}", g.remove)
 	g.registerVersionRoutes()
+	g.registerAsync()
 	g.mux.HandleFunc("GET /healthz", g.healthz)
 	if cfg.Gatherer != nil {
 		g.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))

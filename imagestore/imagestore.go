@@ -80,6 +80,9 @@ func Embedded(ctx context.Context, dataDir string) (*Store, error) {
 		StoreDir:   storeDir,
 		NoLog:      true,
 		NoSigs:     true,
+		// An async invocation is one message: room for the gateway's
+		// 6 MiB request bodies (the NATS default is 1 MiB).
+		MaxPayload: 8 << 20,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -182,6 +185,10 @@ func (s *Store) Delete(ctx context.Context, digest string) error {
 	}
 	return err
 }
+
+// Conn is the store's NATS connection, for other JetStream users of the
+// same server (the async queue in `kiln up`). Close closes it.
+func (s *Store) Conn() *nats.Conn { return s.nc }
 
 // Close drops the connection and, for an embedded store, stops the server
 // and waits for it so its files are closed when Close returns.

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/apikeys"
+	"github.com/kilnfaas/kiln/asyncq"
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/imagestore"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
@@ -189,8 +190,13 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		}
 	}
 
+	queue, err := p.startAsync(ctx, images, schedClient)
+	if err != nil {
+		return nil, err
+	}
+
 	gw, err := gateway.New(gateway.Config{
-		Registry: reg, Images: images, Scheduler: schedClient, Kernel: kernel, Keys: keys,
+		Registry: reg, Images: images, Scheduler: schedClient, Kernel: kernel, Async: queue, Keys: keys,
 		Registerer: p.Metrics, Logger: log.With("role", "gateway"),
 	})
 	if err != nil {
@@ -253,6 +259,28 @@ func (p *Platform) startAgent(ctx context.Context, cfg Config, images *imagestor
 	}()
 	p.Agent = true
 	return nil
+}
+
+// startAsync opens the async queue on the embedded NATS server and runs
+// its worker here, beside the scheduler client it invokes through.
+func (p *Platform) startAsync(ctx context.Context, images *imagestore.Store, sched kilnv1.SchedulerClient) (*asyncq.Queue, error) {
+	q, err := asyncq.Open(ctx, images.Conn(), asyncq.Config{Registerer: p.Metrics, Logger: p.log.With("role", "async")})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	w, err := q.StartWorker(ctx, asyncq.WorkerConfig{Scheduler: sched})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	p.closers = append(p.closers, func() error {
+		// Runs still going after the grace period are left to JetStream,
+		// which hands them to the next `kiln up`.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		w.Stop(ctx)
+		return nil
+	})
+	return q, nil
 }
 
 // serveGRPC serves srv on a free 127.0.0.1 port and returns the address.

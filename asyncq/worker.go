@@ -1,0 +1,623 @@
+package asyncq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+)
+
+// MaxLostRuns bounds the runs of one invocation that may be lost (their
+// worker went away) before it fails anyway: an invocation that kills
+// whatever runs it must not circle forever.
+const MaxLostRuns = 5
+
+// Defaults for WorkerConfig fields left zero.
+const (
+	DefaultConcurrency         = 16
+	DefaultAckWait             = 30 * time.Second
+	DefaultBackoffBase         = time.Second
+	DefaultBackoffMax          = 5 * time.Minute
+	DefaultCallbackTimeout     = 10 * time.Second
+	DefaultCallbackAttempts    = 3
+	DefaultCallbackConcurrency = 8
+)
+
+// schedulerSlack is how much longer than the function's timeout a worker
+// waits for the scheduler (placement and a cold boot; the node enforces
+// the timeout itself), as the gateway does for synchronous calls.
+const schedulerSlack = 10 * time.Second
+
+// WorkerConfig is what a worker needs. Scheduler is required; zero values
+// get the defaults named on each field.
+type WorkerConfig struct {
+	// Scheduler runs invocations: the same client the gateway's
+	// synchronous calls use.
+	Scheduler kilnv1.SchedulerClient
+	// Concurrency is how many invocations this worker runs at once;
+	// 0 → DefaultConcurrency.
+	Concurrency int
+	// AckWait is how long JetStream waits for word from a worker before it
+	// redelivers a message; a running invocation reports progress every
+	// AckWait/3, so AckWait bounds how soon a crashed worker's invocation
+	// runs again, not how long a function may run. 0 → DefaultAckWait.
+	AckWait time.Duration
+	// BackoffBase is the delay before the first retry, doubled for each
+	// next one (plus up to a quarter of jitter) up to BackoffMax.
+	// 0 → DefaultBackoffBase, DefaultBackoffMax.
+	BackoffBase, BackoffMax time.Duration
+	// CallbackTimeout bounds one POST to a callback URL; CallbackAttempts
+	// is how many are made; CallbackConcurrency how many run at once.
+	CallbackTimeout     time.Duration
+	CallbackAttempts    int
+	CallbackConcurrency int
+	// HTTPClient posts callbacks; nil → a client with CallbackTimeout.
+	HTTPClient *http.Client
+}
+
+// Worker pulls invocations and callbacks from the queue and runs them.
+type Worker struct {
+	q   *Queue
+	cfg WorkerConfig
+	log *slog.Logger
+
+	// ctx ends when in-flight work must be abandoned; fetchCtx when no new
+	// work may be taken.
+	ctx       context.Context
+	abandon   context.CancelFunc
+	fetchCtx  context.Context
+	stopFetch context.CancelFunc
+	loops     sync.WaitGroup
+	once      sync.Once
+}
+
+// StartWorker creates (or updates) the durable consumers and starts
+// pulling. The worker runs until Stop; ctx only bounds the start.
+func (q *Queue) StartWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
+	if cfg.Scheduler == nil {
+		return nil, fmt.Errorf("%w: a worker needs the scheduler client", ErrConfig)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defInt := func(n *int, v int) {
+		if *n <= 0 {
+			*n = v
+		}
+	}
+	defInt(&cfg.Concurrency, DefaultConcurrency)
+	def(&cfg.AckWait, DefaultAckWait)
+	def(&cfg.BackoffBase, DefaultBackoffBase)
+	def(&cfg.BackoffMax, DefaultBackoffMax)
+	def(&cfg.CallbackTimeout, DefaultCallbackTimeout)
+	defInt(&cfg.CallbackAttempts, DefaultCallbackAttempts)
+	defInt(&cfg.CallbackConcurrency, DefaultCallbackConcurrency)
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: cfg.CallbackTimeout}
+	}
+
+	invoke, err := q.js.CreateOrUpdateConsumer(ctx, Stream, jetstream.ConsumerConfig{
+		Durable:       invokeConsumer,
+		Description:   "Kiln async workers: invocations",
+		FilterSubject: invokeSubject + ">",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		// Attempts are counted in the status, which knows a retry from a
+		// redelivery after a crash; JetStream's own count does not.
+		MaxDeliver: -1,
+		// Invocations in backoff are pending acks too: leave room for many.
+		MaxAckPending: 100000,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: consumer %s: %v", ErrUnavailable, invokeConsumer, err)
+	}
+	callbacks, err := q.js.CreateOrUpdateConsumer(ctx, Stream, jetstream.ConsumerConfig{
+		Durable:       callbackCons,
+		Description:   "Kiln async workers: callbacks",
+		FilterSubject: callbackSubj + ">",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.CallbackTimeout + 30*time.Second,
+		MaxDeliver:    -1,
+		MaxAckPending: 100000,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: consumer %s: %v", ErrUnavailable, callbackCons, err)
+	}
+
+	w := &Worker{q: q, cfg: cfg, log: q.log.With("part", "async-worker")}
+	w.ctx, w.abandon = context.WithCancel(context.Background())
+	w.fetchCtx, w.stopFetch = context.WithCancel(w.ctx)
+	for i := 0; i < cfg.Concurrency; i++ {
+		w.loops.Add(1)
+		go w.pull(invoke, w.run)
+	}
+	for i := 0; i < cfg.CallbackConcurrency; i++ {
+		w.loops.Add(1)
+		go w.pull(callbacks, w.deliver)
+	}
+	return w, nil
+}
+
+// Stop takes no new work and waits for what runs until ctx ends; what is
+// still running then is abandoned unacknowledged (told to JetStream with a
+// NAK when the connection still works), to run again on some worker.
+func (w *Worker) Stop(ctx context.Context) {
+	w.once.Do(func() {
+		w.stopFetch()
+		done := make(chan struct{})
+		go func() { w.loops.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			w.abandon()
+			<-done
+		}
+		w.abandon()
+	})
+}
+
+// pull takes one message at a time, so that no message waits in a local
+// buffer while its AckWait runs out.
+func (w *Worker) pull(c jetstream.Consumer, handle func(jetstream.Msg)) {
+	defer w.loops.Done()
+	for w.fetchCtx.Err() == nil {
+		batch, err := c.Fetch(1, jetstream.FetchContext(w.fetchCtx))
+		if err != nil {
+			if w.fetchCtx.Err() != nil {
+				return
+			}
+			w.log.Warn("fetching from JetStream failed; retrying", "err", err)
+			sleep(w.fetchCtx, time.Second)
+			continue
+		}
+		for msg := range batch.Messages() {
+			handle(msg)
+		}
+		if err := batch.Error(); err != nil && w.fetchCtx.Err() == nil &&
+			!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			w.log.Warn("fetching from JetStream failed; retrying", "err", err)
+			sleep(w.fetchCtx, time.Second)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// errFinal from a status change: the invocation is already final.
+var errFinal = errors.New("already final")
+
+// run handles one delivery of an invocation.
+func (w *Worker) run(msg jetstream.Msg) {
+	q, ctx := w.q, w.ctx
+	inv, err := decode(msg.Headers(), msg.Data())
+	if err != nil {
+		w.log.Error("undecodable invocation message: moved to the dead letters", "subject", msg.Subject(), "err", err)
+		dead := nats.NewMsg(deadSubject + "_invalid")
+		dead.Header, dead.Data = msg.Headers(), msg.Data()
+		if dead.Header == nil {
+			dead.Header = nats.Header{}
+		}
+		dead.Header.Set(hError, err.Error())
+		if _, err := q.js.PublishMsg(ctx, dead); err != nil {
+			msg.NakWithDelay(w.cfg.BackoffMax)
+			return
+		}
+		msg.TermWithReason("undecodable")
+		return
+	}
+
+	var attempt int
+	var lost bool
+	st, err := q.update(ctx, inv, func(s *Status) error {
+		if s.State.Final() {
+			return errFinal
+		}
+		now := q.now()
+		if s.State == Running && len(s.History) > 0 {
+			// The previous delivery started a run and never reported: its
+			// worker is gone. That run does not spend a retry.
+			last := &s.History[len(s.History)-1]
+			if last.FinishedAt == nil {
+				last.FinishedAt, last.Error = timePtr(now), "lost: the worker running this attempt went away before it ended"
+			}
+			s.LostRuns++
+			if s.LostRuns > MaxLostRuns {
+				lost = true
+				return nil
+			}
+		}
+		s.State = Running
+		s.Attempts++
+		attempt = s.Attempts
+		if s.StartedAt == nil {
+			s.StartedAt = timePtr(now)
+		}
+		s.NextAttemptAt = nil
+		s.History = append(s.History, Attempt{Attempt: s.Attempts, StartedAt: now.UTC()})
+		return nil
+	})
+	switch {
+	case errors.Is(err, errFinal):
+		q.m.duplicates.Inc()
+		w.log.Debug("duplicate delivery of a final invocation: acknowledged", "invocation_id", inv.ID)
+		w.ack(msg)
+		return
+	case err != nil:
+		w.log.Warn("cannot record the start of an invocation; it will be redelivered", "invocation_id", inv.ID, "err", err)
+		msg.NakWithDelay(time.Second)
+		return
+	case lost:
+		w.finish(msg, inv, st.Attempts, failure(http.StatusBadGateway, fmt.Sprintf("%d runs were lost (their worker went away each time); giving up", st.LostRuns), nil))
+		return
+	}
+
+	stop := w.keepAlive(msg)
+	resp, err := w.invoke(inv, attempt)
+	stop()
+	if w.ctx.Err() != nil {
+		// Abandoned by Stop: the next delivery counts this run as lost.
+		msg.Nak()
+		return
+	}
+	out := judge(inv, resp, err)
+	q.m.attempts.WithLabelValues(inv.Function, out.label).Inc()
+	if out.ok || attempt-st.LostRuns >= inv.Retries+1 {
+		w.finish(msg, inv, attempt, out)
+		return
+	}
+	delay := backoff(attempt-st.LostRuns, w.cfg.BackoffBase, w.cfg.BackoffMax)
+	_, err = q.update(ctx, inv, func(s *Status) error {
+		if s.State.Final() {
+			return errFinal
+		}
+		now := q.now()
+		s.State, s.Error, s.NextAttemptAt = Queued, out.err, timePtr(now.Add(delay))
+		s.Result = out.result(q.cfg.ResultBodyLimit)
+		endAttempt(s, attempt, now, out)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFinal) {
+		w.log.Warn("cannot record a failed attempt", "invocation_id", inv.ID, "err", err)
+	}
+	w.log.Info("async invocation failed; retrying", "function", inv.Function, "invocation_id", inv.ID,
+		"attempt", attempt, "retry_in", delay, "error", out.err)
+	msg.NakWithDelay(delay)
+}
+
+// finish makes the invocation final: dead letter (when failed), callback
+// message, status, in that order, and only then the acknowledgement. A
+// crash between two steps redelivers the message; the message ids make
+// the repeated publishes no-ops within JetStream's duplicate window.
+func (w *Worker) finish(msg jetstream.Msg, inv *Invocation, attempt int, out outcome) {
+	q, ctx := w.q, w.ctx
+	state := Succeeded
+	if !out.ok {
+		state = Failed
+		dead := nats.NewMsg(deadSubject + inv.Function)
+		dead.Header, dead.Data = copyHeader(msg.Headers()), msg.Data()
+		dead.Header.Set(hError, oneLine(out.err))
+		dead.Header.Set(hAttempts, strconv.Itoa(attempt))
+		if _, err := q.js.PublishMsg(ctx, dead, jetstream.WithMsgID("dead-"+inv.ID)); err != nil {
+			w.log.Warn("cannot store a dead letter; the invocation will be redelivered", "invocation_id", inv.ID, "err", err)
+			msg.NakWithDelay(time.Second)
+			return
+		}
+	}
+	if inv.CallbackURL != "" {
+		cb := nats.NewMsg(callbackSubj + inv.Function)
+		cb.Data = marshalResponse(out.callbackResponse(int(q.MaxBodyBytes())))
+		cb.Header.Set(hID, inv.ID)
+		cb.Header.Set(hFunction, inv.Function)
+		cb.Header.Set(hCallback, inv.CallbackURL)
+		cb.Header.Set(hState, string(state))
+		cb.Header.Set(hAttempts, strconv.Itoa(attempt))
+		if out.err != "" {
+			cb.Header.Set(hError, oneLine(out.err))
+		}
+		if _, err := q.js.PublishMsg(ctx, cb, jetstream.WithMsgID("cb-"+inv.ID)); err != nil {
+			w.log.Warn("cannot queue a callback; the invocation will be redelivered", "invocation_id", inv.ID, "err", err)
+			msg.NakWithDelay(time.Second)
+			return
+		}
+	}
+	var enqueued time.Time
+	_, err := q.update(ctx, inv, func(s *Status) error {
+		if s.State.Final() {
+			return errFinal
+		}
+		now := q.now()
+		s.State, s.Error, s.NextAttemptAt, s.FinishedAt = state, out.err, nil, timePtr(now)
+		s.Result = out.result(q.cfg.ResultBodyLimit)
+		endAttempt(s, attempt, now, out)
+		enqueued = s.EnqueuedAt
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFinal) {
+		w.log.Warn("cannot record an invocation's result; it will be redelivered", "invocation_id", inv.ID, "err", err)
+		msg.NakWithDelay(time.Second)
+		return
+	}
+	if err == nil {
+		q.m.completed.WithLabelValues(inv.Function, string(state)).Inc()
+		q.m.latency.WithLabelValues(inv.Function).Observe(q.now().Sub(enqueued).Seconds())
+		w.log.Debug("async invocation final", "function", inv.Function, "invocation_id", inv.ID, "status", state, "attempts", attempt)
+		if state == Failed {
+			w.log.Warn("async invocation failed for good: moved to the dead letters", "function", inv.Function,
+				"invocation_id", inv.ID, "attempts", attempt, "error", out.err)
+		}
+	}
+	w.ack(msg)
+}
+
+func endAttempt(s *Status, attempt int, now time.Time, out outcome) {
+	for i := range s.History {
+		if h := &s.History[i]; h.Attempt == attempt && h.FinishedAt == nil {
+			h.FinishedAt, h.StatusCode, h.Error = timePtr(now), out.code, out.err
+		}
+	}
+}
+
+// ack waits for JetStream to confirm, so a lost acknowledgement shows up
+// here as a log line rather than as a silent redelivery.
+func (w *Worker) ack(msg jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := msg.DoubleAck(ctx); err != nil {
+		w.log.Warn("acknowledgement not confirmed; the message may be redelivered (and then acknowledged as a duplicate)", "err", err)
+	}
+}
+
+// keepAlive tells JetStream the message is still being worked on, every
+// AckWait/3, until the returned stop is called.
+func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(w.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-w.ctx.Done():
+				return
+			case <-t.C:
+				msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+func (w *Worker) invoke(inv *Invocation, attempt int) (*kilnv1.InvokeResponse, error) {
+	req := proto.Clone(inv.Request).(*kilnv1.InvokeRequest)
+	req.InvocationId = inv.ID
+	req.Headers = append(req.Headers,
+		&kilnv1.Header{Name: "x-kiln-invocation-id", Value: inv.ID},
+		&kilnv1.Header{Name: "x-kiln-attempt", Value: strconv.Itoa(attempt)})
+	timeout := time.Duration(req.GetFunction().GetTimeoutMs()) * time.Millisecond
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(w.ctx, timeout+schedulerSlack)
+	defer cancel()
+	return w.cfg.Scheduler.Invoke(ctx, req)
+}
+
+// backoff is the delay before retry n (1 for the first): base doubled
+// n-1 times, at most max, plus up to a quarter of jitter so that retries
+// of many invocations that failed together spread out.
+func backoff(n int, base, max time.Duration) time.Duration {
+	d := max
+	if n >= 1 && n < 40 {
+		if b := base << (n - 1); b > 0 && b < max {
+			d = b
+		}
+	}
+	return d + time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+// outcome is what one attempt came to.
+type outcome struct {
+	ok      bool
+	code    int    // the HTTP status a synchronous call would have answered
+	err     string // "" when ok
+	label   string // metrics outcome
+	resp    *kilnv1.InvokeResponse
+	headers http.Header
+}
+
+func failure(code int, msg string, resp *kilnv1.InvokeResponse) outcome {
+	return outcome{code: code, err: msg, label: "platform_error", resp: resp}
+}
+
+// judge maps the scheduler's answer as the gateway does for synchronous
+// calls: a 5xx (the function's own, or the platform's for a crash, a
+// timeout, no capacity) is a failure worth retrying.
+func judge(inv *Invocation, resp *kilnv1.InvokeResponse, err error) outcome {
+	if err != nil {
+		st, _ := status.FromError(err)
+		switch st.Code() {
+		case codes.DeadlineExceeded:
+			return outcome{code: http.StatusGatewayTimeout, label: "timeout",
+				err: "no answer from the platform within the function's timeout plus " + schedulerSlack.String()}
+		case codes.Unavailable, codes.ResourceExhausted, codes.NotFound, codes.FailedPrecondition, codes.Canceled:
+			return outcome{code: http.StatusServiceUnavailable, label: "no_capacity", err: "the platform cannot run the function now: " + st.Message()}
+		default:
+			return failure(http.StatusBadGateway, "the platform failed to run the function: "+st.Message(), nil)
+		}
+	}
+	why := resp.GetError()
+	out := outcome{resp: resp}
+	switch resp.GetOutcome() {
+	case kilnv1.Outcome_OUTCOME_OK:
+		out.code, out.label = int(resp.GetStatus()), "ok"
+		if out.code == 0 {
+			out.code = http.StatusOK
+		}
+		out.headers = responseHeaders(resp.GetHeaders())
+		out.ok = out.code < 500
+		if out.code < 100 || out.code > 999 {
+			out.ok, out.err = false, fmt.Sprintf("the function answered with HTTP status %d, which is not a valid status code", out.code)
+			out.code = http.StatusBadGateway
+		} else if !out.ok {
+			out.err = fmt.Sprintf("the function answered HTTP %d", out.code)
+		}
+	case kilnv1.Outcome_OUTCOME_FUNCTION_ERROR:
+		out.code, out.label = http.StatusInternalServerError, "function_error"
+		out.err = fmt.Sprintf("the function exited with status %d%s", resp.GetStatus(), suffix(why))
+	case kilnv1.Outcome_OUTCOME_CRASHED:
+		out.code, out.label = http.StatusBadGateway, "crashed"
+		out.err = "the function crashed" + suffix(why)
+	case kilnv1.Outcome_OUTCOME_TIMEOUT:
+		out.code, out.label = http.StatusGatewayTimeout, "timeout"
+		out.err = fmt.Sprintf("the function ran past its timeout of %s and was stopped",
+			time.Duration(inv.Request.GetFunction().GetTimeoutMs())*time.Millisecond)
+	case kilnv1.Outcome_OUTCOME_NO_CAPACITY:
+		out.code, out.label = http.StatusServiceUnavailable, "no_capacity"
+		out.err = "no node has capacity for this function" + suffix(why)
+	case kilnv1.Outcome_OUTCOME_BAD_IMAGE:
+		out.code, out.label = http.StatusBadGateway, "bad_image"
+		out.err = "the function's image could not be loaded" + suffix(why)
+	default:
+		out.code, out.label = http.StatusBadGateway, "unknown"
+		out.err = "the platform returned an unknown outcome " + resp.GetOutcome().String() + suffix(why)
+	}
+	return out
+}
+
+// result is what the status keeps of an attempt.
+func (o outcome) result(bodyLimit int) *Result {
+	var body []byte
+	if o.resp.GetOutcome() == kilnv1.Outcome_OUTCOME_OK {
+		body = o.resp.GetBody()
+	}
+	r := newResult(o.code, o.headers, body, bodyLimit)
+	if !o.ok {
+		r.Log = tail(o.resp.GetLogTail(), 20)
+	}
+	r.Node, r.Start = o.resp.GetNode(), startLabel(o.resp.GetStart())
+	return r
+}
+
+// callbackResponse is what the callback receives: the function's answer,
+// or a JSON error when it gave none.
+func (o outcome) callbackResponse(bodyLimit int) *kilnv1.InvokeResponse {
+	r := &kilnv1.InvokeResponse{Status: int32(o.code)}
+	if o.resp.GetOutcome() == kilnv1.Outcome_OUTCOME_OK && o.code >= 100 && o.code <= 999 {
+		r.Body = o.resp.GetBody()
+		for k, vs := range o.headers {
+			for _, v := range vs {
+				r.Headers = append(r.Headers, &kilnv1.Header{Name: k, Value: v})
+			}
+		}
+	} else {
+		r.Body, _ = json.Marshal(map[string]string{"error": o.err, "log": tail(o.resp.GetLogTail(), 20)})
+		r.Headers = []*kilnv1.Header{{Name: "Content-Type", Value: "application/json"}}
+	}
+	if len(r.Body) > bodyLimit {
+		r.Body = r.Body[:bodyLimit]
+		r.Headers = append(r.Headers, &kilnv1.Header{Name: "X-Kiln-Body-Truncated", Value: "true"})
+	}
+	return r
+}
+
+// hopByHop headers describe one connection and are never passed on.
+var hopByHop = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
+	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Content-Length": true,
+}
+
+func responseHeaders(hs []*kilnv1.Header) http.Header {
+	h := http.Header{}
+	for _, hd := range hs {
+		k := http.CanonicalHeaderKey(hd.GetName())
+		if hopByHop[k] || strings.HasPrefix(k, "X-Kiln-") {
+			continue
+		}
+		h.Add(k, hd.GetValue())
+	}
+	return h
+}
+
+func startLabel(s kilnv1.StartKind) string {
+	switch s {
+	case kilnv1.StartKind_START_WARM:
+		return "warm"
+	case kilnv1.StartKind_START_RESTORE:
+		return "restore"
+	case kilnv1.StartKind_START_BOOT:
+		return "boot"
+	}
+	return ""
+}
+
+func suffix(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ": " + s
+}
+
+// oneLine makes s fit in a message or HTTP header value.
+func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 1024 {
+		s = s[:1024]
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+func tail(b []byte, n int) string {
+	s := strings.TrimRight(string(b), "\n")
+	if s == "" {
+		return ""
+	}
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.ToValidUTF8(strings.Join(lines, "\n"), "\uFFFD")
+}
+
+func copyHeader(h nats.Header) nats.Header {
+	c := nats.Header{}
+	for k, vs := range h {
+		if k == "Nats-Msg-Id" {
+			continue
+		}
+		c[k] = append([]string(nil), vs...)
+	}
+	return c
+}

@@ -1,0 +1,163 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/kilnfaas/kiln/asyncq"
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/registry"
+)
+
+// HeaderCallbackURL names where the result of an async invocation is POSTed.
+const HeaderCallbackURL = "X-Callback-Url"
+
+// Accepted is the answer of POST /async-function/NAME.
+type Accepted struct {
+	ID        string `json:"id"`
+	StatusURL string `json:"status_url"`
+}
+
+// registerAsync adds the async routes. Without a queue they still answer,
+// with a 503 that says why.
+func (g *Gateway) registerAsync() {
+	g.mux.HandleFunc("/async-function/{name}", g.invokeAsync)
+	g.mux.HandleFunc("/async-function/{name}/{rest...}", g.invokeAsync)
+	g.mux.HandleFunc("GET /system/invocations/{id}", g.invocationStatus)
+}
+
+// invokeAsync checks and stores an invocation, and answers 202 once it is
+// durable. Everything a caller can get wrong is refused before anything is
+// stored.
+func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
+	id := uuid.NewString()
+	nameRef := r.PathValue("name")
+	name, ref, _ := strings.Cut(nameRef, "@")
+	fail := func(code int, label, msg string) {
+		g.metrics.answered(label, code)
+		writeError(w, code, apiError{Error: msg, Function: name})
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		fail(http.StatusMethodNotAllowed, unknownFunction, "async invocations are POST requests: POST /async-function/"+nameRef)
+		return
+	}
+	q := g.cfg.Async
+	if q == nil {
+		fail(http.StatusServiceUnavailable, unknownFunction,
+			"async invocations are not available on this gateway: it was started without a NATS JetStream queue")
+		return
+	}
+
+	fn, err := g.cfg.Registry.GetFunction(r.Context(), name, ref)
+	switch {
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidName):
+		what := fmt.Sprintf("function %q is not deployed", name)
+		if ref != "" {
+			what = fmt.Sprintf("function %q has no version or alias %q (or is not deployed)", name, ref)
+		}
+		fail(http.StatusNotFound, unknownFunction, what+": list what is deployed with `kiln list`, and versions with `kiln describe NAME`")
+		return
+	case err != nil:
+		g.log.Error("registry lookup failed", "function", name, "err", err)
+		fail(http.StatusServiceUnavailable, name, "the function registry is unavailable, retry shortly: "+err.Error())
+		return
+	}
+	if !g.callerMayInvoke(w, r, fn.Private, func(code int, msg string) { fail(code, name, msg) }) {
+		return
+	}
+
+	limit := min(g.bodyLimit(fn), q.MaxBodyBytes())
+	tooBig := fmt.Sprintf("request body too large for an async invocation: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
+	if r.ContentLength > limit {
+		fail(http.StatusRequestEntityTooLarge, name, tooBig)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		fail(http.StatusBadRequest, name, "reading the request body: "+err.Error())
+		return
+	}
+	if int64(len(body)) > limit {
+		fail(http.StatusRequestEntityTooLarge, name, tooBig)
+		return
+	}
+	callback := r.Header.Get(HeaderCallbackURL)
+	if callback != "" {
+		if err := asyncq.CheckCallbackURL(callback); err != nil {
+			fail(http.StatusBadRequest, name, "bad "+HeaderCallbackURL+" "+fmt.Sprintf("%q", callback)+": use an absolute http:// or https:// URL")
+			return
+		}
+	}
+
+	path := strings.TrimPrefix(r.URL.EscapedPath(), "/async-function/"+nameRef)
+	if path == "" {
+		path = "/"
+	}
+	req := &kilnv1.InvokeRequest{
+		InvocationId: id,
+		Function:     FunctionSpec(fn),
+		Method:       r.Method,
+		Path:         path,
+		Query:        r.URL.RawQuery,
+		Body:         body,
+	}
+	for k, vs := range r.Header {
+		// X-Kiln-* headers are the platform's to set (the worker adds the
+		// invocation id and attempt); the callback URL is for the platform.
+		if hopByHop[k] || k == HeaderCallbackURL || strings.HasPrefix(k, "X-Kiln-") {
+			continue
+		}
+		for _, v := range vs {
+			req.Headers = append(req.Headers, &kilnv1.Header{Name: strings.ToLower(k), Value: v})
+		}
+	}
+	err = q.Enqueue(r.Context(), &asyncq.Invocation{
+		ID: id, Function: name, Ref: ref, Version: fn.Version, Retries: asyncRetries(fn),
+		CallbackURL: callback, Enqueued: time.Now(), Request: req,
+	})
+	switch {
+	case errors.Is(err, asyncq.ErrTooLarge):
+		fail(http.StatusRequestEntityTooLarge, name, tooBig)
+		return
+	case err != nil:
+		g.log.Error("enqueueing an async invocation failed", "function", name, "err", err)
+		w.Header().Set("Retry-After", "1")
+		fail(http.StatusServiceUnavailable, name, "the async queue is unavailable, nothing was stored; retry shortly: "+err.Error())
+		return
+	}
+	w.Header().Set(HeaderInvocationID, id)
+	status := "/system/invocations/" + id
+	w.Header().Set("Location", status)
+	g.metrics.answered(name, http.StatusAccepted)
+	g.log.Debug("async invocation accepted", "function", name, "ref", ref, "version", fn.Version, "invocation_id", id)
+	writeJSON(w, http.StatusAccepted, Accepted{ID: id, StatusURL: status})
+}
+
+func (g *Gateway) invocationStatus(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if g.cfg.Async == nil {
+		writeError(w, http.StatusServiceUnavailable, apiError{InvocationID: id,
+			Error: "async invocations are not available on this gateway: it was started without a NATS JetStream queue"})
+		return
+	}
+	st, err := g.cfg.Async.Status(r.Context(), id)
+	switch {
+	case errors.Is(err, asyncq.ErrNotFound):
+		writeError(w, http.StatusNotFound, apiError{InvocationID: id,
+			Error: "no invocation " + fmt.Sprintf("%q", id) + ": ids come from POST /async-function/NAME, and statuses expire after a while"})
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, apiError{InvocationID: id, Error: "the async queue is unavailable, retry shortly: " + err.Error()})
+	default:
+		writeJSON(w, http.StatusOK, st)
+	}
+}
+
+// asyncRetries is how often a failed async invocation of fn is retried.
+func asyncRetries(fn registry.Function) int { return asyncq.DefaultRetries }
