@@ -82,37 +82,34 @@ var errKeyStore = errors.New("the API key store is unavailable")
 
 // check decides whether r may pass a gate that needs a key. It returns the
 // accepted key's name ("" for a loopback caller while no key exists),
-// apikeys.ErrUnauthorized, or an error wrapping errKeyStore.
+// apikeys.ErrUnauthorized, or an error wrapping errKeyStore. While no key
+// exists a loopback caller gets in whatever it sends: a stale key in a
+// user's environment must not lock them out of a fresh `kiln up`.
 func (a *auth) check(ctx context.Context, r *http.Request) (string, error) {
-	token, sent := bearer(r)
-	if !sent {
-		if !isLoopback(r) {
-			return "", apikeys.ErrUnauthorized
+	if token, sent := bearer(r); sent && a.keys != nil {
+		k, err := apikeys.Authenticate(ctx, a.keys, token)
+		if err == nil {
+			a.touch(ctx, k.Name)
+			return k.Name, nil
 		}
-		if a.keys == nil {
-			return "", nil
-		}
-		any, err := a.keys.Any(ctx)
-		if err != nil {
+		if !errors.Is(err, apikeys.ErrUnauthorized) {
 			return "", errors.Join(errKeyStore, err)
 		}
-		if any {
-			return "", apikeys.ErrUnauthorized
-		}
-		return "", nil
 	}
-	if a.keys == nil {
+	if !isLoopback(r) {
 		return "", apikeys.ErrUnauthorized
 	}
-	k, err := apikeys.Authenticate(ctx, a.keys, token)
-	if errors.Is(err, apikeys.ErrUnauthorized) {
-		return "", err
+	if a.keys == nil {
+		return "", nil
 	}
+	any, err := a.keys.Any(ctx)
 	if err != nil {
 		return "", errors.Join(errKeyStore, err)
 	}
-	a.touch(ctx, k.Name)
-	return k.Name, nil
+	if any {
+		return "", apikeys.ErrUnauthorized
+	}
+	return "", nil
 }
 
 func (a *auth) touch(ctx context.Context, name string) {

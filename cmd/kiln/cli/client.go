@@ -9,7 +9,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // ErrUnreachable: the gateway did not answer at all.
@@ -38,6 +42,13 @@ func (a *app) do(ctx context.Context, method, path string, q url.Values, hdr htt
 	}
 	for k, vs := range hdr {
 		req.Header[k] = vs
+	}
+	key, err := a.apiKeyValue()
+	if err != nil {
+		return nil, err
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -81,4 +92,85 @@ func (a *app) getJSON(ctx context.Context, path string, v any) error {
 		return fmt.Errorf("the gateway at %s answered %s with something that is not the expected JSON: %w", a.serverURL(), path, err)
 	}
 	return nil
+}
+
+// clientConfig is the CLI's config file: where the gateway is and the API
+// key to send, for those who would rather not repeat --server/--api-key.
+type clientConfig struct {
+	Server string `yaml:"server,omitempty"`
+	APIKey string `yaml:"api_key,omitempty"`
+}
+
+// configPath is $KILN_CONFIG, else ~/.config/kiln/config.yaml (the user
+// config directory of the OS; $XDG_CONFIG_HOME on Linux).
+func configPath() string {
+	if p := os.Getenv("KILN_CONFIG"); p != "" {
+		return p
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "kiln", "config.yaml")
+}
+
+// config reads the config file once; a missing file is an empty config, a
+// malformed one an error that names it.
+func (a *app) config() (clientConfig, error) {
+	a.cfgOnce.Do(func() {
+		path := configPath()
+		if path == "" {
+			return
+		}
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if err == nil {
+			err = yaml.Unmarshal(b, &a.cfg)
+		}
+		if err != nil {
+			a.cfgErr = fmt.Errorf("config file %s: %w (fix it, or point $KILN_CONFIG elsewhere)", path, err)
+		}
+	})
+	return a.cfg, a.cfgErr
+}
+
+// apiKeyValue is --api-key, else $KILN_API_KEY, else the config file's api_key.
+func (a *app) apiKeyValue() (string, error) {
+	if a.apiKey != "" {
+		return a.apiKey, nil
+	}
+	if k := os.Getenv("KILN_API_KEY"); k != "" {
+		return k, nil
+	}
+	cfg, err := a.config()
+	return cfg.APIKey, err
+}
+
+// saveAPIKey writes key into the config file (keeping its server), readable
+// by the user alone.
+func saveAPIKey(key string) (string, error) {
+	path := configPath()
+	if path == "" {
+		return "", errors.New("no config directory: set $KILN_CONFIG")
+	}
+	var cfg clientConfig
+	if b, err := os.ReadFile(path); err == nil {
+		if err := yaml.Unmarshal(b, &cfg); err != nil {
+			return path, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	cfg.APIKey = key
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return path, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return path, err
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return path, err
+	}
+	return path, os.Chmod(path, 0o600) // an existing file keeps its mode on WriteFile
 }

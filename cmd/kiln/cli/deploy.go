@@ -20,6 +20,7 @@ func (a *app) deployCmd() *cobra.Command {
 	var p gateway.DeployParams
 	var binary string
 	var timeout time.Duration
+	var private bool
 	cmd := &cobra.Command{
 		Use:   "deploy NAME [DIR | --binary FILE]",
 		Short: "Build and deploy function NAME from its source directory, or deploy a static x86-64 program (a new version each time)",
@@ -30,6 +31,9 @@ func (a *app) deployCmd() *cobra.Command {
 		Args: usage(cobra.RangeArgs(1, 2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
+			if private {
+				p.Private = "true"
+			}
 			if timeout > 0 {
 				p.Timeout = timeout.String()
 			}
@@ -94,6 +98,9 @@ func (a *app) deployCmd() *cobra.Command {
 			}
 			fmt.Fprintf(a.out, "deployed %s version %d (%s, %d MiB, timeout %s)\n  image %s\n  call it: curl -d 'world' %s/function/%s\n",
 				d.Name, d.Version, d.Kind, d.MemoryBytes>>20, time.Duration(d.TimeoutMs)*time.Millisecond, d.Digest, a.serverURL(), d.Name)
+			if l := describeLimits(d.Limits); l != "" {
+				fmt.Fprintf(a.out, "  limits: %s\n", l)
+			}
 			return nil
 		},
 	}
@@ -104,6 +111,11 @@ func (a *app) deployCmd() *cobra.Command {
 	fl.DurationVar(&timeout, "timeout", 0, "per-invocation timeout, e.g. 5s (default 30s)")
 	fl.StringArrayVar(&p.Env, "env", nil, "environment entry KEY=VALUE (repeatable)")
 	fl.StringArrayVar(&p.Args, "arg", nil, "argument after argv[0] (repeatable)")
+	fl.BoolVar(&private, "private", false, "callers need an API key (default: public)")
+	fl.StringVar(&p.MaxConcurrency, "max-concurrency", "", "invocations in flight at once, per gateway (default: no limit)")
+	fl.StringVar(&p.Rate, "rate", "", "requests per second or per unit, e.g. 10, 10/s, 600/m; per gateway (default: no limit)")
+	fl.StringVar(&p.Burst, "burst", "", "requests allowed at once above --rate (default: the rate, at least 1)")
+	fl.StringVar(&p.MaxBody, "max-body", "", "largest request body, e.g. 256K, up to 64M (default: the gateway's, 6M)")
 	return cmd
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 )
@@ -42,6 +43,11 @@ type streams struct {
 type app struct {
 	streams
 	server string
+	apiKey string // --api-key; see apiKeyValue
+
+	cfgOnce sync.Once // guards cfg and cfgErr, read from the config file
+	cfg     clientConfig
+	cfgErr  error
 }
 
 // Main runs the kiln command line with args (without the program name) and
@@ -83,17 +89,24 @@ or 'curl -d DATA http://127.0.0.1:8080/function/NAME'.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&a.server, "server", "",
-		"Kiln gateway URL (default $KILN_SERVER, else "+DefaultServer+")")
+		"Kiln gateway URL (default $KILN_SERVER, else the config file's server, else "+DefaultServer+")")
+	root.PersistentFlags().StringVar(&a.apiKey, "api-key", "",
+		"API key for the gateway (default $KILN_API_KEY, else the config file's api_key; see `kiln keys`)")
 	root.AddCommand(a.upCmd(), a.runCmd(), a.deployCmd(), a.invokeCmd(), a.listCmd(), a.versionCmd(),
-		a.buildCmd(), a.newCmd())
+		a.buildCmd(), a.newCmd(), a.keysCmd())
 	return root
 }
 
-// serverURL is --server, else $KILN_SERVER, else DefaultServer.
+// serverURL is --server, else $KILN_SERVER, else the config file's server,
+// else DefaultServer.
 func (a *app) serverURL() string {
 	s := a.server
 	if s == "" {
 		s = os.Getenv("KILN_SERVER")
+	}
+	if s == "" {
+		cfg, _ := a.config() // a broken file is reported by do
+		s = cfg.Server
 	}
 	if s == "" {
 		s = DefaultServer
