@@ -98,6 +98,7 @@ func (s *Bolt) PutFunction(ctx context.Context, spec Spec) (uint64, error) {
 			Name: spec.Name, Version: version, ImageDigest: spec.ImageDigest, Kind: spec.Kind,
 			MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
 			Env: clone(spec.Env), Args: clone(spec.Args), Created: s.now().UTC(), Limits: spec.Limits,
+			AsyncRetries: spec.AsyncRetries,
 		}
 		data, err := json.Marshal(f)
 		if err != nil {

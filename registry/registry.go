@@ -63,6 +63,9 @@ type Spec struct {
 	Env         []string // "KEY=VALUE"
 	Args        []string // argv after argv[0]
 	Limits
+	// AsyncRetries is how often a failed async invocation is retried;
+	// nil → DefaultAsyncRetries (a pointer, so 0 can mean "never").
+	AsyncRetries *int
 }
 
 // Limits say who may call a function and how much. Each gateway enforces
@@ -95,6 +98,23 @@ type Function struct {
 	Args        []string  `json:"args,omitempty"`
 	Created     time.Time `json:"created"`
 	Limits
+	AsyncRetries *int `json:"async_retries,omitempty"` // nil: DefaultAsyncRetries
+}
+
+// Async retry limits: the default when a deploy names none, and the most
+// a deploy may ask for (with the workers' default backoff, 20 retries
+// already span more than an hour).
+const (
+	DefaultAsyncRetries = 3
+	MaxAsyncRetries     = 20
+)
+
+// AsyncRetryLimit is how often a failed async invocation of f is retried.
+func (f Function) AsyncRetryLimit() int {
+	if f.AsyncRetries == nil {
+		return DefaultAsyncRetries
+	}
+	return *f.AsyncRetries
 }
 
 // Target is one version an alias routes to and its share of the traffic,
@@ -200,6 +220,9 @@ func CheckSpec(s Spec) error {
 	}
 	if s.TimeoutMs < 0 {
 		return fmt.Errorf("%w: negative timeout %d ms", ErrInvalidSpec, s.TimeoutMs)
+	}
+	if r := s.AsyncRetries; r != nil && (*r < 0 || *r > MaxAsyncRetries) {
+		return fmt.Errorf("%w: %d async retries: use 0 to %d", ErrInvalidSpec, *r, MaxAsyncRetries)
 	}
 	if l := s.Limits; l.MaxConcurrency < 0 || l.RateBurst < 0 || l.MaxBodyBytes < 0 || !(l.RatePerSecond >= 0 && l.RatePerSecond <= 1e9) {
 		return fmt.Errorf("%w: limits %+v: each must be 0 (none) or positive", ErrInvalidSpec, l)

@@ -202,6 +202,7 @@ func (s *Store) PutFunction(ctx context.Context, spec registry.Spec) (uint64, er
 		Name: spec.Name, ImageDigest: spec.ImageDigest, Kind: spec.Kind,
 		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
 		Env: spec.Env, Args: spec.Args, Created: s.now().UTC(), Limits: spec.Limits,
+		AsyncRetries: spec.AsyncRetries,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("registry: put %s: %w", spec.Name, err)

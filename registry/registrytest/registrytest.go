@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"AtomicFlips", testAtomicFlips},
 		{"ConcurrentFlipsLoseNoHistory", testConcurrentFlipsLoseNoHistory},
 		{"ConsecutiveVersionsAcrossFunctions", testConsecutiveVersionsAcrossFunctions},
+		{"AsyncRetries", testAsyncRetries},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -760,6 +761,35 @@ func testConsecutiveVersionsAcrossFunctions(t *testing.T, s registry.Store) {
 		}
 		if f, err := s.GetFunction(ctx, name, ""); err != nil || f.Version != n {
 			t.Fatalf("%s latest = v%d, %v", name, f.Version, err)
+		}
+	}
+}
+
+// testAsyncRetries: a retry limit survives the round trip, 0 included (it
+// means "never retry", not "the default"), and one out of range is refused.
+func testAsyncRetries(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	zero, five := 0, 5
+	for _, c := range []struct {
+		retries *int
+		want    int
+	}{{nil, registry.DefaultAsyncRetries}, {&zero, 0}, {&five, 5}} {
+		sp := spec("retry", "sha256:aa")
+		sp.AsyncRetries = c.retries
+		v := mustPut(t, s, sp)
+		f, err := s.GetFunction(ctx, "retry", fmt.Sprint(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.AsyncRetryLimit() != c.want || (c.retries == nil) != (f.AsyncRetries == nil) {
+			t.Fatalf("version %d: async retries %v (limit %d), want %d", v, f.AsyncRetries, f.AsyncRetryLimit(), c.want)
+		}
+	}
+	for _, bad := range []int{-1, registry.MaxAsyncRetries + 1} {
+		sp := spec("retry", "sha256:aa")
+		sp.AsyncRetries = &bad
+		if _, err := s.PutFunction(ctx, sp); !errors.Is(err, registry.ErrInvalidSpec) {
+			t.Fatalf("%d async retries: %v, want ErrInvalidSpec", bad, err)
 		}
 	}
 }
