@@ -156,7 +156,16 @@ func (f *File) Add(ctx context.Context, name string, h Hash, created time.Time) 
 
 // Revoke implements Store: a keys file changes only by hand.
 func (f *File) Revoke(ctx context.Context, name string) error {
-	return fmt.Errorf("%w: delete the line of %s from %s instead", ErrReadOnly, name, f.path)
+	keys, err := f.current()
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.Name == name {
+			return fmt.Errorf("%w: delete the line of %s from %s instead", ErrReadOnly, name, f.path)
+		}
+	}
+	return fmt.Errorf("%w: %s", ErrNotFound, name)
 }
 
 // Touch implements Store: a keys file records no use.
