@@ -94,6 +94,7 @@ or 'curl -d DATA http://127.0.0.1:8080/function/NAME'.`,
 		"API key for the gateway (default $KILN_API_KEY, else the config file's api_key; see `kiln keys`)")
 	root.AddCommand(a.upCmd(), a.runCmd(), a.deployCmd(), a.invokeCmd(), a.listCmd(), a.versionCmd(),
 		a.buildCmd(), a.newCmd(), a.keysCmd())
+	root.AddCommand(a.versionsCmd(), a.aliasCmd(), a.rollbackCmd())
 	return root
 }
 
