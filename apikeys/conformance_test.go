@@ -32,7 +32,7 @@ func conformance(t *testing.T, newStore func(t *testing.T) apikeys.Store) {
 
 var ctx = context.Background()
 
-func mustAdd(t *testing.T, s apikeys.Store, name string) string {
+func mustAdd(t testing.TB, s apikeys.Store, name string) string {
 	t.Helper()
 	key, h, err := apikeys.Generate()
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 // startRedis runs a real redis-server on a free 127.0.0.1 port for the
 // length of the test and returns its URL. Without the binary the test is
 // skipped loudly, unless KILN_REQUIRE_REDIS=1 (CI) makes that a failure.
-func startRedis(t *testing.T) string {
+func startRedis(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -40,7 +40,7 @@ func startRedis(t *testing.T) string {
 	return ""
 }
 
-func tryStartRedis(t *testing.T, bin string) (string, error) {
+func tryStartRedis(t testing.TB, bin string) (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
@@ -137,5 +137,21 @@ func TestOpenRedisUnreachable(t *testing.T) {
 	}
 	if _, err := apikeys.OpenRedis(ctx, "http://nope"); err == nil {
 		t.Fatal("OpenRedis of a non-redis URL succeeded")
+	}
+}
+
+// BenchmarkRedisAuthenticate is the same through a real redis-server on
+// loopback: hashing and one script round trip.
+func BenchmarkRedisAuthenticate(b *testing.B) {
+	s, err := apikeys.OpenRedis(ctx, startRedis(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	key := mustAdd(b, s, "bench")
+	for b.Loop() {
+		if _, err := apikeys.Authenticate(ctx, s, key); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
