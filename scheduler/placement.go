@@ -24,6 +24,7 @@ type Node struct {
 	MemoryTotal   uint64
 	MemoryUsed    uint64
 	Warm          map[string]Warm // image digest → instances
+	Cached        map[string]bool // image digests in the node's image cache
 	LastHeartbeat time.Time
 
 	Reserved uint64         // memory of cold starts placed and not yet answered
@@ -44,16 +45,25 @@ func (n *Node) IdleWarm(digest string) int {
 	return int(n.Warm[digest].Idle) - n.Claimed[digest]
 }
 
+// HasImage reports whether a cold start of digest on n needs no image
+// fetch: the node said it caches the image, or it runs instances of it.
+func (n *Node) HasImage(digest string) bool {
+	w := n.Warm[digest]
+	return n.Cached[digest] || w.Idle+w.Busy > 0
+}
+
 // Demand is what one invocation needs from a node.
 type Demand struct {
 	Digest      string
 	MemoryBytes uint64
 }
 
-// Decision is where an invocation goes and whether it expects a warm start.
+// Decision is where an invocation goes and why: Warm when an idle instance
+// waits there, Cached when a cold start there needs no image fetch.
 type Decision struct {
-	Node string
-	Warm bool
+	Node   string
+	Warm   bool
+	Cached bool
 }
 
 // Placer chooses a node. Implementations are pure: the same arguments give
@@ -62,12 +72,17 @@ type Placer interface {
 	Place(now time.Time, d Demand, nodes []Node) (Decision, error)
 }
 
-// WarmFirst is the first placement policy: a node with an idle warm instance
-// of the image, else the node with the most free memory that fits the
-// function. Nodes whose last heartbeat is older than StaleAfter are skipped
-// (they are about to be removed; their numbers are not to be trusted).
-// Ties are broken by more idle instances, then more free memory, then the
-// smaller node name, so that placement is deterministic.
+// WarmFirst is Kiln's placement policy, in order of preference:
+//
+//  1. a node with an idle warm instance of the image (no start at all);
+//  2. else a node with room (free memory ≥ the function's) that already
+//     caches the image (a cold start without a fetch from the image store);
+//  3. else any node with room.
+//
+// Nodes whose last heartbeat is older than StaleAfter are skipped: they are
+// about to be drained and their numbers are not to be trusted. Within a
+// rule, ties are broken by more idle instances (rule 1), then more free
+// memory, then the smaller node name, so that placement is deterministic.
 type WarmFirst struct {
 	StaleAfter time.Duration // 0: never stale
 }
@@ -77,7 +92,7 @@ func (p WarmFirst) Place(now time.Time, d Demand, nodes []Node) (Decision, error
 	if len(nodes) == 0 {
 		return Decision{}, fmt.Errorf("%w: no node is registered", ErrNoCapacity)
 	}
-	var warm, cold *Node
+	var warm, cached, cold *Node
 	live := 0
 	var biggest uint64
 	for i := range nodes {
@@ -98,6 +113,9 @@ func (p WarmFirst) Place(now time.Time, d Demand, nodes []Node) (Decision, error
 		if free < d.MemoryBytes {
 			continue
 		}
+		if d.Digest != "" && n.HasImage(d.Digest) && (cached == nil || better(n, cached)) {
+			cached = n
+		}
 		if cold == nil || better(n, cold) {
 			cold = n
 		}
@@ -105,6 +123,8 @@ func (p WarmFirst) Place(now time.Time, d Demand, nodes []Node) (Decision, error
 	switch {
 	case warm != nil:
 		return Decision{Node: warm.Name, Warm: true}, nil
+	case cached != nil:
+		return Decision{Node: cached.Name, Cached: true}, nil
 	case cold != nil:
 		return Decision{Node: cold.Name}, nil
 	case live == 0:

@@ -41,9 +41,9 @@ func TestWarmFirst(t *testing.T) {
 		{"warm even when full", Demand{dA, 64 * mib},
 			[]Node{node("full", 256, 256, map[string]Warm{dA: {Idle: 1}})},
 			Decision{Node: "full", Warm: true}, false},
-		{"busy instances are not warm", Demand{dA, 64 * mib},
+		{"busy instances are not warm, but the image is there", Demand{dA, 64 * mib},
 			[]Node{node("n1", 1024, 512, map[string]Warm{dA: {Busy: 3}}), node("n2", 1024, 0, nil)},
-			Decision{Node: "n2"}, false},
+			Decision{Node: "n1", Cached: true}, false},
 		{"other image's warm ignored", Demand{dA, 64 * mib},
 			[]Node{node("n1", 1024, 512, map[string]Warm{dB: {Idle: 3}}), node("n2", 1024, 0, nil)},
 			Decision{Node: "n2"}, false},
@@ -56,7 +56,7 @@ func TestWarmFirst(t *testing.T) {
 		{"claimed idle is not idle", Demand{dA, 64 * mib},
 			[]Node{{Name: "n1", MemoryTotal: 1024 * mib, Warm: map[string]Warm{dA: {Idle: 1}}, Claimed: map[string]int{dA: 1}, LastHeartbeat: fresh},
 				node("n2", 512, 0, nil)},
-			Decision{Node: "n1"}, false}, // n1 still has the most free memory for a cold start
+			Decision{Node: "n1", Cached: true}, false}, // n1 has the image for a cold start
 		{"reserved memory counts", Demand{dA, 64 * mib},
 			[]Node{{Name: "n1", MemoryTotal: 1024 * mib, Reserved: 1000 * mib, LastHeartbeat: fresh}, node("n2", 512, 0, nil)},
 			Decision{Node: "n2"}, false},
@@ -70,6 +70,56 @@ func TestWarmFirst(t *testing.T) {
 			[]Node{{Name: "old", MemoryTotal: 8192 * mib, Warm: map[string]Warm{dA: {Idle: 4}}, LastHeartbeat: now.Add(-time.Minute)}, node("n2", 512, 0, nil)},
 			Decision{Node: "n2"}, false},
 	}
+	cachedNode := func(name string, total, used uint64, digests ...string) Node {
+		n := node(name, total, used, nil)
+		n.Cached = map[string]bool{}
+		for _, d := range digests {
+			n.Cached[d] = true
+		}
+		return n
+	}
+	tests = append(tests, []struct {
+		name   string
+		d      Demand
+		nodes  []Node
+		want   Decision
+		noRoom bool
+	}{
+		{"cached beats more free", Demand{dA, 64 * mib},
+			[]Node{node("big", 4096, 0, nil), cachedNode("small", 256, 100, dA)},
+			Decision{Node: "small", Cached: true}, false},
+		{"warm beats cached", Demand{dA, 64 * mib},
+			[]Node{cachedNode("c", 4096, 0, dA), node("w", 256, 200, map[string]Warm{dA: {Idle: 1}})},
+			Decision{Node: "w", Warm: true}, false},
+		{"cached but full: any node with room", Demand{dA, 64 * mib},
+			[]Node{cachedNode("full", 256, 250, dA), node("roomy", 1024, 0, nil)},
+			Decision{Node: "roomy"}, false},
+		{"cached but full, no other room", Demand{dA, 64 * mib},
+			[]Node{cachedNode("full", 256, 250, dA)}, Decision{}, true},
+		{"among cached, more free wins", Demand{dA, 64 * mib},
+			[]Node{cachedNode("c1", 1024, 900, dA), cachedNode("c2", 1024, 100, dA), node("x", 8192, 0, nil)},
+			Decision{Node: "c2", Cached: true}, false},
+		{"among cached, equal free: smaller name", Demand{dA, 64 * mib},
+			[]Node{cachedNode("c2", 1024, 0, dA), cachedNode("c1", 1024, 0, dA)},
+			Decision{Node: "c1", Cached: true}, false},
+		{"other image cached is not cached", Demand{dA, 64 * mib},
+			[]Node{cachedNode("b", 4096, 0, dB), node("a", 1024, 0, nil)},
+			Decision{Node: "b"}, false},
+		{"reserved memory counts against cached", Demand{dA, 64 * mib},
+			[]Node{{Name: "c", MemoryTotal: 1024 * mib, Reserved: 1000 * mib, Cached: map[string]bool{dA: true}, LastHeartbeat: fresh},
+				node("n", 512, 0, nil)},
+			Decision{Node: "n"}, false},
+		{"stale cached skipped", Demand{dA, 64 * mib},
+			[]Node{{Name: "old", MemoryTotal: 8192 * mib, Cached: map[string]bool{dA: true}, LastHeartbeat: now.Add(-time.Minute)},
+				node("n", 512, 0, nil)},
+			Decision{Node: "n"}, false},
+		{"heartbeat exactly StaleAfter ago is live", Demand{dA, 64 * mib},
+			[]Node{{Name: "edge", MemoryTotal: 1024 * mib, LastHeartbeat: now.Add(-10 * time.Second)}},
+			Decision{Node: "edge"}, false},
+		{"heartbeat just over StaleAfter ago is drained", Demand{dA, 64 * mib},
+			[]Node{{Name: "edge", MemoryTotal: 1024 * mib, LastHeartbeat: now.Add(-10*time.Second - time.Nanosecond)}},
+			Decision{}, true},
+	}...)
 	p := WarmFirst{StaleAfter: 10 * time.Second}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

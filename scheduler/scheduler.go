@@ -1,9 +1,22 @@
 // Package scheduler decides where an invocation runs. Node-agents hold a
-// Connect stream open to it (Register, then heartbeats carrying capacity and
-// warm instances); gateways call Invoke, which asks a Placer for a node and
-// forwards the request to that node's Agent service over one reused gRPC
-// connection per node. Node membership is soft state: a node whose stream
-// closes, or that misses three heartbeats, is gone.
+// Connect stream open to it (Register, then heartbeats carrying capacity,
+// warm instances and cached images); gateways call Invoke, which asks a
+// Placer for a node and forwards the request to that node's Agent service
+// over one reused gRPC connection per node.
+//
+// Node membership is soft state, rebuilt from the agents' reports after a
+// restart. A node leaves in one of two ways:
+//
+//   - it says goodbye (its agent half-closes the stream while shutting
+//     down): no new invocation goes there, those in flight finish;
+//   - it is drained: its stream broke, or it missed MissedHeartbeats
+//     heartbeats (DrainAfter with the default interval). Invocations in
+//     flight on it end at once with Unavailable — they may have run, so
+//     they are not retried — and nothing is placed there again.
+//
+// An invocation whose request never reached the chosen node (no connection,
+// the node went away before the request was written) did not start, so it
+// is placed again on another node.
 //
 // Lock order: Scheduler.mu only; no call out (RPC, Placer excepted) is made
 // while holding it.
@@ -17,25 +30,37 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
 // DefaultHeartbeatInterval is what agents are told when Config names none.
-const DefaultHeartbeatInterval = 2 * time.Second
+// Heartbeats are a few hundred bytes, so a short interval is cheap and lets
+// a silent node be drained quickly.
+const DefaultHeartbeatInterval = 500 * time.Millisecond
 
-// MissedHeartbeats is how many intervals without a heartbeat remove a node.
-const MissedHeartbeats = 3
+// MissedHeartbeats is how many intervals without a heartbeat drain a node.
+// One late heartbeat (a GC pause, a loaded host) must not drain a healthy
+// node; four in a row is a node that is gone or frozen.
+const MissedHeartbeats = 4
+
+// DrainAfter is how long a node may stay silent, at the default interval,
+// before it is drained; the sweeper notices within a quarter interval more,
+// so a silent node is drained within 2.125 s.
+const DrainAfter = MissedHeartbeats * DefaultHeartbeatInterval
 
 // Dialer opens the connection to one agent. The returned closer is called
-// when the node leaves.
+// when the node leaves. With a custom Dialer the scheduler cannot tell
+// whether a failed call reached the agent, so it never retries one.
 type Dialer func(address string) (kilnv1.AgentClient, io.Closer, error)
 
 // Config is the scheduler's dependencies. Zero values get the defaults
@@ -44,9 +69,25 @@ type Config struct {
 	HeartbeatInterval time.Duration // DefaultHeartbeatInterval
 	Placer            Placer        // WarmFirst{StaleAfter: MissedHeartbeats × interval}
 	Clock             func() time.Time
-	Dial              Dialer // plaintext gRPC (grpc.NewClient)
-	Registerer        prometheus.Registerer
-	Logger            *slog.Logger
+	// DialOptions are used to dial agents (message size bounds, …) when
+	// Dial is nil; the default is plaintext gRPC.
+	DialOptions []grpc.DialOption
+	Dial        Dialer // tests only; see Dialer
+	Registerer  prometheus.Registerer
+	Logger      *slog.Logger
+}
+
+// link is the connection to one agent. It outlives a node entry when the
+// agent reconnects from the same address, so that a reconnect does not
+// break its invocations in flight. Fields below client are guarded by
+// Scheduler.mu.
+type link struct {
+	client kilnv1.AgentClient
+	closer io.Closer
+	lost   context.Context // ended when the node is drained: calls in flight stop
+	cancel context.CancelFunc
+	calls  int  // invocations in flight on this link
+	closed bool // the node left: close closer once calls reaches 0
 }
 
 // node is a registered agent and the connection it is reached by.
@@ -54,8 +95,7 @@ type node struct {
 	Node
 	session uint64        // which Connect stream owns this entry
 	gone    chan struct{} // closed when the scheduler drops the node
-	client  kilnv1.AgentClient
-	closer  io.Closer
+	link    *link
 }
 
 // Scheduler implements kilnv1.SchedulerServer.
@@ -68,8 +108,12 @@ type Scheduler struct {
 	dial     Dialer
 	log      *slog.Logger
 
+	trackSent bool // dialled with sentTracker: a failed call's sentKey is meaningful
+
 	nodesGauge prometheus.Gauge
 	placements *prometheus.CounterVec
+	drains     *prometheus.CounterVec
+	retries    prometheus.Counter
 
 	stop chan struct{}
 	done chan struct{}
@@ -102,7 +146,16 @@ func New(cfg Config) (*Scheduler, error) {
 		s.now = time.Now
 	}
 	if s.dial == nil {
-		s.dial = dialGRPC
+		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)
+		opts = append(opts, grpc.WithStatsHandler(sentTracker{}))
+		s.dial = func(address string) (kilnv1.AgentClient, io.Closer, error) {
+			conn, err := grpc.NewClient(address, opts...)
+			if err != nil {
+				return nil, nil, err
+			}
+			return kilnv1.NewAgentClient(conn), conn, nil
+		}
+		s.trackSent = true
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -112,10 +165,18 @@ func New(cfg Config) (*Scheduler, error) {
 	})
 	s.placements = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kiln_scheduler_placements_total",
-		Help: "Placement decisions by outcome: warm, cold, no_capacity, node_error.",
+		Help: "Placement decisions by outcome: warm, cached (cold start, image on the node), cold, no_capacity, node_error, node_lost.",
 	}, []string{"outcome"})
+	s.drains = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kiln_scheduler_node_removals_total",
+		Help: "Nodes removed by reason: left (said goodbye), stream_broken, missed_heartbeats, replaced.",
+	}, []string{"reason"})
+	s.retries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kiln_scheduler_retries_total",
+		Help: "Invocations placed again because the chosen node refused them or never received them.",
+	})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.nodesGauge, s.placements} {
+		for _, c := range []prometheus.Collector{s.nodesGauge, s.placements, s.drains, s.retries} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("scheduler: registering metrics: %w", err)
 			}
@@ -125,13 +186,25 @@ func New(cfg Config) (*Scheduler, error) {
 	return s, nil
 }
 
-func dialGRPC(address string) (kilnv1.AgentClient, io.Closer, error) {
-	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, err
+// sentKey marks an Agent.Invoke call's context with a flag that sentTracker
+// sets once the request's headers are handed to a live connection to the
+// agent. A call that fails with the flag unset never reached the agent, so
+// the function did not start and the invocation may be placed again.
+type sentKey struct{}
+
+// sentTracker is the gRPC stats handler behind sentKey.
+type sentTracker struct{}
+
+func (sentTracker) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (sentTracker) HandleRPC(ctx context.Context, st stats.RPCStats) {
+	if _, ok := st.(*stats.OutHeader); ok {
+		if f, ok := ctx.Value(sentKey{}).(*atomic.Bool); ok {
+			f.Store(true)
+		}
 	}
-	return kilnv1.NewAgentClient(conn), conn, nil
 }
+func (sentTracker) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (sentTracker) HandleConn(context.Context, stats.ConnStats)                       {}
 
 // Close stops the sweeper and closes every agent connection. Connect
 // streams still open end as their nodes are dropped.
@@ -146,7 +219,7 @@ func (s *Scheduler) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name := range s.nodes {
-		s.dropLocked(name)
+		s.dropLocked(name, true)
 	}
 	return nil
 }
@@ -193,12 +266,12 @@ func cloneMap[V any](m map[string]V) map[string]V {
 	return c
 }
 
-// sweep removes nodes that missed MissedHeartbeats heartbeats. It checks
-// twice per interval so that removal happens within half an interval of the
-// deadline.
+// sweep drains nodes that missed MissedHeartbeats heartbeats. It checks
+// four times per interval so that a drain happens within a quarter
+// interval of the deadline.
 func (s *Scheduler) sweep() {
 	defer close(s.done)
-	t := time.NewTicker(s.interval / 2)
+	t := time.NewTicker(s.interval / 4)
 	defer t.Stop()
 	for {
 		select {
@@ -210,8 +283,9 @@ func (s *Scheduler) sweep() {
 	}
 }
 
-// Expire removes every node whose last heartbeat is more than
-// MissedHeartbeats intervals before the clock's now, and returns their names.
+// Expire drains every node whose last heartbeat is more than
+// MissedHeartbeats intervals before the clock's now, and returns their
+// names, sorted.
 func (s *Scheduler) Expire() []string {
 	now := s.now()
 	s.mu.Lock()
@@ -220,28 +294,43 @@ func (s *Scheduler) Expire() []string {
 	for name, n := range s.nodes {
 		if now.Sub(n.LastHeartbeat) > MissedHeartbeats*s.interval {
 			gone = append(gone, name)
-			s.dropLocked(name)
-			s.log.Warn("node missed heartbeats; removed", "node", name, "last", n.LastHeartbeat)
+			s.dropLocked(name, true)
+			s.drains.WithLabelValues("missed_heartbeats").Inc()
+			s.log.Warn("node missed heartbeats; drained", "node", name, "last", n.LastHeartbeat,
+				"silent", now.Sub(n.LastHeartbeat))
 		}
 	}
+	sort.Strings(gone)
 	return gone
 }
 
-// dropLocked removes a node, ends its Connect stream and closes its
-// connection. s.mu must be held.
-func (s *Scheduler) dropLocked(name string) {
+// dropLocked removes a node and ends its Connect stream. Drained (hard),
+// its invocations in flight are stopped; otherwise they finish first. The
+// connection closes once none is left. s.mu must be held.
+func (s *Scheduler) dropLocked(name string, hard bool) {
 	n, ok := s.nodes[name]
 	if !ok {
 		return
 	}
 	delete(s.nodes, name)
 	close(n.gone)
-	if n.closer != nil {
-		// Closing a grpc.ClientConn does not block on calls in flight;
-		// they fail, which is right for a node that is gone.
-		n.closer.Close()
+	if l := n.link; l != nil {
+		if hard {
+			l.cancel()
+		}
+		l.closed = true
+		if l.calls == 0 {
+			l.close()
+		}
 	}
 	s.nodesGauge.Set(float64(len(s.nodes)))
+}
+
+func (l *link) close() {
+	l.cancel()
+	if l.closer != nil {
+		l.closer.Close()
+	}
 }
 
 // Connect implements kilnv1.SchedulerServer: one stream per agent.
@@ -259,27 +348,33 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 	// replaces its old entry and the old stream ends. If it is still at
 	// the same address its connection is kept: invocations in flight on
 	// it are not the reconnect's business.
-	var client kilnv1.AgentClient
-	var closer io.Closer
-	if old, ok := s.nodes[reg.Node]; ok && old.Address == reg.Address {
-		client, closer = old.client, old.closer
-		old.closer = nil
+	var l *link
+	if old, ok := s.nodes[reg.Node]; ok {
+		if old.Address == reg.Address && !old.link.closed {
+			l, old.link = old.link, nil
+		}
+		s.dropLocked(reg.Node, false)
+		s.drains.WithLabelValues("replaced").Inc()
 	}
-	s.dropLocked(reg.Node)
 	s.mu.Unlock()
-	if client == nil {
-		var err error
-		if client, closer, err = s.dial(reg.Address); err != nil {
+	if l == nil {
+		client, closer, err := s.dial(reg.Address)
+		if err != nil {
 			return status.Errorf(codes.InvalidArgument, "scheduler: cannot dial agent at %q: %v", reg.Address, err)
 		}
+		l = &link{client: client, closer: closer}
+		l.lost, l.cancel = context.WithCancel(context.Background())
 	}
 	s.mu.Lock()
 	if s.closedLocked() {
 		s.mu.Unlock()
-		closer.Close()
+		l.close()
 		return status.Error(codes.Unavailable, "scheduler: shutting down")
 	}
-	s.dropLocked(reg.Node) // a concurrent registration of the same name loses
+	if _, ok := s.nodes[reg.Node]; ok { // a concurrent registration of the same name loses
+		s.dropLocked(reg.Node, false)
+		s.drains.WithLabelValues("replaced").Inc()
+	}
 	s.sessions++
 	session := s.sessions
 	n := &node{
@@ -289,8 +384,7 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 		},
 		session: session,
 		gone:    make(chan struct{}),
-		client:  client,
-		closer:  closer,
+		link:    l,
 	}
 	s.nodes[reg.Node] = n
 	s.nodesGauge.Set(float64(len(s.nodes)))
@@ -301,7 +395,7 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 		Registered: &kilnv1.Registered{HeartbeatIntervalMs: s.interval.Milliseconds()},
 	}})
 	if err != nil {
-		s.leave(reg.Node, session)
+		s.leave(reg.Node, session, true)
 		return err
 	}
 
@@ -320,10 +414,17 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 	}()
 	select {
 	case err = <-recvErr:
-		s.leave(reg.Node, session)
-		s.log.Info("node stream closed; removed", "node", reg.Node, "err", err)
 		if errors.Is(err, io.EOF) {
+			// The agent half-closed its side: an orderly goodbye.
+			if s.leave(reg.Node, session, false) {
+				s.drains.WithLabelValues("left").Inc()
+				s.log.Info("node left", "node", reg.Node)
+			}
 			return nil
+		}
+		if s.leave(reg.Node, session, true) {
+			s.drains.WithLabelValues("stream_broken").Inc()
+			s.log.Warn("node stream broke; drained", "node", reg.Node, "err", err)
 		}
 		return err
 	case <-n.gone:
@@ -332,13 +433,16 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 	}
 }
 
-// leave drops the node if the entry still belongs to this stream.
-func (s *Scheduler) leave(name string, session uint64) {
+// leave drops the node if the entry still belongs to this stream, and
+// reports whether it did.
+func (s *Scheduler) leave(name string, session uint64, hard bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n, ok := s.nodes[name]; ok && n.session == session {
-		s.dropLocked(name)
+		s.dropLocked(name, hard)
+		return true
 	}
+	return false
 }
 
 func (s *Scheduler) heartbeat(name string, session uint64, c *kilnv1.CapacityResponse) {
@@ -358,13 +462,19 @@ func (s *Scheduler) heartbeat(name string, session uint64, c *kilnv1.CapacityRes
 	for _, w := range c.Warm {
 		n.Warm[w.ImageDigest] = Warm{Idle: w.Idle, Busy: w.Busy}
 	}
+	n.Cached = make(map[string]bool, len(c.CachedImages))
+	for _, d := range c.CachedImages {
+		n.Cached[d] = true
+	}
 }
 
 // Invoke implements kilnv1.SchedulerServer. An agent that answers
 // NO_CAPACITY (its numbers moved since its last heartbeat) did not run the
-// function, so the invocation is placed again without that node; any other
-// answer is final. A transport failure is returned as an Unavailable error,
-// not retried: the function may have run.
+// function, and neither did one the request never reached, so in both
+// cases the invocation is placed again without that node. Any other answer
+// is final. A call that reached its node and then failed (the node crashed,
+// was drained, or the transport broke) is returned as Unavailable, not
+// retried: the function may have run.
 func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, error) {
 	fn := req.GetFunction()
 	if fn == nil || fn.ImageDigest == "" || fn.MemoryBytes == 0 {
@@ -373,28 +483,53 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 	d := Demand{Digest: fn.ImageDigest, MemoryBytes: fn.MemoryBytes}
 	excluded := map[string]bool{}
 	var lastRefusal *kilnv1.InvokeResponse
+	var lastUnreached error
 	for {
-		dec, n, err := s.place(d, excluded)
+		dec, l, err := s.place(d, excluded)
 		if err != nil {
 			s.placements.WithLabelValues("no_capacity").Inc()
-			if lastRefusal != nil {
+			switch {
+			case lastRefusal != nil:
 				return lastRefusal, nil
+			case lastUnreached != nil:
+				return nil, lastUnreached
 			}
 			return &kilnv1.InvokeResponse{Outcome: kilnv1.Outcome_OUTCOME_NO_CAPACITY, Error: err.Error()}, nil
 		}
-		if dec.Warm {
+		switch {
+		case dec.Warm:
 			s.placements.WithLabelValues("warm").Inc()
-		} else {
+		case dec.Cached:
+			s.placements.WithLabelValues("cached").Inc()
+		default:
 			s.placements.WithLabelValues("cold").Inc()
 		}
-		resp, err := n.client.Invoke(ctx, req)
-		s.release(n, d, dec)
+		resp, sent, err := s.call(ctx, l, req)
+		s.release(dec.Node, l, d, dec)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			if l.lost.Err() != nil {
+				s.placements.WithLabelValues("node_lost").Inc()
+				return nil, status.Errorf(codes.Unavailable,
+					"scheduler: node %s was drained while running the invocation (it stopped answering); the function may have run, so it was not retried", dec.Node)
+			}
+			if !sent && s.trackSent {
+				// Never reached the node: safe to run elsewhere.
+				s.retries.Inc()
+				excluded[dec.Node] = true
+				lastUnreached = status.Errorf(codes.Unavailable, "scheduler: node %s is unreachable (the invocation did not start there): %v",
+					dec.Node, status.Convert(err).Message())
+				s.log.Warn("node unreachable; placing the invocation again", "node", dec.Node, "err", err)
+				continue
+			}
 			s.placements.WithLabelValues("node_error").Inc()
 			return nil, status.Errorf(status.Code(err), "scheduler: node %s: %v", dec.Node, status.Convert(err).Message())
 		}
 		resp.Node = dec.Node
 		if resp.Outcome == kilnv1.Outcome_OUTCOME_NO_CAPACITY {
+			s.retries.Inc()
 			excluded[dec.Node] = true
 			lastRefusal = resp
 			continue
@@ -403,8 +538,19 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 	}
 }
 
+// call runs one Agent.Invoke bounded by ctx and by the node's drain, and
+// reports whether the request reached the agent.
+func (s *Scheduler) call(ctx context.Context, l *link, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, bool, error) {
+	sent := new(atomic.Bool)
+	ctx, cancel := context.WithCancel(context.WithValue(ctx, sentKey{}, sent))
+	defer cancel()
+	defer context.AfterFunc(l.lost, cancel)()
+	resp, err := l.client.Invoke(ctx, req)
+	return resp, sent.Load(), err
+}
+
 // place asks the placer and books the decision on the chosen node.
-func (s *Scheduler) place(d Demand, excluded map[string]bool) (Decision, *node, error) {
+func (s *Scheduler) place(d Demand, excluded map[string]bool) (Decision, *link, error) {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -426,19 +572,28 @@ func (s *Scheduler) place(d Demand, excluded map[string]bool) (Decision, *node, 
 	} else {
 		n.Reserved += d.MemoryBytes
 	}
-	return dec, n, nil
+	n.link.calls++
+	return dec, n.link, nil
 }
 
-// release undoes place's booking once the agent answered; its next
-// heartbeat carries the real numbers.
-func (s *Scheduler) release(n *node, d Demand, dec Decision) {
+// release undoes place's booking once the agent answered (its next
+// heartbeat carries the real numbers), and closes the connection of a node
+// that left once its last call is over.
+func (s *Scheduler) release(name string, l *link, d Demand, dec Decision) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if l.calls--; l.closed && l.calls == 0 {
+		l.close()
+	}
+	n, ok := s.nodes[name]
+	if !ok || n.link != l {
+		return // the booking went with the entry
+	}
 	if dec.Warm {
 		if n.Claimed[d.Digest]--; n.Claimed[d.Digest] <= 0 {
 			delete(n.Claimed, d.Digest)
 		}
-	} else {
+	} else if n.Reserved >= d.MemoryBytes {
 		n.Reserved -= d.MemoryBytes
 	}
 }

@@ -194,7 +194,7 @@ func TestMissedHeartbeats(t *testing.T) {
 	e.clock.Advance(2 * iv)
 	heartbeat(t, st1, 1<<30, 0)
 	waitFor(t, "heartbeat", func() bool { return e.s.Nodes()[0].LastHeartbeat.Equal(e.clock.Now()) })
-	e.clock.Advance(MissedHeartbeats*iv - 2*iv) // n2 silent for exactly 3 intervals: still in
+	e.clock.Advance(MissedHeartbeats*iv - 2*iv) // n2 silent for exactly MissedHeartbeats intervals: still in
 	if gone := e.s.Expire(); len(gone) != 0 {
 		t.Fatalf("expired too early: %v", gone)
 	}
@@ -215,7 +215,7 @@ func TestRemovedStreamEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st := e.connect(t, ctx, "n1", "127.0.0.1:1", 1<<30)
-	e.clock.Advance(4 * time.Hour)
+	e.clock.Advance((MissedHeartbeats + 1) * time.Hour)
 	e.s.Expire()
 	_, err := st.Recv()
 	if status.Code(err) != codes.Unavailable {
@@ -381,5 +381,176 @@ func TestInvokeUnreachableNode(t *testing.T) {
 	_, err = e.client.Invoke(context.Background(), &kilnv1.InvokeRequest{})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("empty request: %v", err)
+	}
+}
+
+// blockingAgent holds every invocation until release is closed or the
+// caller gives up, and reports each one that arrived on arrived.
+type blockingAgent struct {
+	kilnv1.UnimplementedAgentServer
+	addr    string
+	arrived chan string
+	release chan struct{}
+}
+
+func startBlockingAgent(t *testing.T) *blockingAgent {
+	a := &blockingAgent{arrived: make(chan string, 16), release: make(chan struct{})}
+	a.addr = serve(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, a) })
+	return a
+}
+
+func (a *blockingAgent) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, error) {
+	a.arrived <- req.InvocationId
+	select {
+	case <-a.release:
+		return &kilnv1.InvokeResponse{Outcome: kilnv1.Outcome_OUTCOME_OK, Status: 200, Body: []byte("done")}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// A node the request cannot reach did not start the invocation: it runs on
+// another node.
+func TestUnreachableNodeRetriedElsewhere(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := lis.Addr().String()
+	lis.Close()
+	ok := startAgent(t, "b-ok", kilnv1.Outcome_OUTCOME_OK)
+	e.connect(t, ctx, "a-dead", dead, 4<<30) // most free memory: chosen first
+	e.connect(t, ctx, "b-ok", ok.addr, 1<<30)
+	resp := invoke(t, e, "x1", 64<<20)
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_OK || resp.Node != "b-ok" {
+		t.Fatalf("%+v", resp)
+	}
+	if v := testutil.ToFloat64(e.s.retries); v != 1 {
+		t.Fatalf("retries = %v", v)
+	}
+	for _, n := range e.s.Nodes() {
+		if n.Reserved != 0 || len(n.Claimed) != 0 {
+			t.Fatalf("leaked booking on %+v", n)
+		}
+	}
+}
+
+// A drained node's invocations in flight end at once with Unavailable and
+// are not run again elsewhere (they may have run).
+func TestDrainStopsInFlight(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stuck := startBlockingAgent(t)
+	other := startAgent(t, "b-other", kilnv1.Outcome_OUTCOME_OK)
+	stStuck := e.connect(t, ctx, "a-stuck", stuck.addr, 4<<30)
+	stOther := e.connect(t, ctx, "b-other", other.addr, 1<<30)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := e.client.Invoke(context.Background(), &kilnv1.InvokeRequest{InvocationId: "s1",
+			Function: &kilnv1.FunctionSpec{ImageDigest: dA, MemoryBytes: 64 << 20}})
+		errc <- err
+	}()
+	<-stuck.arrived
+	// b-other keeps heartbeating; a-stuck has gone silent.
+	e.clock.Advance(MissedHeartbeats*time.Hour + time.Second)
+	heartbeat(t, stOther, 1<<30, 0)
+	waitFor(t, "b-other's heartbeat", func() bool {
+		for _, n := range e.s.Nodes() {
+			if n.Name == "b-other" && n.LastHeartbeat.Equal(e.clock.Now()) {
+				return true
+			}
+		}
+		return false
+	})
+	t0 := time.Now()
+	if gone := e.s.Expire(); strings.Join(gone, ",") != "a-stuck" {
+		t.Fatalf("expired %v", gone)
+	}
+	select {
+	case err := <-errc:
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "drained") {
+			t.Fatalf("in flight on a drained node: %v", err)
+		}
+		if d := time.Since(t0); d > time.Second {
+			t.Fatalf("took %v to end after the drain", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("invocation on a drained node still hangs 5 s after the drain")
+	}
+	if r := other.runs(); len(r) != 0 {
+		t.Fatalf("a started invocation was run again on b-other: %v", r)
+	}
+	if _, err := stStuck.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("drained node's stream: %v", err)
+	}
+	if v := testutil.ToFloat64(e.s.drains.WithLabelValues("missed_heartbeats")); v != 1 {
+		t.Fatalf("removals{missed_heartbeats} = %v", v)
+	}
+	// Nothing is placed on it any more.
+	if resp := invoke(t, e, "after", 64<<20); resp.Node != "b-other" {
+		t.Fatalf("after the drain: %+v", resp)
+	}
+}
+
+// A node that says goodbye gets no new invocations, but those in flight
+// finish.
+func TestGoodbyeLetsInFlightFinish(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	busy := startBlockingAgent(t)
+	st := e.connect(t, ctx, "n1", busy.addr, 1<<30)
+	type result struct {
+		resp *kilnv1.InvokeResponse
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		r, err := e.client.Invoke(context.Background(), &kilnv1.InvokeRequest{InvocationId: "g1",
+			Function: &kilnv1.FunctionSpec{ImageDigest: dA, MemoryBytes: 64 << 20}})
+		res <- result{r, err}
+	}()
+	<-busy.arrived
+	st.CloseSend()
+	waitFor(t, "removal after goodbye", func() bool { return nodeNames(e.s) == "" })
+	if resp := invoke(t, e, "new", 64<<20); resp.Outcome != kilnv1.Outcome_OUTCOME_NO_CAPACITY {
+		t.Fatalf("placed on a node that left: %+v", resp)
+	}
+	close(busy.release)
+	r := <-res
+	if r.err != nil || r.resp.Outcome != kilnv1.Outcome_OUTCOME_OK || string(r.resp.Body) != "done" {
+		t.Fatalf("in flight across the goodbye: %+v, %v", r.resp, r.err)
+	}
+	if v := testutil.ToFloat64(e.s.drains.WithLabelValues("left")); v != 1 {
+		t.Fatalf("removals{left} = %v", v)
+	}
+}
+
+// Heartbeats carry the cached images; a cold start goes to a node that has
+// the image rather than to the emptier one.
+func TestCachedImagePlacement(t *testing.T) {
+	e := start(t, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	big := startAgent(t, "big", kilnv1.Outcome_OUTCOME_OK)
+	small := startAgent(t, "small", kilnv1.Outcome_OUTCOME_OK)
+	e.connect(t, ctx, "big", big.addr, 4<<30)
+	st := e.connect(t, ctx, "small", small.addr, 1<<30)
+	st.Send(&kilnv1.AgentMessage{Msg: &kilnv1.AgentMessage_Heartbeat{Heartbeat: &kilnv1.Heartbeat{
+		Capacity: &kilnv1.CapacityResponse{MemoryBytesTotal: 1 << 30, CachedImages: []string{dA}}}}})
+	waitFor(t, "cached report", func() bool {
+		for _, n := range e.s.Nodes() {
+			if n.Name == "small" && n.Cached[dA] {
+				return true
+			}
+		}
+		return false
+	})
+	if resp := invoke(t, e, "c1", 64<<20); resp.Node != "small" {
+		t.Fatalf("cold start with the image cached on small went to %s", resp.Node)
+	}
+	if v := testutil.ToFloat64(e.s.placements.WithLabelValues("cached")); v != 1 {
+		t.Fatalf("placements{cached} = %v", v)
 	}
 }
