@@ -170,3 +170,26 @@ func FuzzParseTargets(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkResolveSplitAlias(b *testing.B) {
+	ctx := context.Background()
+	s, err := registry.OpenBolt(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; i < 2; i++ {
+		if _, err := s.PutFunction(ctx, registry.Spec{Name: "bench", ImageDigest: "sha256:00", Kind: registry.KindExec}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := s.SetAlias(ctx, "bench", "prod", []registry.Target{{Version: 1, Weight: 90}, {Version: 2, Weight: 10}}); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := s.Resolve(ctx, "bench", "prod"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -25,7 +25,7 @@ import (
 // length of the test and returns its URL. Without the binary the test is
 // skipped, unless KILN_REQUIRE_REDIS=1 (set in CI) makes that a failure, so
 // a CI image that lost redis-server cannot pass by skipping.
-func startRedis(t *testing.T) string {
+func startRedis(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -49,7 +49,7 @@ func startRedis(t *testing.T) string {
 	return ""
 }
 
-func tryStartRedis(t *testing.T, bin string) (string, error) {
+func tryStartRedis(t testing.TB, bin string) (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
@@ -232,5 +232,99 @@ func TestNewUnreachable(t *testing.T) {
 	}
 	if _, err := redisstore.New(ctx, "http://x"); err == nil || errors.Is(err, registry.ErrNotFound) {
 		t.Fatalf("New(bad url) err = %v", err)
+	}
+}
+
+// Two stores on one Redis, as two gateways: each flips prod while the other
+// does and both resolve it throughout. Every resolution is a whole route,
+// and afterwards the history holds every route each node replaced.
+func TestFlipsFromTwoNodes(t *testing.T) {
+	ctx := context.Background()
+	url := startRedis(t)
+	a := newStore(t, url)
+	b, err := redisstore.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for i := 1; i <= 9; i++ {
+		if _, err := a.PutFunction(ctx, registry.Spec{Name: "two", ImageDigest: fmt.Sprintf("sha256:%02d", i), Kind: registry.KindExec}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.SetAlias(ctx, "two", "prod", registry.One(1)); err != nil {
+		t.Fatal(err)
+	}
+	// Node a sets v2..v5, node b v6..v9, each as a 50/50 split with v1 so
+	// a torn read would show as a target without its partner.
+	var wg sync.WaitGroup
+	for n, s := range []*redisstore.Store{a, b} {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for v := uint64(2 + 4*n); v < uint64(6+4*n); v++ {
+				if _, err := s.SetAlias(ctx, "two", "prod", []registry.Target{{Version: 1, Weight: 50}, {Version: v, Weight: 50}}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				r, err := s.Resolve(ctx, "two", "prod")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				switch {
+				case len(r.Targets) == 1 && r.Targets[0].Version == 1 && r.Targets[0].Weight == 100:
+				case len(r.Targets) == 2 && r.Targets[0].Version == 1 && r.Targets[0].Weight == 50 && r.Targets[1].Weight == 50 &&
+					r.Targets[1].ImageDigest == fmt.Sprintf("sha256:%02d", r.Targets[1].Version):
+				default:
+					t.Errorf("torn route %+v", r)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	al, err := b.GetAlias(ctx, "two", "prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 8 changes, all different: the history holds the 8 replaced routes.
+	if len(al.History) != 8 {
+		t.Fatalf("history %q after 8 changes from two nodes: want 8 entries", registry.FormatHistory(al.History))
+	}
+	seen := map[string]bool{registry.FormatTargets(al.Targets): true}
+	for _, h := range al.History {
+		seen[registry.FormatTargets(h)] = true
+	}
+	if len(seen) != 9 {
+		t.Fatalf("current + history hold %d distinct routes, want 9: %v", len(seen), seen)
+	}
+}
+
+func BenchmarkResolveSplitAlias(b *testing.B) {
+	ctx := context.Background()
+	url := startRedis(b)
+	s, err := redisstore.New(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; i < 2; i++ {
+		if _, err := s.PutFunction(ctx, registry.Spec{Name: "bench", ImageDigest: "sha256:00", Kind: registry.KindExec}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := s.SetAlias(ctx, "bench", "prod", []registry.Target{{Version: 1, Weight: 90}, {Version: 2, Weight: 10}}); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := s.Resolve(ctx, "bench", "prod"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
