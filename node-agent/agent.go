@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +62,8 @@ type Agent struct {
 	now   func() time.Time
 	boot  Booter
 	m     metrics
+
+	registered atomic.Bool // the Connect stream is up (Run)
 
 	mu       sync.Mutex
 	closed   bool
@@ -404,6 +407,7 @@ func (a *Agent) Capacity(context.Context, *kilnv1.CapacityRequest) (*kilnv1.Capa
 }
 
 func (a *Agent) capacity() *kilnv1.CapacityResponse {
+	cached := a.cache.digests() // disk I/O: outside a.mu
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	warm := map[string]*kilnv1.WarmInstances{}
@@ -422,7 +426,8 @@ func (a *Agent) capacity() *kilnv1.CapacityResponse {
 			w.Idle++
 		}
 	}
-	c := &kilnv1.CapacityResponse{Node: a.cfg.Node, MemoryBytesTotal: a.cfg.MemoryBytes, MemoryBytesUsed: a.used}
+	c := &kilnv1.CapacityResponse{Node: a.cfg.Node, MemoryBytesTotal: a.cfg.MemoryBytes, MemoryBytesUsed: a.used,
+		CachedImages: cached}
 	for _, d := range slices.Sorted(maps.Keys(warm)) {
 		c.Warm = append(c.Warm, warm[d])
 	}

@@ -138,6 +138,36 @@ func (c *imageCache) load(ctx context.Context, digest string) (*image.Image, err
 	return img, nil
 }
 
+// maxReported bounds how many cached digests a heartbeat carries.
+const maxReported = 1024
+
+// digests lists the images in the on-disk cache (sorted, at most
+// maxReported), for the scheduler's placement: a cold start on a node that
+// has the image needs no fetch. A file is listed without being verified;
+// a corrupt one is fetched again on use, which costs only time.
+func (c *imageCache) digests() []string {
+	entries, err := os.ReadDir(c.dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".img")
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		d := strings.Replace(name, "-", ":", 1)
+		if image.CheckDigest(d) != nil {
+			continue
+		}
+		out = append(out, d)
+		if len(out) == maxReported {
+			break
+		}
+	}
+	return out
+}
+
 func decode(data []byte) (*image.Image, error) {
 	img, err := image.Decode(data)
 	if err != nil {

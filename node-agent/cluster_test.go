@@ -82,8 +82,11 @@ func TestAgentWithScheduler(t *testing.T) {
 	}
 	waitUntil(t, "heartbeat with the warm instance", func() bool {
 		n := s.Nodes()
-		return len(n) == 1 && n[0].Warm[d].Idle == 1 && n[0].MemoryUsed == 64<<20
+		return len(n) == 1 && n[0].Warm[d].Idle == 1 && n[0].MemoryUsed == 64<<20 && n[0].Cached[d]
 	})
+	if !h.a.Registered() {
+		t.Fatal("Registered() is false while the stream is up")
+	}
 	if r := call(); r.Start != kilnv1.StartKind_START_WARM {
 		t.Fatalf("second call: %v", r.Start)
 	}
@@ -93,6 +96,9 @@ func TestAgentWithScheduler(t *testing.T) {
 		t.Fatalf("Run returned %v", err)
 	}
 	waitUntil(t, "removal", func() bool { return len(s.Nodes()) == 0 })
+	if h.a.Registered() {
+		t.Fatal("Registered() is true after Run returned")
+	}
 }
 
 // The agent reconnects when the scheduler goes away and comes back.
