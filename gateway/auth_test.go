@@ -62,8 +62,9 @@ func createKey(t *testing.T, e *env, auth, name string) string {
 	return ck.Key
 }
 
-// snapshot is everything a management request could change.
-func snapshot(t *testing.T, e *env, keys apikeys.Store) string {
+// snapshot is everything a management request could change; admin reads
+// what only the HTTP API shows.
+func snapshot(t *testing.T, e *env, keys apikeys.Store, admin string) string {
 	t.Helper()
 	fs, err := e.reg.ListFunctions(context.Background())
 	if err != nil {
@@ -77,6 +78,8 @@ func snapshot(t *testing.T, e *env, keys apikeys.Store) string {
 	for _, f := range fs {
 		vs, _ := e.reg.Versions(context.Background(), f.Name)
 		json.NewEncoder(&b).Encode(vs)
+		_, aliases := doKey(t, "Bearer "+admin, "GET", e.url+"/system/functions/"+f.Name+"/aliases", "", nil)
+		b.Write(aliases)
 	}
 	for _, k := range ks {
 		b.WriteString(k.Name + "," + k.Hash.String() + "\n")
@@ -103,8 +106,14 @@ func TestManagementNeedsKey(t *testing.T) {
 	if resp, b := doKey(t, "Bearer "+admin, "DELETE", e.url+"/system/keys/old", "", nil); resp.StatusCode != 204 {
 		t.Fatalf("revoke old: %d %s", resp.StatusCode, b)
 	}
+	if resp, b := doKey(t, "Bearer "+admin, "PUT", e.url+"/system/functions/one/aliases/prod", "application/json", []byte(`{"version":1}`)); resp.StatusCode != 200 {
+		t.Fatalf("set alias prod: %d %s", resp.StatusCode, b)
+	}
 	wrong, _, _ := apikeys.Generate()
-	before := snapshot(t, e, keys)
+	before := snapshot(t, e, keys, admin)
+	if !strings.Contains(before, `"prod"`) || !strings.Contains(before, "admin,") {
+		t.Fatalf("the snapshot misses the alias or the key: %s", before)
+	}
 
 	routes := []struct{ method, path, ctype, body string }{
 		{"GET", "/system/functions", "", ""},
@@ -115,6 +124,12 @@ func TestManagementNeedsKey(t *testing.T) {
 		{"GET", "/system/keys", "", ""},
 		{"POST", "/system/keys", "application/json", `{"name":"intruder"}`},
 		{"DELETE", "/system/keys/admin", "", ""},
+		{"GET", "/system/functions/one/versions", "", ""},
+		{"PUT", "/system/functions/one/aliases/prod", "application/json", `{"version":2}`},
+		{"DELETE", "/system/functions/one/aliases/prod", "", ""},
+		{"POST", "/system/functions/one/rollback", "application/json", `{"alias":"prod"}`},
+		{"GET", "/system/invocations/0123", "", ""},
+		{"PATCH", "/system/functions/one/versions", "", ""},
 	}
 	var firstBody string
 	for _, rt := range routes {
@@ -135,7 +150,7 @@ func TestManagementNeedsKey(t *testing.T) {
 			}
 		}
 	}
-	if after := snapshot(t, e, keys); after != before {
+	if after := snapshot(t, e, keys, admin); after != before {
 		t.Fatalf("refused requests changed the stores:\nbefore %s\nafter  %s", before, after)
 	}
 
