@@ -45,7 +45,7 @@ State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
 			}
 			fmt.Fprintf(a.out, "Kiln is up at %s (data in %s)\n", p.URL, cfg.DataDir)
 			if p.NoKeys {
-				fmt.Fprintln(a.out, "no API keys yet: the management API is open to callers on this machine only; close it with `kiln keys create admin`")
+				fmt.Fprintln(a.out, "no API keys yet: the management API is open to callers on this machine only; close it with `kiln keys create admin --save`")
 			}
 			if !p.Agent {
 				fmt.Fprintln(a.out, "warning: /dev/kvm is not usable here, so no node-agent runs: deploys work, invocations answer 503")
