@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -51,15 +50,6 @@ var (
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 	}
 )
-
-// dialAgent is the scheduler's Dialer, with the same message bounds.
-func dialAgent(address string) (kilnv1.AgentClient, io.Closer, error) {
-	conn, err := grpc.NewClient(address, dialOpts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	return kilnv1.NewAgentClient(conn), conn, nil
-}
 
 // ErrStart: a part of the platform failed to start.
 var ErrStart = errors.New("platform: cannot start")
@@ -161,7 +151,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 
 	sched, err := scheduler.New(scheduler.Config{
 		HeartbeatInterval: cfg.HeartbeatInterval,
-		Dial:              dialAgent,
+		DialOptions:       dialOpts,
 		Registerer:        p.Metrics,
 		Logger:            log.With("role", "scheduler"),
 	})
