@@ -40,6 +40,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/registry"
 )
 
 // Names in JetStream.
@@ -55,11 +56,10 @@ const (
 )
 
 // DefaultRetries is how many times a failed invocation is retried when its
-// function names no limit; MaxRetries bounds what a function may ask for
-// (with the default backoff, 20 retries already span more than an hour).
+// function names no limit; MaxRetries bounds what a function may ask for.
 const (
-	DefaultRetries = 3
-	MaxRetries     = 20
+	DefaultRetries = registry.DefaultAsyncRetries
+	MaxRetries     = registry.MaxAsyncRetries
 )
 
 // Defaults for Config fields left zero.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -24,7 +25,7 @@ func TestRunsOnceAndStoresResult(t *testing.T) {
 	e.deploy(t, "fn", nil)
 	e.startWorker(t, fastWorker(e.sched))
 
-	id := e.accepted(t, "fn/echo?x=1", "hello", http.Header{"X-Kiln-Attempt": {"99"}, "X-Custom": {"c"}})
+	id := e.accepted(t, "fn@1/echo?x=1", "hello", http.Header{"X-Kiln-Attempt": {"99"}, "X-Custom": {"c"}})
 	st := e.waitStatus(t, id, "success", final)
 	if st.State != asyncq.Succeeded || st.Attempts != 1 || st.MaxAttempts != asyncq.DefaultRetries+1 || st.Error != "" {
 		t.Fatalf("status: %+v", st)
@@ -35,7 +36,7 @@ func TestRunsOnceAndStoresResult(t *testing.T) {
 	if r == nil || r.StatusCode != 200 || r.Body != want || r.BodyBytes != len(want) || r.Headers["X-Fn"][0] != "yes" || r.Node != "test-node" {
 		t.Fatalf("result: %+v, want body %q", r, want)
 	}
-	if st.Function != "fn" || st.Version != 1 || st.StartedAt == nil || st.FinishedAt == nil || st.EnqueuedAt.IsZero() ||
+	if st.Function != "fn" || st.Ref != "1" || st.Version != 1 || st.StartedAt == nil || st.FinishedAt == nil || st.EnqueuedAt.IsZero() ||
 		st.FinishedAt.Before(*st.StartedAt) || len(st.History) != 1 || st.History[0].StatusCode != 200 {
 		t.Fatalf("bookkeeping: %+v", st)
 	}
@@ -71,7 +72,7 @@ func metric(t *testing.T, e *env, name string) float64 {
 // hears of the failure.
 func TestRetriesWithBackoffThenDeadLetter(t *testing.T) {
 	e := newEnv(t, envConfig{})
-	e.deploy(t, "flaky", nil)
+	e.deploy(t, "flaky", url.Values{"async_retries": {"2"}})
 	cfg := fastWorker(e.sched)
 	e.startWorker(t, cfg)
 	cb := newCallbackServer(t)
@@ -82,8 +83,8 @@ func TestRetriesWithBackoffThenDeadLetter(t *testing.T) {
 	}
 	id := e.accepted(t, "flaky/status?code=503", "x", http.Header{"X-Callback-Url": {cb.url}})
 	st := e.waitStatus(t, id, "failure", final)
-	attempts := asyncq.DefaultRetries + 1
-	if st.State != asyncq.Failed || st.Attempts != attempts || st.Error != "the function answered HTTP 503" ||
+	attempts := 3 // the first and the 2 retries the deploy asked for
+	if st.State != asyncq.Failed || st.Attempts != attempts || st.MaxAttempts != attempts || st.Error != "the function answered HTTP 503" ||
 		st.Result == nil || st.Result.StatusCode != 503 || len(st.History) != attempts {
 		t.Fatalf("status: %+v", st)
 	}
@@ -107,14 +108,14 @@ func TestRetriesWithBackoffThenDeadLetter(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := dead.GetLastMsgForSubject(context.Background(), "kiln.async.dead.flaky")
-	if err != nil || m.Header.Get("Kiln-Id") != id || m.Header.Get("Kiln-Error") != st.Error || m.Header.Get("Kiln-Attempts") != "4" {
+	if err != nil || m.Header.Get("Kiln-Id") != id || m.Header.Get("Kiln-Error") != st.Error || m.Header.Get("Kiln-Attempts") != "3" {
 		t.Fatalf("dead letter: %+v %v", m, err)
 	}
 
 	got := cb.wait(t, 1)[0]
 	if got.header.Get(asyncq.CallbackHeaderID) != id || got.header.Get(asyncq.CallbackHeaderStatus) != "failed" ||
 		got.header.Get(asyncq.CallbackHeaderCode) != "503" || got.header.Get(asyncq.CallbackHeaderError) != st.Error ||
-		!strings.Contains(got.body, "attempt=4") {
+		!strings.Contains(got.body, "attempt=3") {
 		t.Fatalf("callback: %+v", got)
 	}
 	e.waitStatus(t, id, "callback delivered", func(s *asyncq.Status) bool {
@@ -294,8 +295,10 @@ func TestRefusals(t *testing.T) {
 		want         string
 	}{
 		{"nope", "", nil, 404, `function \"nope\" is not deployed`},
-		{"fn@7", "", nil, 404, `has no version or alias \"7\"`},
-		{"fn@prod", "", nil, 404, `has no version or alias \"prod\"`},
+		{"fn@7", "", nil, 404, `function \"fn\" has no version 7`},
+		{"fn@prod", "", nil, 404, `function \"fn\" has no alias \"prod\"`},
+		{"fn@", "", nil, 400, "names nothing after '@'"},
+		{"fn@Prod_1", "", nil, 400, "is not an alias name"},
 		{"Bad_Name", "", nil, 404, "is not deployed"},
 		{"fn", strings.Repeat("x", 1025), nil, 413, "the limit is 1024 bytes"},
 		{"fn", "", http.Header{"X-Callback-Url": {"ftp://example.com/x"}}, 400, "bad X-Callback-Url"},
@@ -323,6 +326,17 @@ func TestRefusals(t *testing.T) {
 		if code != 404 || !strings.Contains(string(b), `"error": "no invocation`) {
 			t.Errorf("GET /system/invocations/%s: %d %s", id, code, b)
 		}
+	}
+
+	// A deploy asking for more retries than allowed is refused.
+	resp, err = e.client.Post(e.url+"/system/functions?name=fn&kind=serve&async_retries=21", "application/octet-stream", strings.NewReader(string(e.prog)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `bad async_retries \"21\": use a whole number from 0 (never retry) to 20`) {
+		t.Errorf("deploy with 21 retries: %s %s", resp.Status, b)
 	}
 
 	// Nothing stored: no message, no status.

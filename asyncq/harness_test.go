@@ -133,7 +133,7 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	}
 	t.Cleanup(func() { images.Close() })
 
-	s, err := scheduler.New(scheduler.Config{HeartbeatInterval: 200 * time.Millisecond})
+	s, err := scheduler.New(scheduler.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // within a test.
 func fastWorker(sched kilnv1.SchedulerClient) asyncq.WorkerConfig {
 	return asyncq.WorkerConfig{
-		Scheduler: sched, Concurrency: 4, AckWait: time.Second,
+		Scheduler: sched, Concurrency: 4, AckWait: 2 * time.Second,
 		BackoffBase: 150 * time.Millisecond, BackoffMax: 2 * time.Second,
 		CallbackTimeout: 300 * time.Millisecond, CallbackAttempts: 3, CallbackConcurrency: 2,
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,15 +38,14 @@ func (g *Gateway) registerAsync() {
 // stored.
 func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 	id := uuid.NewString()
-	nameRef := r.PathValue("name")
-	name, ref, _ := strings.Cut(nameRef, "@")
+	name, ref, refErr := ParseFunctionRef(r.PathValue("name"))
 	fail := func(code int, label, msg string) {
 		g.metrics.answered(label, code)
 		writeError(w, code, apiError{Error: msg, Function: name})
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		fail(http.StatusMethodNotAllowed, unknownFunction, "async invocations are POST requests: POST /async-function/"+nameRef)
+		fail(http.StatusMethodNotAllowed, unknownFunction, "async invocations are POST requests: POST "+r.URL.Path)
 		return
 	}
 	q := g.cfg.Async
@@ -54,19 +54,18 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 			"async invocations are not available on this gateway: it was started without a NATS JetStream queue")
 		return
 	}
-
-	fn, err := g.cfg.Registry.GetFunction(r.Context(), name, ref)
-	switch {
-	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidName):
-		what := fmt.Sprintf("function %q is not deployed", name)
-		if ref != "" {
-			what = fmt.Sprintf("function %q has no version or alias %q (or is not deployed)", name, ref)
-		}
-		fail(http.StatusNotFound, unknownFunction, what+": list what is deployed with `kiln list`, and versions with `kiln describe NAME`")
+	if refErr != nil {
+		fail(http.StatusBadRequest, unknownFunction, refErr.Error())
 		return
-	case err != nil:
-		g.log.Error("registry lookup failed", "function", name, "err", err)
-		fail(http.StatusServiceUnavailable, name, "the function registry is unavailable, retry shortly: "+err.Error())
+	}
+	// A split alias is resolved here, once: every attempt of the
+	// invocation runs the version picked now.
+	fn, rcode, rmsg := g.resolve(r.Context(), name, ref)
+	if rcode == http.StatusNotFound {
+		fail(rcode, unknownFunction, rmsg)
+		return
+	} else if rcode != 0 {
+		fail(rcode, name, rmsg)
 		return
 	}
 	if !g.callerMayInvoke(w, r, fn.Private, func(code int, msg string) { fail(code, name, msg) }) {
@@ -96,10 +95,7 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	path := strings.TrimPrefix(r.URL.EscapedPath(), "/async-function/"+nameRef)
-	if path == "" {
-		path = "/"
-	}
+	path := invokePath(r.URL.EscapedPath(), "/async-function/")
 	req := &kilnv1.InvokeRequest{
 		InvocationId: id,
 		Function:     FunctionSpec(fn),
@@ -119,7 +115,7 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	err = q.Enqueue(r.Context(), &asyncq.Invocation{
-		ID: id, Function: name, Ref: ref, Version: fn.Version, Retries: asyncRetries(fn),
+		ID: id, Function: name, Ref: ref, Version: fn.Version, Retries: fn.AsyncRetryLimit(),
 		CallbackURL: callback, Enqueued: time.Now(), Request: req,
 	})
 	switch {
@@ -133,6 +129,7 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set(HeaderInvocationID, id)
+	w.Header().Set(HeaderVersion, strconv.FormatUint(fn.Version, 10))
 	status := "/system/invocations/" + id
 	w.Header().Set("Location", status)
 	g.metrics.answered(name, http.StatusAccepted)
@@ -159,5 +156,14 @@ func (g *Gateway) invocationStatus(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// asyncRetries is how often a failed async invocation of fn is retried.
-func asyncRetries(fn registry.Function) int { return asyncq.DefaultRetries }
+// asyncRetries reads a deploy's async retry limit; "" leaves the default.
+func (p DeployParams) asyncRetries() (*int, error) {
+	if p.AsyncRetries == "" {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(p.AsyncRetries)
+	if err != nil || n < 0 || n > registry.MaxAsyncRetries {
+		return nil, fmt.Errorf("bad async_retries %q: use a whole number from 0 (never retry) to %d", p.AsyncRetries, registry.MaxAsyncRetries)
+	}
+	return &n, nil
+}

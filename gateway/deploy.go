@@ -27,6 +27,7 @@ type DeployParams struct {
 	Env     []string `json:"env,omitempty"`
 	Args    []string `json:"args,omitempty"`
 	LimitParams
+	AsyncRetries string `json:"async_retries,omitempty"` // 0..20; "" → 3
 }
 
 // Deployed is the answer to a successful deploy.
@@ -38,6 +39,7 @@ type Deployed struct {
 	MemoryBytes uint64 `json:"memory_bytes"`
 	TimeoutMs   int64  `json:"timeout_ms"`
 	registry.Limits
+	AsyncRetries int `json:"async_retries"`
 }
 
 func (p *DeployParams) fromValues(v url.Values) {
@@ -60,13 +62,16 @@ func (p *DeployParams) fromValues(v url.Values) {
 		p.Args = a
 	}
 	p.LimitParams.fromValues(v)
+	if s := v.Get("async_retries"); s != "" {
+		p.AsyncRetries = s
+	}
 }
 
 // Values encodes p as the query string of a raw-body deploy.
 func (p DeployParams) Values() url.Values {
 	v := url.Values{}
 	v.Set("name", p.Name)
-	for k, s := range map[string]string{"kind": p.Kind, "memory": p.Memory, "timeout": p.Timeout} {
+	for k, s := range map[string]string{"kind": p.Kind, "memory": p.Memory, "timeout": p.Timeout, "async_retries": p.AsyncRetries} {
 		if s != "" {
 			v.Set(k, s)
 		}
@@ -124,6 +129,11 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, apiError{Error: err.Error(), Function: p.Name})
 		return
 	}
+	retries, err := p.asyncRetries()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, apiError{Error: err.Error(), Function: p.Name})
+		return
+	}
 	if len(program) == 0 {
 		writeError(w, http.StatusBadRequest, apiError{
 			Error: "no program uploaded: send the ELF as the request body, or as a multipart file field named \"binary\"", Function: p.Name})
@@ -155,7 +165,7 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 	spec = spec.Normalize()
 	version, err := g.cfg.Registry.PutFunction(r.Context(), registry.Spec{
 		Name: spec.Name, ImageDigest: digest, Kind: spec.Kind, MemoryBytes: spec.MemoryBytes,
-		TimeoutMs: spec.TimeoutMs, Env: spec.Env, Args: spec.Args, Limits: limits,
+		TimeoutMs: spec.TimeoutMs, Env: spec.Env, Args: spec.Args, Limits: limits, AsyncRetries: retries,
 	})
 	if err != nil {
 		code := http.StatusServiceUnavailable
@@ -169,6 +179,7 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, Deployed{
 		Name: spec.Name, Version: version, Digest: digest, Kind: spec.Kind,
 		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs, Limits: limits,
+		AsyncRetries: registry.Function{AsyncRetries: retries}.AsyncRetryLimit(),
 	})
 }
 

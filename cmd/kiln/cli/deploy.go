@@ -116,6 +116,7 @@ func (a *app) deployCmd() *cobra.Command {
 	fl.StringVar(&p.Rate, "rate", "", "requests per second or per unit, e.g. 10, 10/s, 600/m; per gateway (default: no limit)")
 	fl.StringVar(&p.Burst, "burst", "", "requests allowed at once above --rate (default: the rate, at least 1)")
 	fl.StringVar(&p.MaxBody, "max-body", "", "largest request body, e.g. 256K, up to 64M (default: the gateway's, 6M)")
+	fl.StringVar(&p.AsyncRetries, "async-retries", "", "retries of a failed async invocation (POST /async-function/NAME), 0 to 20 (default 3)")
 	return cmd
 }
 
