@@ -255,6 +255,28 @@ func TestWorkerKilledMidFlight(t *testing.T) {
 	waitFor(t, "the stream to drain", func() bool { return e.drained(t) })
 }
 
+// An agent killed mid-flight fails the run in progress (the scheduler's
+// call to it breaks); the invocation is retried and completes on another
+// node.
+func TestAgentKilledMidFlight(t *testing.T) {
+	e := newEnv(t, envConfig{noAgent: true})
+	kill := e.startAgent(t, "node-1")
+	e.deploy(t, "fn", nil)
+	e.startWorker(t, fastWorker(e.sched))
+
+	id := e.accepted(t, "fn/sleep?ms=3000", "", nil)
+	waitFor(t, "the first run to start", func() bool { return e.runs(t, id) == 1 })
+	kill()
+	e.startAgent(t, "node-2")
+	st := e.waitStatus(t, id, "completion on the second node", final)
+	if st.State != asyncq.Succeeded || st.Attempts < 2 || st.Result.Node != "node-2" || st.History[0].StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("status: %+v %+v %+v", st, st.Result, st.History)
+	}
+	if n := e.runs(t, id); n < 2 {
+		t.Fatalf("the function ran %d times", n)
+	}
+}
+
 // A redelivery of an invocation that is already final is acknowledged
 // without running the function again.
 func TestDuplicateDelivery(t *testing.T) {

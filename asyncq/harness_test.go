@@ -96,15 +96,18 @@ func natsServer(t testing.TB) *server.Server {
 // gRPC on 127.0.0.1 (functions run as host processes), the gateway's HTTP
 // API, and a queue the workers of a test attach to.
 type env struct {
-	url    string
-	nats   *server.Server
-	nc     *nats.Conn
-	queue  *asyncq.Queue
-	sched  kilnv1.SchedulerClient
-	reg    *prometheus.Registry
-	trace  string
-	prog   []byte
-	client *http.Client
+	url       string
+	images    *imagestore.Store
+	cache     string
+	scheduler *scheduler.Scheduler
+	nats      *server.Server
+	nc        *nats.Conn
+	queue     *asyncq.Queue
+	sched     kilnv1.SchedulerClient
+	reg       *prometheus.Registry
+	trace     string
+	prog      []byte
+	client    *http.Client
 }
 
 type envConfig struct {
@@ -146,21 +149,9 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	t.Cleanup(func() { conn.Close() })
 	e.sched = kilnv1.NewSchedulerClient(conn)
 
+	e.images, e.cache, e.scheduler = images, filepath.Join(dir, "cache"), s
 	if !ec.noAgent {
-		agent, err := nodeagent.New(nodeagent.Config{
-			Node: "test-node", MemoryBytes: 4 << 30, Images: images,
-			CacheDir: filepath.Join(dir, "cache"), Boot: nodeagent.ProcessBooter(t.TempDir()),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { agent.Close() })
-		agentAddr := serveGRPC(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, agent) })
-		runCtx, stop := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { agent.Run(runCtx, e.sched, agentAddr); close(done) }()
-		t.Cleanup(func() { stop(); <-done })
-		waitFor(t, "the agent to register", func() bool { return len(s.Nodes()) == 1 })
+		e.startAgent(t, "test-node")
 	}
 
 	e.queue, err = asyncq.Open(ctx, e.nc, asyncq.Config{Registerer: e.reg, Logger: testLogger(t)})
@@ -177,6 +168,49 @@ func newEnv(t testing.TB, ec envConfig) *env {
 	t.Cleanup(hs.Close)
 	e.url = hs.URL
 	return e
+}
+
+// startAgent runs a node-agent (functions as host processes) registered
+// with the scheduler; the returned kill stops it at once, as a crash would
+// for the invocations it runs: their gRPC calls fail.
+func (e *env) startAgent(t testing.TB, node string) (kill func()) {
+	t.Helper()
+	agent, err := nodeagent.New(nodeagent.Config{
+		Node: node, MemoryBytes: 4 << 30, Images: e.images,
+		CacheDir: e.cache + "-" + node, Boot: nodeagent.ProcessBooter(t.TempDir()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	kilnv1.RegisterAgentServer(srv, agent)
+	go srv.Serve(lis)
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { agent.Run(runCtx, e.sched, lis.Addr().String()); close(done) }()
+	var once sync.Once
+	kill = func() {
+		once.Do(func() {
+			srv.Stop()
+			stop()
+			<-done
+			agent.Close()
+		})
+	}
+	t.Cleanup(kill)
+	waitFor(t, "agent "+node+" to register", func() bool {
+		for _, n := range e.scheduler.Nodes() {
+			if n.Name == node {
+				return true
+			}
+		}
+		return false
+	})
+	return kill
 }
 
 func connect(t testing.TB, srv *server.Server) *nats.Conn {
