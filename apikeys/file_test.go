@@ -104,3 +104,26 @@ func TestParseFileErrors(t *testing.T) {
 		t.Fatal("OpenFile of a missing file succeeded")
 	}
 }
+
+func FuzzParseFile(f *testing.F) {
+	_, h, _ := apikeys.Generate()
+	for _, s := range []string{"", "# c\n", apikeys.Line("ops", h), "a:b:c", "x:" + strings.Repeat("0", 64) + "\r\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		keys, err := apikeys.ParseFile(text)
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, k := range keys {
+			if apikeys.CheckName(k.Name) != nil || seen[k.Name] {
+				t.Fatalf("ParseFile(%q) accepted a bad or repeated name %q", text, k.Name)
+			}
+			seen[k.Name] = true
+			if again, err := apikeys.ParseFile(apikeys.Line(k.Name, k.Hash)); err != nil || again[0] != k {
+				t.Fatalf("line of %+v does not parse back: %v", k, err)
+			}
+		}
+	})
+}

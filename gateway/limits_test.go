@@ -349,3 +349,15 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseRate(f *testing.F) {
+	for _, s := range []string{"10", "10/s", "600/m", "1/h", "0.5", "NaN", "1e6/s"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := gateway.ParseRate(s)
+		if err == nil && !(r >= 0 && r <= 1e6) {
+			t.Fatalf("ParseRate(%q) = %v", s, r)
+		}
+	})
+}
