@@ -536,3 +536,32 @@ func TestAliasAPI(t *testing.T) {
 		t.Fatalf("alias delete touched the function: %v", err)
 	}
 }
+
+func FuzzParseFunctionRef(f *testing.F) {
+	for _, s := range []string{"hello", "hello@prod", "hello@3", "hello@", "hello@0", "a@b@c", "@prod", "x@Prod", "x@18446744073709551616", "x@latest"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, seg string) {
+		name, ref, err := gateway.ParseFunctionRef(seg)
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(seg, name) || strings.Contains(name, "@") {
+			t.Fatalf("ParseFunctionRef(%q) name = %q", seg, name)
+		}
+		if ref == "" {
+			if strings.Contains(seg, "@") {
+				t.Fatalf("ParseFunctionRef(%q) dropped the reference", seg)
+			}
+			return
+		}
+		// Whatever passes reaches the registry as a well-formed reference.
+		v, alias, err := registry.ParseRef(ref)
+		if err != nil || (v == 0) == (alias == "") {
+			t.Fatalf("ParseFunctionRef(%q) passed ref %q, which ParseRef reads as %d, %q, %v", seg, ref, v, alias, err)
+		}
+		if alias != "" && strings.Trim(alias, "0123456789") == "" {
+			t.Fatalf("ParseFunctionRef(%q) passed %q, a number that is not a version", seg, ref)
+		}
+	})
+}
