@@ -78,7 +78,7 @@ func TestReport(t *testing.T) {
 	var cli []time.Duration
 	if kiln, err := exec.LookPath("kiln"); err == nil {
 		for i := 0; i < n; i++ {
-			cmd := exec.Command(kiln, "run", helloPath)
+			cmd := exec.Command(kiln, "run", "--timeout", "60s", helloPath) // a stalled run fails the bench, not hangs it
 			start := time.Now()
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("kiln run: %v\n%s", err, out)
@@ -149,7 +149,7 @@ func goReport(t *testing.T, kernel []byte, n int, progress func(string)) {
 	if kiln, err := exec.LookPath("kiln"); err == nil {
 		progress("Go: kiln run")
 		for i := 0; i < n; i++ {
-			cmd := exec.Command(kiln, "run", path)
+			cmd := exec.Command(kiln, "run", "--timeout", "60s", path)
 			start := time.Now()
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("kiln run: %v\n%s", err, out)
