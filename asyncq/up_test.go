@@ -72,3 +72,52 @@ func TestKilnUpRunsTheWorker(t *testing.T) {
 		t.Fatalf("status: %+v %+v", st, st.Result)
 	}
 }
+
+// An accepted invocation outlives its `kiln up`: the message and its
+// status are on JetStream's disk in the data directory, and the next
+// `kiln up` goes on where the last one stopped (here: the retry that was
+// waiting in backoff when the platform went down).
+func TestInvocationSurvivesRestart(t *testing.T) {
+	prog := fnProgram(t)
+	path := filepath.Join(t.TempDir(), "fn")
+	if err := os.WriteFile(path, prog, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	up := func() *platform.Platform {
+		p, err := platform.Up(context.Background(), platform.Config{DataDir: data, HTTPAddr: "127.0.0.1:0", KernelPath: path, NoAgent: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p := up()
+	var out, errb bytes.Buffer
+	if code := cli.Main(context.Background(), []string{"--server", p.URL, "deploy", "fn", "--binary", path, "--kind", "serve", "--async-retries", "1"},
+		strings.NewReader(""), &out, &errb); code != 0 {
+		t.Fatalf("deploy: %d %s", code, errb.String())
+	}
+	resp, err := http.Post(p.URL+"/async-function/fn", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a gateway.Accepted
+	json.NewDecoder(resp.Body).Decode(&a)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST: %s", resp.Status)
+	}
+	e := &env{url: p.URL, client: http.DefaultClient}
+	e.waitStatus(t, a.ID, "the first attempt to fail", func(s *asyncq.Status) bool { return s.Attempts == 1 && s.State == asyncq.Queued })
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	p = up()
+	defer p.Close()
+	e.url = p.URL
+	st := e.waitStatus(t, a.ID, "the retry after the restart", final)
+	if st.State != asyncq.Failed || st.Attempts != 2 || len(st.History) != 2 || st.History[0].StatusCode != 503 {
+		t.Fatalf("status after the restart: %+v %+v", st, st.History)
+	}
+}
