@@ -267,3 +267,35 @@ func uniq(s []string) []string {
 	sort.Strings(out)
 	return slices.Compact(out)
 }
+
+// An agent stopped with SIGTERM under load says goodbye first: the
+// scheduler places nothing more on it and lets its calls in flight finish,
+// so no caller sees an error.
+func TestAgentStopsGracefully(t *testing.T) {
+	c := newCluster(t, 1, 3, 3*time.Minute)
+	g := c.Gateways[0]
+	c.deploy(g, "sleepy")
+	c.spread("sleepy", 3)
+
+	stop := c.load(g, "sleepy", 6, 100)
+	time.Sleep(time.Second)
+	leaving := c.Agents["node1"]
+	stopped := time.Now()
+	leaving.signal(syscall.SIGTERM)
+	select {
+	case <-leaving.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the agent did not exit within 15 s of SIGTERM")
+	}
+	exited := time.Since(stopped)
+	if strings.Contains(c.nodeNames(), "node1") {
+		t.Fatalf("node1 still registered after it exited: %s", c.nodeNames())
+	}
+	time.Sleep(time.Second)
+	results := stop()
+	ok, unavailable, worst := checkUnderLoad(t, results, 3*time.Second, stopped)
+	t.Logf("SIGTERM: agent exited after %v; %d calls OK, %d answered 503, slowest %v", exited, ok, unavailable, worst)
+	if unavailable > 0 {
+		t.Errorf("%d calls failed while an agent left in order", unavailable)
+	}
+}

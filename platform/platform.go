@@ -51,6 +51,12 @@ var (
 	}
 )
 
+// EmbeddedHeartbeatInterval is Up's heartbeat interval, longer than the
+// cluster default: the agent shares the scheduler's process, so a late
+// heartbeat means the whole process was stalled (a loaded or emulated host),
+// and draining the only node would only turn that stall into 503s.
+const EmbeddedHeartbeatInterval = 2 * time.Second
+
 // ErrStart: a part of the platform failed to start.
 var ErrStart = errors.New("platform: cannot start")
 
@@ -63,7 +69,7 @@ type Config struct {
 	// NoAgent starts no node-agent (gateway and scheduler only). Up also
 	// starts none, and says so in the log, when /dev/kvm is unusable.
 	NoAgent bool
-	// HeartbeatInterval of agents to the scheduler; 0 → the scheduler's default.
+	// HeartbeatInterval of agents to the scheduler; 0 → EmbeddedHeartbeatInterval.
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger
 }
@@ -101,6 +107,9 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}
 	if cfg.MemoryBytes == 0 {
 		cfg.MemoryBytes = halfOfRAM()
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = EmbeddedHeartbeatInterval
 	}
 	log := cfg.Logger
 	runCtx, cancel := context.WithCancel(context.Background())

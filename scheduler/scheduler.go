@@ -271,16 +271,48 @@ func cloneMap[V any](m map[string]V) map[string]V {
 // interval of the deadline.
 func (s *Scheduler) sweep() {
 	defer close(s.done)
-	t := time.NewTicker(s.interval / 4)
+	period := s.interval / 4
+	t := time.NewTicker(period)
 	defer t.Stop()
+	g := stallGuard{interval: s.interval, period: period, last: time.Now()}
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
-			s.Expire()
+			ok, stall := g.mayDrain(time.Now())
+			if stall > 0 {
+				s.log.Warn("the scheduler was stalled; draining nothing until heartbeats catch up", "stall", stall)
+			}
+			if ok {
+				s.Expire()
+			}
 		}
 	}
+}
+
+// stallGuard keeps the sweeper from draining on stale numbers. A sweep that
+// comes a whole interval late means this process itself was stalled
+// (descheduled on a loaded host, stopped): the agents' heartbeats of that
+// time are still unread in its sockets, so draining now would drain every
+// node at once. After a stall the guard allows no drain for one interval,
+// time for the streams to catch up. It reads the real clock, not the
+// scheduler's injected one: it is about this process, not about policy.
+type stallGuard struct {
+	interval, period time.Duration
+	last             time.Time // the previous sweep
+	graceUntil       time.Time
+}
+
+// mayDrain records a sweep at now and says whether it may drain nodes, and
+// how long the stall was when this sweep detected one.
+func (g *stallGuard) mayDrain(now time.Time) (ok bool, stall time.Duration) {
+	if gap := now.Sub(g.last); gap > g.interval+g.period {
+		g.graceUntil = now.Add(g.interval)
+		stall = gap
+	}
+	g.last = now
+	return !now.Before(g.graceUntil) && stall == 0, stall
 }
 
 // Expire drains every node whose last heartbeat is more than

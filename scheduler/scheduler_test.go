@@ -554,3 +554,31 @@ func TestCachedImagePlacement(t *testing.T) {
 		t.Fatalf("placements{cached} = %v", v)
 	}
 }
+
+// After a stall of the scheduler itself, the sweeper drains nothing for one
+// interval; on time, it drains as usual.
+func TestStallGuard(t *testing.T) {
+	const iv = 500 * time.Millisecond
+	t0 := time.Unix(1000, 0)
+	g := stallGuard{interval: iv, period: iv / 4, last: t0}
+	steps := []struct {
+		at    time.Duration // since t0
+		ok    bool
+		stall time.Duration
+	}{
+		{125 * time.Millisecond, true, 0},
+		{250 * time.Millisecond, true, 0},
+		{875 * time.Millisecond, true, 0},                 // late by less than an interval: fine
+		{4 * time.Second, false, 3125 * time.Millisecond}, // stalled 3 s: hold
+		{4125 * time.Millisecond, false, 0},
+		{4375 * time.Millisecond, false, 0},
+		{4500 * time.Millisecond, true, 0}, // one interval after waking
+		{4625 * time.Millisecond, true, 0},
+	}
+	for _, st := range steps {
+		ok, stall := g.mayDrain(t0.Add(st.at))
+		if ok != st.ok || stall != st.stall {
+			t.Fatalf("sweep at +%v: mayDrain = %v, stall %v; want %v, %v", st.at, ok, stall, st.ok, st.stall)
+		}
+	}
+}
