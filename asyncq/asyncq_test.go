@@ -255,6 +255,27 @@ func TestWorkerKilledMidFlight(t *testing.T) {
 	waitFor(t, "the stream to drain", func() bool { return e.drained(t) })
 }
 
+// Stop with a grace period lets the run in progress finish and records
+// it: the status is final when Stop returns, and nothing runs twice.
+func TestGracefulStopFinishesInFlight(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.deploy(t, "fn", nil)
+	w, _ := e.startWorker(t, fastWorker(e.sched))
+
+	id := e.accepted(t, "fn/sleep?ms=1000", "", nil)
+	waitFor(t, "the run to start", func() bool { return e.runs(t, id) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	w.Stop(ctx)
+	st, err := e.queue.Status(context.Background(), id)
+	if err != nil || st.State != asyncq.Succeeded || st.Attempts != 1 {
+		t.Fatalf("status when Stop returned: %+v %v", st, err)
+	}
+	if !e.drained(t) {
+		t.Fatal("the message is still in the stream after a graceful stop")
+	}
+}
+
 // An agent killed mid-flight fails the run in progress (the scheduler's
 // call to it breaks); the invocation is retried and completes on another
 // node.

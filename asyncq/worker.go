@@ -210,9 +210,16 @@ func sleep(ctx context.Context, d time.Duration) {
 // errFinal from a status change: the invocation is already final.
 var errFinal = errors.New("already final")
 
+// opTimeout bounds one JetStream operation of a worker. Those run on a
+// context of their own, not the worker's, so that a result that arrives
+// as Stop abandons the run is still recorded.
+const opTimeout = 10 * time.Second
+
 // run handles one delivery of an invocation.
 func (w *Worker) run(msg jetstream.Msg) {
-	q, ctx := w.q, w.ctx
+	q := w.q
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
 	inv, err := decode(msg.Headers(), msg.Data())
 	if err != nil {
 		w.log.Error("undecodable invocation message: moved to the dead letters", "subject", msg.Subject(), "err", err)
@@ -233,6 +240,7 @@ func (w *Worker) run(msg jetstream.Msg) {
 	var attempt int
 	var lost bool
 	st, err := q.update(ctx, inv, func(s *Status) error {
+		attempt, lost = 0, false
 		if s.State.Final() {
 			return errFinal
 		}
@@ -278,11 +286,13 @@ func (w *Worker) run(msg jetstream.Msg) {
 	stop := w.keepAlive(msg)
 	resp, err := w.invoke(inv, attempt)
 	stop()
-	if w.ctx.Err() != nil {
+	if err != nil && w.ctx.Err() != nil {
 		// Abandoned by Stop: the next delivery counts this run as lost.
 		msg.Nak()
 		return
 	}
+	ctx, cancel = context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
 	out := judge(inv, resp, err)
 	q.m.attempts.WithLabelValues(inv.Function, out.label).Inc()
 	if out.ok || attempt-st.LostRuns >= inv.Retries+1 {
@@ -313,7 +323,9 @@ func (w *Worker) run(msg jetstream.Msg) {
 // crash between two steps redelivers the message; the message ids make
 // the repeated publishes no-ops within JetStream's duplicate window.
 func (w *Worker) finish(msg jetstream.Msg, inv *Invocation, attempt int, out outcome) {
-	q, ctx := w.q, w.ctx
+	q := w.q
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
 	state := Succeeded
 	if !out.ok {
 		state = Failed
