@@ -173,6 +173,9 @@ func TestCallbackNeverAnswers(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	e.deploy(t, "fn", nil)
 	cfg := fastWorker(e.sched)
+	// Three attempts of a second each: time for another invocation to run
+	// start to end while the callback hangs, even on a loaded host.
+	cfg.CallbackTimeout = time.Second
 	e.startWorker(t, cfg)
 
 	// A server that accepts connections and reads requests but never answers.
@@ -199,7 +202,7 @@ func TestCallbackNeverAnswers(t *testing.T) {
 		return s.Callback != nil && s.Callback.State == asyncq.CallbackFailed
 	})
 	if st.State != asyncq.Succeeded || st.Callback.Attempts != cfg.CallbackAttempts ||
-		st.Callback.Error != "the callback did not answer within 300ms" {
+		st.Callback.Error != "the callback did not answer within 1s" {
 		t.Fatalf("status: %+v callback %+v", st, st.Callback)
 	}
 	waitFor(t, "the stream to drain", func() bool { return e.drained(t) })
