@@ -70,7 +70,9 @@ func checkUnderLoad(t *testing.T, results []result, slow time.Duration, settled 
 		case r.code == http.StatusOK:
 			ok++
 		case r.code == http.StatusServiceUnavailable:
-			unavailable++
+			if unavailable++; unavailable == 1 {
+				t.Logf("first 503, after %v: %s", r.took, strings.Join(strings.Fields(r.body), " "))
+			}
 			if !strings.Contains(r.body, `"error"`) {
 				t.Errorf("503 without a JSON error: %s", r.body)
 			}

@@ -202,6 +202,10 @@ func fromGRPC(err error, fn registry.Function, reqCtx context.Context) (int, str
 		return http.StatusGatewayTimeout, fmt.Sprintf("no answer within the function's timeout of %s plus %s for placement",
 			time.Duration(fn.TimeoutMs)*time.Millisecond, schedulerSlack)
 	case codes.Unavailable:
+		if why, ok := strings.CutPrefix(st.Message(), "scheduler: "); ok {
+			// The scheduler answered: a node was lost or unreachable.
+			return http.StatusServiceUnavailable, why + "; retry shortly"
+		}
 		return http.StatusServiceUnavailable, "the scheduler is unreachable (" + st.Message() + "); retry shortly"
 	case codes.ResourceExhausted:
 		return http.StatusServiceUnavailable, "the platform refused the invocation for lack of resources: " + st.Message()

@@ -545,18 +545,23 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 			if l.lost.Err() != nil {
 				s.placements.WithLabelValues("node_lost").Inc()
 				return nil, status.Errorf(codes.Unavailable,
-					"scheduler: node %s was drained while running the invocation (it stopped answering); the function may have run, so it was not retried", dec.Node)
+					"scheduler: node %s was drained while running the invocation (it stopped heartbeating or its stream broke); the function may have run, so it was not run again", dec.Node)
 			}
 			if !sent && s.trackSent {
 				// Never reached the node: safe to run elsewhere.
 				s.retries.Inc()
 				excluded[dec.Node] = true
-				lastUnreached = status.Errorf(codes.Unavailable, "scheduler: node %s is unreachable (the invocation did not start there): %v",
+				lastUnreached = status.Errorf(codes.Unavailable, "scheduler: node %s is unreachable (%v) and no other node could take the invocation; it did not start",
 					dec.Node, status.Convert(err).Message())
 				s.log.Warn("node unreachable; placing the invocation again", "node", dec.Node, "err", err)
 				continue
 			}
 			s.placements.WithLabelValues("node_error").Inc()
+			if status.Code(err) == codes.Unavailable {
+				return nil, status.Errorf(codes.Unavailable,
+					"scheduler: node %s failed while running the invocation (%v); the function may have run, so it was not run again",
+					dec.Node, status.Convert(err).Message())
+			}
 			return nil, status.Errorf(status.Code(err), "scheduler: node %s: %v", dec.Node, status.Convert(err).Message())
 		}
 		resp.Node = dec.Node
