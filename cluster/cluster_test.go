@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"sort"
@@ -300,4 +301,85 @@ func TestAgentStopsGracefully(t *testing.T) {
 	if unavailable > 0 {
 		t.Errorf("%d calls failed while an agent left in order", unavailable)
 	}
+}
+
+// Async invocations accepted by two gateways survive kill -9 of an agent
+// and of one gateway (whose worker was running some of them): every one
+// ends succeeded, through the other gateway's worker and the other nodes.
+func TestAsyncSurvivesKills(t *testing.T) {
+	c := newCluster(t, 2, 3, 4*time.Minute)
+	c.deploy(c.Gateways[0], "sleepy")
+	c.spread("sleepy", 3)
+
+	cl := &http.Client{Timeout: 10 * time.Second}
+	var ids []string
+	enqueue := func(n int) {
+		for range n {
+			g := c.Gateways[len(ids)%len(c.Gateways)]
+			resp, err := cl.Post(g+"/async-function/sleepy?ms=300", "text/plain", strings.NewReader(fmt.Sprint(len(ids))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var acc struct{ ID string }
+			json.NewDecoder(resp.Body).Decode(&acc)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted || acc.ID == "" {
+				t.Fatalf("async call %d: %d", len(ids), resp.StatusCode)
+			}
+			ids = append(ids, acc.ID)
+		}
+	}
+	enqueue(20)
+	time.Sleep(300 * time.Millisecond) // the workers are running some
+	syscall.Kill(c.Agents["node1"].cmd.Process.Pid, syscall.SIGKILL)
+	enqueue(10)
+	killedGateway := time.Now()
+	c.mu.Lock()
+	var gw1 *proc
+	for _, p := range c.procs {
+		if p.name == "gateway1" {
+			gw1 = p
+		}
+	}
+	c.mu.Unlock()
+	gw1.kill()
+	c.Gateways = c.Gateways[1:]
+	enqueue(10)
+
+	survivor := c.Gateways[0]
+	type status struct {
+		Status string
+		Result struct {
+			StatusCode int `json:"status_code"`
+			Body       string
+		}
+		Attempts int
+	}
+	pending := map[string]bool{}
+	for _, id := range ids {
+		pending[id] = true
+	}
+	attempts := 0
+	c.eventually(120*time.Second, "every async invocation to succeed", func() bool {
+		for id := range pending {
+			code, body := c.get(survivor + "/system/invocations/" + id)
+			var st status
+			if code != http.StatusOK || json.Unmarshal(body, &st) != nil {
+				t.Fatalf("status of %s: %d %s", id, code, body)
+			}
+			switch st.Status {
+			case "succeeded":
+				if st.Result.StatusCode != http.StatusOK || !strings.HasPrefix(st.Result.Body, "hello, ") {
+					t.Fatalf("%s succeeded with %d %q", id, st.Result.StatusCode, st.Result.Body)
+				}
+				attempts += st.Attempts
+				delete(pending, id)
+			case "failed":
+				t.Fatalf("%s failed: %s", id, body)
+			}
+		}
+		return len(pending) == 0
+	})
+	t.Logf("async: %d invocations all succeeded %v after the gateway was killed, %d attempts in all",
+		len(ids), time.Since(killedGateway), attempts)
 }
