@@ -61,6 +61,11 @@ const (
 	RuntimeProcess = "process" // plain host processes: NO isolation, development and tests only
 )
 
+// startupGrace is how long a freshly started scheduler holds invocations
+// while no agent has registered yet: agents reconnect within their 2 s
+// backoff ceiling, so after a restart calls wait briefly instead of failing.
+const startupGrace = 3 * time.Second
+
 // probeTimeout bounds each readiness check.
 const probeTimeout = 2 * time.Second
 
@@ -321,6 +326,7 @@ func StartScheduler(ctx context.Context, cfg SchedulerConfig) (_ *Role, err erro
 	sched, err := scheduler.New(scheduler.Config{
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		DialOptions:       dialOpts,
+		StartupGrace:      startupGrace,
 		Registerer:        r.Metrics,
 		Logger:            r.log,
 	})

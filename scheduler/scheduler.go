@@ -73,8 +73,13 @@ type Config struct {
 	// Dial is nil; the default is plaintext gRPC.
 	DialOptions []grpc.DialOption
 	Dial        Dialer // tests only; see Dialer
-	Registerer  prometheus.Registerer
-	Logger      *slog.Logger
+	// StartupGrace: for this long after New, an invocation that finds no
+	// node registered waits for one instead of failing — after a restart
+	// the agents take up to their reconnect backoff (2 s) to come back.
+	// 0: no wait.
+	StartupGrace time.Duration
+	Registerer   prometheus.Registerer
+	Logger       *slog.Logger
 }
 
 // link is the connection to one agent. It outlives a node entry when the
@@ -121,6 +126,9 @@ type Scheduler struct {
 	mu       sync.Mutex
 	nodes    map[string]*node
 	sessions uint64
+	joined   chan struct{} // closed (and replaced) whenever a node registers
+
+	graceEnd time.Time // real time; see Config.StartupGrace
 }
 
 // New returns a scheduler and starts its sweeper, which removes nodes that
@@ -134,6 +142,8 @@ func New(cfg Config) (*Scheduler, error) {
 		log:      cfg.Logger,
 		nodes:    map[string]*node{},
 		stop:     make(chan struct{}),
+		joined:   make(chan struct{}),
+		graceEnd: time.Now().Add(cfg.StartupGrace),
 		done:     make(chan struct{}),
 	}
 	if s.interval <= 0 {
@@ -419,6 +429,8 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 		link:    l,
 	}
 	s.nodes[reg.Node] = n
+	close(s.joined)
+	s.joined = make(chan struct{})
 	s.nodesGauge.Set(float64(len(s.nodes)))
 	s.mu.Unlock()
 	s.log.Info("node registered", "node", reg.Node, "address", reg.Address, "memory", reg.MemoryBytesTotal)
@@ -518,6 +530,9 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 	var lastUnreached error
 	for {
 		dec, l, err := s.place(d, excluded)
+		if err != nil && len(excluded) == 0 && s.awaitFirstNode(ctx) {
+			continue
+		}
 		if err != nil {
 			s.placements.WithLabelValues("no_capacity").Inc()
 			switch {
@@ -573,6 +588,29 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 		}
 		return resp, nil
 	}
+}
+
+// awaitFirstNode waits, during the startup grace and while no node is
+// registered, until one registers, and reports whether it did.
+func (s *Scheduler) awaitFirstNode(ctx context.Context) bool {
+	s.mu.Lock()
+	wait := time.Until(s.graceEnd)
+	if len(s.nodes) > 0 || wait <= 0 {
+		s.mu.Unlock()
+		return false
+	}
+	joined := s.joined
+	s.mu.Unlock()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-joined:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	case <-s.stop:
+	}
+	return false
 }
 
 // call runs one Agent.Invoke bounded by ctx and by the node's drain, and

@@ -582,3 +582,46 @@ func TestStallGuard(t *testing.T) {
 		}
 	}
 }
+
+// A scheduler just started holds an invocation that finds no node until
+// one registers (its StartupGrace), instead of failing it.
+func TestStartupGraceWaitsForFirstNode(t *testing.T) {
+	s, err := New(Config{HeartbeatInterval: time.Hour, StartupGrace: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := serve(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s) })
+	conn, _ := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+	e := &env{s: s, client: kilnv1.NewSchedulerClient(conn)}
+	got := make(chan *kilnv1.InvokeResponse, 1)
+	go func() { got <- invoke(t, e, "early", 64<<20) }()
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case r := <-got:
+		t.Fatalf("answered before any node registered: %+v", r)
+	default:
+	}
+	a := startAgent(t, "late", kilnv1.Outcome_OUTCOME_OK)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e.connect(t, ctx, "late", a.addr, 1<<30)
+	select {
+	case r := <-got:
+		if r.Outcome != kilnv1.Outcome_OUTCOME_OK || r.Node != "late" {
+			t.Fatalf("%+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("still waiting 5 s after a node registered")
+	}
+
+	// Without a grace, no node answers at once.
+	s2, _ := New(Config{HeartbeatInterval: time.Hour})
+	defer s2.Close()
+	t0 := time.Now()
+	r, _ := s2.Invoke(context.Background(), &kilnv1.InvokeRequest{Function: &kilnv1.FunctionSpec{ImageDigest: dA, MemoryBytes: 1 << 20}})
+	if r.GetOutcome() != kilnv1.Outcome_OUTCOME_NO_CAPACITY || time.Since(t0) > time.Second {
+		t.Fatalf("%+v after %v", r, time.Since(t0))
+	}
+}
