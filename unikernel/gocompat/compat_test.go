@@ -703,9 +703,11 @@ func runVMAsync(kernel, prog []byte, argv []string, timeout time.Duration) outco
 		return outcome{err: err, status: -1}
 	}
 	defer vm.Close()
+	// The clock starts before the deadline is set, so a run stopped at its
+	// deadline never measures shorter than the timeout.
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	start := time.Now()
 	res, err := vm.Run(ctx)
 	o := outcome{stdout: out.Bytes(), stderr: errb.Bytes(), elapsed: time.Since(start), end: time.Now(), res: res, err: err, status: -1}
 	if res == nil {
