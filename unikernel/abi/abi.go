@@ -6,7 +6,7 @@
 package abi
 
 // Version is KILN_ABI_VERSION.
-const Version = 2
+const Version = 3
 
 // Guest physical layout (see the map in kiln_abi.h).
 const (
@@ -121,4 +121,5 @@ type BootInfo struct {
 	StackTop   uint64
 	InitialRSP uint64
 	Hostname   [HostnameMax]byte
+	EntropyGen uint64 // bumped with each new Entropy (snapshot restore): the kernel reseeds
 }

@@ -64,7 +64,7 @@ var structs = []struct {
 	{"kiln_hc_exit", HCExitArgs{}, []string{"out_gpa", "out_len", "err_gpa", "err_len", "status", "reason", "signo", "fault_vector", "fault_rip", "fault_addr", "fault_error", "syscalls", "enosys", "ring0_entries", "enosys_nr", "enosys_count", "mem_used", "mem_peak"}},
 	{"kiln_discard_range", DiscardRange{}, []string{"gpa", "len"}},
 	{"kiln_hc_discard", HCDiscardArgs{}, []string{"count", "_pad0", "ranges"}},
-	{"kiln_boot_info", BootInfo{}, []string{"magic", "abi_version", "flags", "mem_size", "tsc_khz", "boot_tsc", "boot_wall_ns", "entropy", "entry", "phdr", "phnum", "phent", "image_start", "image_end", "stack_low", "stack_top", "initial_rsp", "hostname"}},
+	{"kiln_boot_info", BootInfo{}, []string{"magic", "abi_version", "flags", "mem_size", "tsc_khz", "boot_tsc", "boot_wall_ns", "entropy", "entry", "phdr", "phnum", "phent", "image_start", "image_end", "stack_low", "stack_top", "initial_rsp", "hostname", "entropy_gen"}},
 }
 
 // TestHeaderAgrees compiles a probe against kiln_abi.h and checks every

@@ -43,7 +43,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 2
+#define KILN_ABI_VERSION 3
 
 /* Guest physical layout. */
 #define KILN_PAGETABLE_GPA   0x1000ULL   /* PML4; PDPT at +0x1000; PDs after */
@@ -198,11 +198,17 @@ struct kiln_boot_info {
     uint64_t stack_top;
     uint64_t initial_rsp;  /* points at argc */
     char     hostname[KILN_HOSTNAME_MAX];
+    /* Bumped by the VMM whenever it writes new entropy (each snapshot
+     * restore): the kernel reseeds getrandom when it changes, so clones of
+     * one snapshot never share a stream. The VMM also moves boot_wall_ns
+     * then (boot_tsc and the TSC stay continuous: monotonic time never
+     * jumps, the wall clock is the host's again). */
+    uint64_t entropy_gen;
 };
 
 _Static_assert(sizeof(struct kiln_hc_io) == 80, "kiln_hc_io size");
 _Static_assert(sizeof(struct kiln_hc_exit) == 240, "kiln_hc_exit size");
 _Static_assert(sizeof(struct kiln_hc_discard) == 520, "kiln_hc_discard size");
-_Static_assert(sizeof(struct kiln_boot_info) == 216, "kiln_boot_info size");
+_Static_assert(sizeof(struct kiln_boot_info) == 224, "kiln_boot_info size");
 
 #endif /* KILN_ABI_H */

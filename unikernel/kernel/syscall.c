@@ -24,6 +24,7 @@ struct vmem kiln_vm;
 
 static struct {
     struct csprng rng;
+    uint64_t rng_gen; /* the boot info's entropy_gen rng was seeded from */
     struct rlim rlim[NRLIMIT];
     int trace;
     uint64_t syscalls, enosys;
@@ -52,6 +53,7 @@ void libos_init(const struct kiln_boot_info *bi)
     fd_init();
     signal_init();
     csprng_seed(&K.rng, bi->entropy);
+    K.rng_gen = bi->entropy_gen;
     K.trace = (bi->flags & KILN_BOOT_TRACE) != 0;
     for (int i = 0; i < NRLIMIT; i++)
         K.rlim[i].cur = K.rlim[i].max = RLIM_INF;
@@ -231,6 +233,12 @@ static int64_t sys_getrandom(uint64_t buf, uint64_t n, uint64_t flags)
         n = (32 << 20) - 1;
     if (!OK(buf, n))
         return -EFAULT;
+    /* A restored snapshot: the VMM wrote fresh entropy. One compare per
+     * call is all a clone costs. */
+    if (kiln_bi->entropy_gen != K.rng_gen) {
+        csprng_seed(&K.rng, kiln_bi->entropy);
+        K.rng_gen = kiln_bi->entropy_gen;
+    }
     csprng_fill(&K.rng, UPTR(buf), n);
     return (int64_t)n;
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/unikernel/abi"
-	"golang.org/x/sys/unix"
 )
 
 // Hypercalls: the guest hands over the guest-physical address of an
@@ -192,15 +191,34 @@ func (vm *VM) hypercall(ctx context.Context, nr, gpa uint64) *Result {
 }
 
 func (vm *VM) hcIO(ctx context.Context, gpa uint64) *Result {
-	a, out, errb, in, bad := decodeHCIO(vm.mem, gpa)
+	a, out, errb, _, bad := decodeHCIO(vm.mem, gpa)
 	if bad != nil {
 		return vm.badHypercall(bad)
 	}
 	vm.flush(out, errb)
+	if vm.cfg.SnapshotPath != "" && !vm.snapshotted && a.InCap > 0 && a.Flags&abi.IOWaitInput != 0 {
+		// The first wait for input: init is done. A failed snapshot is
+		// the caller's news, not the guest's: it keeps running.
+		vm.snapshotted = true
+		err := vm.takeSnapshot(gpa, a)
+		if vm.cfg.OnSnapshot != nil {
+			vm.cfg.OnSnapshot(err)
+		}
+	}
+	return vm.completeWait(ctx, gpa, a)
+}
+
+// completeWait serves the input/sleep part of the KILN_HC_IO at gpa (its
+// arguments a already checked) and writes in_len/in_eof back.
+func (vm *VM) completeWait(ctx context.Context, gpa uint64, a abi.HCIOArgs) *Result {
 	var n int
 	var eof bool
 	switch {
 	case a.InCap > 0:
+		in, bad := guestRange(vm.mem, "HC_IO in", a.InGPA, a.InCap)
+		if bad != nil {
+			return vm.badHypercall(bad)
+		}
 		vm.stats.inputWaits.Add(1)
 		var err error
 		n, eof, err = vm.input.read(ctx, in, a.Flags&abi.IOWaitInput != 0, vm.tscToTime(a.DeadlineTSC))
@@ -212,7 +230,10 @@ func (vm *VM) hcIO(ctx context.Context, gpa uint64) *Result {
 			return vm.timeout(ctx)
 		}
 	}
-	raw, _ := vm.mem.Slice(gpa, hcIOSize) // checked by decodeHCIO
+	raw, bad := argStruct(vm.mem, abi.HCIO, gpa, hcIOSize)
+	if bad != nil {
+		return vm.badHypercall(bad)
+	}
 	binary.LittleEndian.PutUint64(raw[hcIOInLenOff:], uint64(n))
 	var e uint32
 	if eof {
@@ -265,12 +286,9 @@ func (vm *VM) hcExit(gpa uint64) *Result {
 	return r
 }
 
-// hcDiscard gives the host memory behind each range back. MADV_DONTNEED on
-// private anonymous memory makes the range read as zero on the next touch,
-// which the guest relies on (it never zeroes a frame it hands out). A guest
-// whose RAM were a MAP_PRIVATE mapping of a snapshot file (issue 4) would
-// instead read the snapshot's bytes back: there the range must be replaced
-// by a MAP_FIXED anonymous mapping.
+// hcDiscard gives the host memory behind each range back; the range reads
+// as zero on the next touch, which the guest relies on (it never zeroes a
+// frame it hands out). Memory.discard knows how for both kinds of RAM.
 func (vm *VM) hcDiscard(gpa uint64) *Result {
 	_, ranges, bad := decodeHCDiscard(vm.mem, gpa)
 	if bad != nil {
@@ -278,7 +296,7 @@ func (vm *VM) hcDiscard(gpa uint64) *Result {
 	}
 	var n uint64
 	for _, r := range ranges {
-		if err := unix.Madvise(r, unix.MADV_DONTNEED); err != nil {
+		if err := vm.mem.discard(r); err != nil {
 			return vm.internal(fmt.Errorf("discard %d bytes of guest memory: %w", len(r), err))
 		}
 		n += uint64(len(r))

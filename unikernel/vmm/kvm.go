@@ -26,7 +26,10 @@ const (
 	ioctlSetFPU             = 0x41A0AE8D
 	ioctlSetCPUID2          = 0x4008AE90
 	ioctlGetTSCkHz          = 0xAEA3
+	ioctlGetXCRs            = 0x8188AEA6
 	ioctlSetXCRs            = 0x4188AEA7
+	ioctlGetXSave           = 0x9000AEA4
+	ioctlSetXSave           = 0x5000AEA5
 	kvmCapXCRs              = 56
 	kvmMaxCPUIDEntries      = 256
 	kvmTSSAddr              = 0xfffbd000 // 3 pages below the 4 GiB line, clear of the doorbells
@@ -160,6 +163,12 @@ type kvmCPUID2 struct {
 	NEnt    uint32
 	_       uint32
 	Entries [kvmMaxCPUIDEntries]kvmCPUIDEntry2
+}
+
+// kvmXSave is struct kvm_xsave: the XSAVE area as KVM lays it out (legacy
+// FXSAVE region, header, extended components), 4 KiB.
+type kvmXSave struct {
+	Region [1024]uint32
 }
 
 type kvmXCR struct {

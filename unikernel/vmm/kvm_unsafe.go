@@ -57,6 +57,33 @@ func (c *vcpu) setFPU(f *kvmFPU) error {
 	return wrapIoctl("KVM_SET_FPU", ioctlPtr(c.fd, ioctlSetFPU, f))
 }
 
+func (c *vcpu) getXCRs() (kvmXCRs, error) {
+	var x kvmXCRs
+	return x, wrapIoctl("KVM_GET_XCRS", ioctlPtr(c.fd, ioctlGetXCRs, &x))
+}
+
+func (c *vcpu) getXSave() (kvmXSave, error) {
+	var x kvmXSave
+	return x, wrapIoctl("KVM_GET_XSAVE", ioctlPtr(c.fd, ioctlGetXSave, &x))
+}
+
+func (c *vcpu) setXSave(x *kvmXSave) error {
+	return wrapIoctl("KVM_SET_XSAVE", ioctlPtr(c.fd, ioctlSetXSave, x))
+}
+
+// getMSRs reads every entry of m (their Index set) or fails.
+func (c *vcpu) getMSRs(m *kvmMSRs) error {
+	// SAFETY: m is a kvmMSRs whose NMSRs ≤ len(Entries).
+	n, err := ioctl(c.fd, ioctlGetMSRs, unsafe.Pointer(m))
+	if err != nil {
+		return wrapIoctl("KVM_GET_MSRS", err)
+	}
+	if uint32(n) != m.NMSRs {
+		return fmt.Errorf("KVM_GET_MSRS: MSR %#x not readable", m.Entries[n].Index)
+	}
+	return nil
+}
+
 func (c *vcpu) setXCRs(x *kvmXCRs) error {
 	return wrapIoctl("KVM_SET_XCRS", ioctlPtr(c.fd, ioctlSetXCRs, x))
 }
@@ -107,6 +134,48 @@ func hostAddr(b []byte) uint64 {
 	// SAFETY: b is the non-empty guest RAM mapping, which stays mapped until
 	// the VM (and with it the memslot) is closed.
 	return uint64(uintptr(unsafe.Pointer(&b[0])))
+}
+
+// zeroFill replaces the host pages behind b (page-aligned guest RAM) with
+// fresh anonymous zero pages. MADV_DONTNEED does that for anonymous memory,
+// but a restored guest's RAM is a private mapping of its snapshot file, where
+// MADV_DONTNEED would bring the snapshot's bytes back; mapping anonymous
+// memory over the range works for both. KVM follows the change through its
+// MMU notifier.
+func zeroFill(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	// SAFETY: b lies inside the guest RAM mapping, which this package owns;
+	// MAP_FIXED replaces exactly those pages and nothing else.
+	_, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&b[0]), uintptr(len(b)),
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_FIXED|unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	return err
+}
+
+// mincore fills v with one byte per page of b (x/sys/unix has no wrapper).
+func mincore(b, v []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	// SAFETY: b is a live mapping and v holds a byte for each of its pages.
+	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&v[0])))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// clearImmediateExit undoes setImmediateExit, from the vCPU thread.
+func (c *vcpu) clearImmediateExit() {
+	// SAFETY: as in setImmediateExit.
+	p := (*uint32)(unsafe.Pointer(&c.run[0]))
+	for {
+		old := atomic.LoadUint32(p)
+		if atomic.CompareAndSwapUint32(p, old, old&^(1<<(8*runImmediateExit))) {
+			return
+		}
+	}
 }
 
 // setImmediateExit tells KVM_RUN to return at once; another goroutine calls

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/kilnfaas/kiln/unikernel/abi"
 	"golang.org/x/sys/unix"
@@ -10,7 +11,8 @@ import (
 // Memory is the guest's RAM: one anonymous host mapping at guest physical
 // address 0. Fresh pages are zero and cost the host nothing until touched.
 type Memory struct {
-	b []byte
+	b    []byte
+	file bool // a private mapping of a snapshot file (see zeroFill)
 }
 
 // checkMemSize validates a requested guest RAM size.
@@ -40,6 +42,27 @@ func newMemory(size uint64) (*Memory, error) {
 	}
 	_ = unix.Madvise(b, unix.MADV_HUGEPAGE) // advice only; fine if THP is off
 	return &Memory{b: b}, nil
+}
+
+// mapSnapshotMemory maps size bytes of f at off as guest RAM, private and
+// copy-on-write: restored VMs of one snapshot share its page cache and pay
+// only for the pages they write.
+func mapSnapshotMemory(f *os.File, off, size uint64) (*Memory, error) {
+	b, err := unix.Mmap(int(f.Fd()), int64(off), int(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d bytes of snapshot memory: %w", size, err)
+	}
+	return &Memory{b: b, file: true}, nil
+}
+
+// discard gives the host pages behind b (page-aligned guest RAM) back; the
+// guest reads zeros there afterwards.
+func (m *Memory) discard(b []byte) error {
+	if m.file {
+		return zeroFill(b)
+	}
+	return unix.Madvise(b, unix.MADV_DONTNEED)
 }
 
 // Size is the guest RAM size in bytes.

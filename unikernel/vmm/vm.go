@@ -39,6 +39,17 @@ type Config struct {
 	// PortIO makes the guest issue hypercalls with `out` from its ring-0
 	// stub instead of the ring-3 MMIO doorbell (for measurements).
 	PortIO bool
+	// SnapshotPath, when set, makes the VM save itself there (snapshot.go)
+	// the first time it waits for input, then run on; OnSnapshot, if set,
+	// hears how that went (on the vCPU thread, before the wait is served).
+	SnapshotPath string
+	OnSnapshot   func(error)
+	// Snapshot, when set, makes New restore this snapshot instead of
+	// booting: Kernel, Program, Args, Env and Hostname are the snapshot's
+	// (check them first with Snapshot.Matches), MemSize must be 0 or
+	// equal. The guest resumes in its first wait for input, which reads
+	// Stdin.
+	Snapshot *Snapshot
 }
 
 // Reason says how a VM ended.
@@ -101,6 +112,8 @@ type VM struct {
 	bootTSC  uint64
 	bootTime time.Time
 
+	snapshotted bool // the first input wait was seen (SnapshotPath)
+
 	mu      sync.Mutex // guards the fields below
 	ran     bool
 	closed  bool
@@ -113,6 +126,13 @@ type VM struct {
 // ErrBadELF or ErrNoKVM when one of them is the cause.
 func New(cfg Config) (*VM, error) {
 	vm := &VM{cfg: cfg, input: newInputPump(cfg.Stdin)}
+	if cfg.Snapshot != nil {
+		if err := vm.restore(); err != nil {
+			vm.release()
+			return nil, fmt.Errorf("vmm: restore: %w", err)
+		}
+		return vm, nil
+	}
 	if err := vm.boot(); err != nil {
 		vm.release()
 		return nil, fmt.Errorf("vmm: boot: %w", err)
@@ -140,7 +160,11 @@ func (vm *VM) Run(ctx context.Context) (*Result, error) {
 	vm.mu.Unlock()
 
 	var r *Result
-	if err := vm.stampClock(); err != nil {
+	if vm.cfg.Snapshot != nil {
+		if r = vm.resume(ctx); r == nil {
+			r = vm.runLoop(ctx)
+		}
+	} else if err := vm.stampClock(); err != nil {
 		r = vm.internal(err)
 	} else {
 		r = vm.runLoop(ctx)

@@ -1,0 +1,520 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"math"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/kilnfaas/kiln/unikernel/abi"
+	"golang.org/x/sys/unix"
+)
+
+// Snapshots: a function boots once; when it first blocks waiting for a
+// request (its init is done) the VMM saves its memory and vCPU state to a
+// file, and every later VM of that function starts from the file instead of
+// booting. The restored guest resumes inside that same wait, with its
+// request already in the buffer it named.
+//
+// File layout (little endian):
+//
+//	[0, 4 KiB)        snapHeader
+//	[4 KiB, memOff)   snapState (vCPU registers, XSAVE, MSRs, the pending wait)
+//	[memOff, +mem)    guest RAM at its guest-physical offsets, sparse: only
+//	                  non-zero pages are written, the rest are holes
+//
+// The header's checksum covers the header, the state and every non-zero
+// page with its address, so a truncated, corrupt or foreign file is refused
+// by OpenSnapshot, never restored. The key fields (ABI, kernel, program,
+// configuration, memory size, TSC rate) make a stale snapshot detectable:
+// Snapshot.Matches says why one does not fit.
+
+// ErrSnapshot: a snapshot file is corrupt, of another format, or does not
+// match the VM it was meant to restore. Callers rebuild it by booting.
+var ErrSnapshot = errors.New("vmm: unusable snapshot")
+
+const (
+	snapMagic   = "KILNSNAP"
+	snapFormat  = 1
+	snapStateAt = 4096
+	snapMemOff  = 2 << 20 // RAM starts 2 MiB into the file, page-aligned for mmap
+)
+
+// snapHeader is the first block of a snapshot file.
+type snapHeader struct {
+	Magic      [8]byte
+	Format     uint32
+	ABI        uint32
+	MemSize    uint64
+	MemOff     uint64
+	TSCkHz     uint64
+	StateLen   uint64
+	Pages      uint64   // non-zero pages written
+	KernelSum  [32]byte // sha256 of the kernel ELF
+	ProgramSum [32]byte // sha256 of the program ELF
+	ConfigSum  [32]byte // sha256 of what else shaped the boot (args, env, hostname, flags)
+	Created    int64    // Unix ns
+	Sum        [32]byte // sha256 of all of the above with Sum zero, the state, and the pages
+}
+
+// snapMSRs are the MSRs a restore puts back; EFER travels in the sregs.
+var snapMSRs = []uint32{msrSTAR, msrLSTAR, msrCSTAR, msrSFMASK, msrFSBase, msrGSBase, msrKGSBase, msrPAT, msrTSC}
+
+// snapState is the vCPU and VMM state of a guest parked in its first wait
+// for input, with the hypercall already completed by KVM (RIP after it).
+type snapState struct {
+	Regs    kvmRegs
+	Sregs   kvmSregs
+	XSave   kvmXSave
+	XCRs    kvmXCRs
+	HasXCRs uint32
+	_       uint32
+	MSRs    kvmMSRs
+	BootTSC uint64 // the guest's boot_tsc: its monotonic clock counts from it
+	WaitGPA uint64 // the kiln_hc_io of the pending wait
+	InGPA   uint64 // its input buffer
+	InCap   uint64
+	Deadln  uint64 // its deadline TSC (0: none)
+}
+
+// Snapshot is an opened, verified snapshot file. One Snapshot serves any
+// number of concurrent restores (each maps the file copy-on-write, so they
+// share the page cache); Close it when none will follow.
+type Snapshot struct {
+	f     *os.File
+	hdr   snapHeader
+	state snapState
+}
+
+// MemSize is the guest RAM size the snapshot holds.
+func (s *Snapshot) MemSize() uint64 { return s.hdr.MemSize }
+
+// Pages is the number of non-zero 4 KiB pages the file holds.
+func (s *Snapshot) Pages() uint64 { return s.hdr.Pages }
+
+// Close releases the file; VMs already restored from it keep running.
+func (s *Snapshot) Close() error { return s.f.Close() }
+
+// configSum digests the parts of a Config that shape a booted guest
+// besides its two images.
+func configSum(cfg *Config) [32]byte {
+	h := sha256.New()
+	put := func(s string) {
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	put(fmt.Sprint(len(cfg.Args)))
+	for _, a := range cfg.Args {
+		put(a)
+	}
+	put(fmt.Sprint(len(cfg.Env)))
+	for _, e := range cfg.Env {
+		put(e)
+	}
+	put(cfg.Hostname)
+	put(fmt.Sprint(cfg.TraceSyscalls, cfg.PortIO))
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s
+}
+
+// Matches says whether s was taken from a VM booted with cfg's kernel,
+// program, arguments, environment, hostname and memory size, under this
+// ABI; the error names the first difference.
+func (s *Snapshot) Matches(cfg Config) error {
+	mem := cfg.MemSize
+	if mem == 0 {
+		mem = DefaultMemSize
+	}
+	switch {
+	case s.hdr.ABI != abi.Version:
+		return fmt.Errorf("%w: taken under ABI %d, this VMM speaks %d", ErrSnapshot, s.hdr.ABI, abi.Version)
+	case s.hdr.MemSize != mem:
+		return fmt.Errorf("%w: %d bytes of guest RAM, want %d", ErrSnapshot, s.hdr.MemSize, mem)
+	case sha256.Sum256(cfg.Kernel) != s.hdr.KernelSum:
+		return fmt.Errorf("%w: taken with another guest kernel build", ErrSnapshot)
+	case sha256.Sum256(cfg.Program) != s.hdr.ProgramSum:
+		return fmt.Errorf("%w: taken from another program image", ErrSnapshot)
+	case configSum(&cfg) != s.hdr.ConfigSum:
+		return fmt.Errorf("%w: taken with other arguments, environment, hostname or flags", ErrSnapshot)
+	}
+	return nil
+}
+
+// OpenSnapshot opens and verifies a snapshot file: format, checksum over
+// every byte that matters, and a TSC rate equal to this host's (the guest's
+// clocks are TSC ticks). It reads the whole file once; restores then only
+// map it.
+func OpenSnapshot(path string) (*Snapshot, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSnapshot, err)
+	}
+	s := &Snapshot{f: f}
+	if err := s.verify(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s: %w", ErrSnapshot, path, err)
+	}
+	return s, nil
+}
+
+func (s *Snapshot) verify() error {
+	st, err := s.f.Stat()
+	if err != nil {
+		return err
+	}
+	hb := make([]byte, binary.Size(snapHeader{}))
+	if _, err := s.f.ReadAt(hb, 0); err != nil {
+		return fmt.Errorf("header: %w", err)
+	}
+	h := &s.hdr
+	_ = binary.Read(bytes.NewReader(hb), binary.LittleEndian, h)
+	stateLen := uint64(binary.Size(snapState{}))
+	switch {
+	case string(h.Magic[:]) != snapMagic:
+		return errors.New("not a Kiln snapshot (bad magic)")
+	case h.Format != snapFormat:
+		return fmt.Errorf("format %d, this VMM reads %d", h.Format, snapFormat)
+	case h.MemOff != snapMemOff || h.StateLen != stateLen:
+		return fmt.Errorf("layout: memory at %#x, state %d bytes", h.MemOff, h.StateLen)
+	case checkMemSize(h.MemSize) != nil:
+		return fmt.Errorf("memory size %d", h.MemSize)
+	case uint64(st.Size()) != h.MemOff+h.MemSize:
+		return fmt.Errorf("file is %d bytes, want %d (truncated?)", st.Size(), h.MemOff+h.MemSize)
+	}
+	sb := make([]byte, stateLen)
+	if _, err := s.f.ReadAt(sb, snapStateAt); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	_ = binary.Read(bytes.NewReader(sb), binary.LittleEndian, &s.state)
+	if s.state.MSRs.NMSRs > uint32(len(s.state.MSRs.Entries)) || s.state.XCRs.NXCRs > uint32(len(s.state.XCRs.XCRs)) {
+		return errors.New("state: bad MSR or XCR count")
+	}
+	want := h.Sum
+	sum := sha256.New()
+	hashHeader(sum, h)
+	sum.Write(sb)
+	pages, err := hashPages(sum, s.f, h.MemOff, h.MemSize)
+	if err != nil {
+		return err
+	}
+	if pages != h.Pages || !bytes.Equal(sum.Sum(nil), want[:]) {
+		return errors.New("checksum mismatch: the file is corrupt")
+	}
+	return nil
+}
+
+// hashHeader feeds w the header with its Sum field zeroed.
+func hashHeader(w io.Writer, h *snapHeader) {
+	c := *h
+	c.Sum = [32]byte{}
+	_ = binary.Write(w, binary.LittleEndian, &c)
+}
+
+// hashPages feeds every non-zero page of the memory image (address, then
+// bytes) to h, walking only the file's data extents. It returns how many.
+func hashPages(h hash.Hash, f *os.File, off, size uint64) (uint64, error) {
+	fd := int(f.Fd())
+	end := int64(off + size)
+	buf := make([]byte, 1<<20)
+	var zero [pageSize]byte
+	var n uint64
+	for pos := int64(off); pos < end; {
+		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // nothing but holes up to the end
+		}
+		if err != nil {
+			return 0, fmt.Errorf("seek data: %w", err)
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return 0, fmt.Errorf("seek hole: %w", err)
+		}
+		data -= data % pageSize
+		for p := data; p < hole && p < end; {
+			chunk := min(int64(len(buf)), hole-p, end-p)
+			chunk -= chunk % pageSize
+			if chunk == 0 {
+				chunk = pageSize
+			}
+			if _, err := f.ReadAt(buf[:chunk], p); err != nil {
+				return 0, fmt.Errorf("read memory image: %w", err)
+			}
+			for i := int64(0); i < chunk; i += pageSize {
+				pg := buf[i : i+pageSize]
+				if bytes.Equal(pg, zero[:]) {
+					continue
+				}
+				var a [8]byte
+				binary.LittleEndian.PutUint64(a[:], uint64(p+i)-off)
+				h.Write(a[:])
+				h.Write(pg)
+				n++
+			}
+			p += chunk
+		}
+		pos = hole
+	}
+	return n, nil
+}
+
+// takeSnapshot saves the VM, parked in the KILN_HC_IO at gpa that waits for
+// its first input, to cfg.SnapshotPath. It runs on the vCPU thread.
+func (vm *VM) takeSnapshot(gpa uint64, a abi.HCIOArgs) error {
+	// KVM finishes an MMIO exit only on the next KVM_RUN; immediate_exit
+	// makes that run complete the store and return before any guest code,
+	// so the saved RIP is past the doorbell.
+	vm.cpu.setImmediateExit()
+	_, err := vm.cpu.enter()
+	vm.cpu.clearImmediateExit()
+	if err != nil {
+		return err
+	}
+	st := snapState{BootTSC: vm.bootTSC, WaitGPA: gpa, InGPA: a.InGPA, InCap: a.InCap, Deadln: a.DeadlineTSC}
+	if st.Regs, err = vm.cpu.getRegs(); err != nil {
+		return err
+	}
+	if st.Sregs, err = vm.cpu.getSregs(); err != nil {
+		return err
+	}
+	if st.XSave, err = vm.cpu.getXSave(); err != nil {
+		return err
+	}
+	if st.Sregs.CR4&cr4OSXSAVE != 0 {
+		if st.XCRs, err = vm.cpu.getXCRs(); err != nil {
+			return err
+		}
+		st.HasXCRs = 1
+	}
+	for _, idx := range snapMSRs {
+		st.MSRs.Entries[st.MSRs.NMSRs].Index = idx
+		st.MSRs.NMSRs++
+	}
+	if err := vm.cpu.getMSRs(&st.MSRs); err != nil {
+		return err
+	}
+	return writeSnapshot(vm.cfg.SnapshotPath, &vm.cfg, vm.mem, vm.tscKHz, &st)
+}
+
+// writeSnapshot writes the file beside its final name and renames it into
+// place, so a crash leaves either no snapshot or a whole one.
+func writeSnapshot(path string, cfg *Config, mem *Memory, khz uint64, st *snapState) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".snap-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	h := snapHeader{
+		Format: snapFormat, ABI: abi.Version, MemSize: mem.Size(), MemOff: snapMemOff, TSCkHz: khz,
+		StateLen: uint64(binary.Size(st)), KernelSum: sha256.Sum256(cfg.Kernel),
+		ProgramSum: sha256.Sum256(cfg.Program), ConfigSum: configSum(cfg), Created: time.Now().UnixNano(),
+	}
+	copy(h.Magic[:], snapMagic)
+	if err := tmp.Truncate(int64(snapMemOff + mem.Size())); err != nil {
+		return err
+	}
+	var sb bytes.Buffer
+	_ = binary.Write(&sb, binary.LittleEndian, st)
+	// Resident pages only (mincore), and of those only non-zero ones: the
+	// rest stay holes, so the file costs what the guest touched.
+	resident, err := residentPages(mem.b)
+	if err != nil {
+		return err
+	}
+	var zero [pageSize]byte
+	for i, in := range resident {
+		if in&1 == 0 {
+			continue
+		}
+		gpa := uint64(i) * pageSize
+		pg := mem.b[gpa : gpa+pageSize]
+		if bytes.Equal(pg, zero[:]) {
+			continue
+		}
+		if _, err := tmp.WriteAt(pg, int64(snapMemOff+gpa)); err != nil {
+			return err
+		}
+		h.Pages++
+	}
+	// The sum is computed as OpenSnapshot will: over the file's data
+	// extents (a second pass, from the page cache, paid once per function).
+	sum := sha256.New()
+	hashHeader(sum, &h)
+	sum.Write(sb.Bytes())
+	if _, err := hashPages(sum, tmp, snapMemOff, mem.Size()); err != nil {
+		return err
+	}
+	copy(h.Sum[:], sum.Sum(nil))
+	var hb bytes.Buffer
+	_ = binary.Write(&hb, binary.LittleEndian, &h)
+	if _, err := tmp.WriteAt(hb.Bytes(), 0); err != nil {
+		return err
+	}
+	if _, err := tmp.WriteAt(sb.Bytes(), snapStateAt); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// residentPages is mincore over guest RAM: one byte per 4 KiB page, bit 0
+// set when the host has a page behind it.
+func residentPages(b []byte) ([]byte, error) {
+	v := make([]byte, (len(b)+pageSize-1)/pageSize)
+	if err := mincore(b, v); err != nil {
+		return nil, fmt.Errorf("mincore: %w", err)
+	}
+	return v, nil
+}
+
+// restore builds vm from cfg.Snapshot instead of booting: guest RAM is a
+// private copy-on-write mapping of the file, the vCPU gets the saved state.
+// The clock, entropy and the pending wait are settled by Run (resume).
+func (vm *VM) restore() error {
+	s := vm.cfg.Snapshot
+	if vm.cfg.MemSize == 0 {
+		vm.cfg.MemSize = s.hdr.MemSize
+	}
+	if vm.cfg.MemSize != s.hdr.MemSize {
+		return fmt.Errorf("%w: snapshot holds %d bytes of RAM, config asks %d", ErrSnapshot, s.hdr.MemSize, vm.cfg.MemSize)
+	}
+	var err error
+	if vm.sys, err = openKVM(); err != nil {
+		return err
+	}
+	if vm.kvm, err = vm.sys.createVM(); err != nil {
+		return err
+	}
+	if vm.mem, err = mapSnapshotMemory(s.f, s.hdr.MemOff, s.hdr.MemSize); err != nil {
+		return err
+	}
+	if err := vm.kvm.setUserMemory(&kvmUserspaceMemoryRegion{
+		Slot: 0, GuestPhysAddr: 0, MemorySize: vm.mem.Size(), UserspaceAddr: hostAddr(vm.mem.b),
+	}); err != nil {
+		return err
+	}
+	if vm.cpu, err = vm.kvm.createVCPU(vm.sys); err != nil {
+		return err
+	}
+	if _, err := setupCPUID(vm.sys, vm.cpu); err != nil {
+		return err
+	}
+	if vm.tscKHz, err = vm.cpu.tscKHz(); err != nil {
+		return err
+	}
+	if vm.tscKHz != s.hdr.TSCkHz {
+		return fmt.Errorf("%w: taken at a TSC of %d kHz, this host's is %d kHz", ErrSnapshot, s.hdr.TSCkHz, vm.tscKHz)
+	}
+	st := &s.state
+	if err := vm.cpu.setSregs(&st.Sregs); err != nil {
+		return err
+	}
+	if st.HasXCRs != 0 {
+		if err := vm.cpu.setXCRs(&st.XCRs); err != nil {
+			return err
+		}
+	}
+	if err := vm.cpu.setXSave(&st.XSave); err != nil {
+		return err
+	}
+	msrs := st.MSRs
+	if err := vm.cpu.setMSRs(&msrs); err != nil {
+		return err
+	}
+	if err := vm.cpu.setRegs(&st.Regs); err != nil {
+		return err
+	}
+	bi, err := readBootInfo(vm.mem)
+	if err != nil {
+		return err
+	}
+	vm.bootInfo = bi
+	vm.bootTSC = st.BootTSC
+	return nil
+}
+
+// resume runs just before a restored guest's first instruction: the TSC
+// continues from the snapshot (the guest's monotonic clock does not jump),
+// the wall clock is re-published against it, new entropy with a new
+// generation makes the kernel reseed getrandom, and the pending wait gets
+// its input. A non-nil Result ends the run.
+func (vm *VM) resume(ctx context.Context) *Result {
+	st := &vm.cfg.Snapshot.state
+	var tsc uint64
+	for i := 0; i < int(st.MSRs.NMSRs); i++ {
+		if st.MSRs.Entries[i].Index == msrTSC {
+			tsc = st.MSRs.Entries[i].Data
+		}
+	}
+	m := kvmMSRs{NMSRs: 1}
+	m.Entries[0] = kvmMSREntry{Index: msrTSC, Data: tsc}
+	if err := vm.cpu.setMSRs(&m); err != nil {
+		return vm.internal(err)
+	}
+	now := time.Now()
+	since := time.Duration(0)
+	if tsc > st.BootTSC {
+		since = tscDuration(tsc-st.BootTSC, vm.tscKHz)
+	}
+	vm.bootTime = now.Add(-since)
+	vm.bootInfo.BootWallNs = uint64(vm.bootTime.UnixNano())
+	if _, err := rand.Read(vm.bootInfo.Entropy[:]); err != nil {
+		return vm.internal(fmt.Errorf("entropy: %w", err))
+	}
+	vm.bootInfo.EntropyGen++
+	if err := writeBootInfo(vm.mem, vm.bootInfo); err != nil {
+		return vm.internal(err)
+	}
+	a := abi.HCIOArgs{InGPA: st.InGPA, InCap: st.InCap, DeadlineTSC: st.Deadln, Flags: abi.IOWaitInput}
+	return vm.completeWait(ctx, st.WaitGPA, a)
+}
+
+// tscDuration converts TSC ticks at khz to a duration.
+func tscDuration(ticks, khz uint64) time.Duration {
+	hi, lo := bits.Mul64(ticks, 1_000_000)
+	if khz == 0 || hi >= khz {
+		return time.Duration(math.MaxInt64)
+	}
+	ns, _ := bits.Div64(hi, lo, khz)
+	if ns > math.MaxInt64 {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(ns)
+}
+
+// readBootInfo reads the boot-info page back from guest RAM.
+func readBootInfo(mem *Memory) (*abi.BootInfo, error) {
+	raw, err := mem.Slice(abi.BootInfoGPA, uint64(binary.Size(abi.BootInfo{})))
+	if err != nil {
+		return nil, err
+	}
+	bi := &abi.BootInfo{}
+	_ = binary.Read(bytes.NewReader(raw), binary.LittleEndian, bi)
+	if bi.Magic != abi.BootMagic || bi.ABIVersion != abi.Version {
+		return nil, fmt.Errorf("%w: boot info in the snapshot has magic %#x, ABI %d", ErrSnapshot, bi.Magic, bi.ABIVersion)
+	}
+	return bi, nil
+}
