@@ -41,6 +41,19 @@ func quantile(d []time.Duration, q float64) time.Duration {
 	return s[int(q*float64(len(s)-1))]
 }
 
+// runBounded runs vm for at most two minutes: no phase of the report needs
+// that long, so a guest that stops making progress ends the report with its
+// registers instead of leaving it silent.
+func runBounded(vm *vmm.VM) (*vmm.Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := vm.Run(ctx)
+	if err != nil && res != nil && res.Regs != "" {
+		err = fmt.Errorf("%w\n%s", err, res.Regs)
+	}
+	return res, err
+}
+
 // TestReport prints the foundation's figures. It is a measurement, not a
 // check: it runs only with KILN_BENCH=1.
 func TestReport(t *testing.T) {
@@ -130,7 +143,7 @@ func goReport(t *testing.T, kernel []byte, n int, progress func(string)) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := vm.Run(context.Background())
+	res, err := runBounded(vm)
 	vm.Close()
 	if err != nil || res.Reason != vmm.ReasonExited || res.Status != 0 {
 		t.Fatalf("hello-go at EOF: %+v %v", res, err)
@@ -191,7 +204,7 @@ func bootToFirstRead(t *testing.T, kernel, hello []byte) (first, whole time.Dura
 	}
 	defer vm.Close()
 	done := make(chan error, 1)
-	go func() { _, err := vm.Run(context.Background()); done <- err }()
+	go func() { _, err := runBounded(vm); done <- err }()
 	for vm.Stats().InputWaits == 0 {
 		select {
 		case err := <-done:
@@ -244,7 +257,7 @@ func warmInvocations(t *testing.T, kernel, hello []byte, calls int) warmFigures 
 			err error
 		}
 		done := make(chan result, 1)
-		go func() { r, err := vm.Run(context.Background()); outW.Close(); done <- result{r, err} }()
+		go func() { r, err := runBounded(vm); outW.Close(); done <- result{r, err} }()
 		br := bufio.NewReader(outR)
 		// Start counting once the guest waits for its first request, so the
 		// first call does not also pay for the boot's exits.
