@@ -12,7 +12,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/kilnfaas/kiln/asyncq"
-	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
 )
 
@@ -95,25 +94,11 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	path := invokePath(r.URL.EscapedPath(), "/async-function/")
-	req := &kilnv1.InvokeRequest{
-		InvocationId: id,
-		Function:     FunctionSpec(fn),
-		Method:       r.Method,
-		Path:         path,
-		Query:        r.URL.RawQuery,
-		Body:         body,
-	}
-	for k, vs := range r.Header {
-		// X-Kiln-* headers are the platform's to set (the worker adds the
-		// invocation id and attempt); the callback URL is for the platform.
-		if hopByHop[k] || k == HeaderCallbackURL || strings.HasPrefix(k, "X-Kiln-") {
-			continue
-		}
-		for _, v := range vs {
-			req.Headers = append(req.Headers, &kilnv1.Header{Name: strings.ToLower(k), Value: v})
-		}
-	}
+	// X-Kiln-* headers are the platform's to set (the worker adds the
+	// invocation id and attempt); the callback URL is for the platform.
+	req := invokeRequest(r, "/async-function/", id, fn, body, func(k string) bool {
+		return k == HeaderCallbackURL || strings.HasPrefix(k, "X-Kiln-")
+	})
 	err = q.Enqueue(r.Context(), &asyncq.Invocation{
 		ID: id, Function: name, Ref: ref, Version: fn.Version, Retries: fn.AsyncRetryLimit(),
 		CallbackURL: callback, Enqueued: time.Now(), Request: req,

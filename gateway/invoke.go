@@ -82,23 +82,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	path := invokePath(r.URL.EscapedPath(), "/function/")
-	req := &kilnv1.InvokeRequest{
-		InvocationId: id,
-		Function:     FunctionSpec(fn),
-		Method:       r.Method,
-		Path:         path,
-		Query:        r.URL.RawQuery,
-		Body:         body,
-	}
-	for k, vs := range r.Header {
-		if hopByHop[k] {
-			continue
-		}
-		for _, v := range vs {
-			req.Headers = append(req.Headers, &kilnv1.Header{Name: strings.ToLower(k), Value: v})
-		}
-	}
+	req := invokeRequest(r, "/function/", id, fn, body, nil)
 
 	timeout := time.Duration(fn.TimeoutMs) * time.Millisecond
 	ctx, cancel := context.WithTimeout(r.Context(), timeout+schedulerSlack)
@@ -156,6 +140,29 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	g.log.Warn("invocation failed", "function", name, "invocation_id", id, "outcome", resp.GetOutcome().String(), "error", resp.GetError())
 	g.metrics.answered(name, code)
 	writeError(w, code, e)
+}
+
+// invokeRequest is the agent's view of HTTP request r for function fn, sync
+// or async alike: the path after prefix and NAME@REF, the query, the body,
+// and every header but the hop-by-hop ones and those drop refuses.
+func invokeRequest(r *http.Request, prefix, id string, fn registry.Function, body []byte, drop func(string) bool) *kilnv1.InvokeRequest {
+	req := &kilnv1.InvokeRequest{
+		InvocationId: id,
+		Function:     FunctionSpec(fn),
+		Method:       r.Method,
+		Path:         invokePath(r.URL.EscapedPath(), prefix),
+		Query:        r.URL.RawQuery,
+		Body:         body,
+	}
+	for k, vs := range r.Header {
+		if hopByHop[k] || (drop != nil && drop(k)) {
+			continue
+		}
+		for _, v := range vs {
+			req.Headers = append(req.Headers, &kilnv1.Header{Name: strings.ToLower(k), Value: v})
+		}
+	}
+	return req
 }
 
 // FunctionSpec is what a node needs to know about a registry version.
