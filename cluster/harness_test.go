@@ -112,16 +112,30 @@ func redisServer(t *testing.T) string {
 	return bin
 }
 
-// freePort returns a port nobody listened on a moment ago. Another process
-// may take it before ours binds; the roles then fail to start, loudly.
+// handedOut holds every port freePort returned in this test binary: the
+// kernel may offer a port again once its probe listener closes, and a role
+// started a moment ago may not have bound its port yet (CI once gave a
+// gateway and an agent the same port).
+var handedOut sync.Map
+
+// freePort returns a port nobody listened on a moment ago and that this
+// binary has not handed out before. Another process may still take it before
+// ours binds; the roles then fail to start, loudly.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if _, taken := handedOut.LoadOrStore(port, true); !taken {
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no unused port after 100 tries")
+	return 0
 }
 
 func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }

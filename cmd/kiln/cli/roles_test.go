@@ -39,14 +39,25 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// handedOut remembers every address freeAddr returned: the kernel may offer
+// a port again before the role given it has bound.
+var handedOut sync.Map
+
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := l.Addr().String()
+		l.Close()
+		if _, taken := handedOut.LoadOrStore(a, true); !taken {
+			return a
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no unused port after 100 tries")
+	return ""
 }
 
 // `kiln scheduler` configured only by environment variables serves gRPC
