@@ -27,6 +27,8 @@ type DeployParams struct {
 	Env     []string `json:"env,omitempty"`
 	Args    []string `json:"args,omitempty"`
 	LimitParams
+	ScalingParams
+	SLAParams
 	AsyncRetries string `json:"async_retries,omitempty"` // 0..20; "" → 3
 }
 
@@ -39,6 +41,8 @@ type Deployed struct {
 	MemoryBytes uint64 `json:"memory_bytes"`
 	TimeoutMs   int64  `json:"timeout_ms"`
 	registry.Limits
+	registry.Scaling
+	registry.SLA
 	AsyncRetries int `json:"async_retries"`
 }
 
@@ -62,6 +66,7 @@ func (p *DeployParams) fromValues(v url.Values) {
 		p.Args = a
 	}
 	p.LimitParams.fromValues(v)
+	p.optionsFromValues(v)
 	if s := v.Get("async_retries"); s != "" {
 		p.AsyncRetries = s
 	}
@@ -83,6 +88,7 @@ func (p DeployParams) Values() url.Values {
 		v.Add("args", a)
 	}
 	p.LimitParams.addValues(v)
+	p.addOptionValues(v)
 	return v
 }
 
@@ -134,6 +140,16 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, apiError{Error: err.Error(), Function: p.Name})
 		return
 	}
+	scaling, err := p.scaling()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, apiError{Error: err.Error(), Function: p.Name})
+		return
+	}
+	sla, err := p.sla()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, apiError{Error: err.Error(), Function: p.Name})
+		return
+	}
 	if len(program) == 0 {
 		writeError(w, http.StatusBadRequest, apiError{
 			Error: "no program uploaded: send the ELF as the request body, or as a multipart file field named \"binary\"", Function: p.Name})
@@ -166,6 +182,7 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 	version, err := g.cfg.Registry.PutFunction(r.Context(), registry.Spec{
 		Name: spec.Name, ImageDigest: digest, Kind: spec.Kind, MemoryBytes: spec.MemoryBytes,
 		TimeoutMs: spec.TimeoutMs, Env: spec.Env, Args: spec.Args, Limits: limits, AsyncRetries: retries,
+		Scaling: scaling, SLA: sla,
 	})
 	if err != nil {
 		code := http.StatusServiceUnavailable
@@ -178,7 +195,7 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 	g.log.Info("deployed", "function", spec.Name, "version", version, "digest", digest, "kind", spec.Kind, "program_bytes", len(program))
 	writeJSON(w, http.StatusCreated, Deployed{
 		Name: spec.Name, Version: version, Digest: digest, Kind: spec.Kind,
-		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs, Limits: limits,
+		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs, Limits: limits, Scaling: scaling, SLA: sla,
 		AsyncRetries: registry.Function{AsyncRetries: retries}.AsyncRetryLimit(),
 	})
 }

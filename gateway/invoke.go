@@ -174,6 +174,8 @@ func FunctionSpec(f registry.Function) *kilnv1.FunctionSpec {
 	return &kilnv1.FunctionSpec{
 		Name: f.Name, Version: f.Version, ImageDigest: f.ImageDigest, Kind: kind,
 		MemoryBytes: f.MemoryBytes, TimeoutMs: f.TimeoutMs, Env: f.Env, Args: f.Args,
+		MinWarm: uint32(f.MinWarm), MaxInstances: uint32(f.MaxInstances), KeepAliveMs: f.KeepAliveMs, Fresh: f.Fresh,
+		DeadlineMs: f.DeadlineMs, SlaTarget: f.Target,
 	}
 }
 

@@ -94,12 +94,7 @@ func (s *Bolt) PutFunction(ctx context.Context, spec Spec) (uint64, error) {
 		if n := fb.Get(keyNext); len(n) == 8 {
 			version = binary.BigEndian.Uint64(n)
 		}
-		f := Function{
-			Name: spec.Name, Version: version, ImageDigest: spec.ImageDigest, Kind: spec.Kind,
-			MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
-			Env: clone(spec.Env), Args: clone(spec.Args), Created: s.now().UTC(), Limits: spec.Limits,
-			AsyncRetries: spec.AsyncRetries,
-		}
+		f := spec.Function(version, s.now())
 		data, err := json.Marshal(f)
 		if err != nil {
 			return err

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -63,9 +64,54 @@ type Spec struct {
 	Env         []string // "KEY=VALUE"
 	Args        []string // argv after argv[0]
 	Limits
+	Scaling
+	SLA
 	// AsyncRetries is how often a failed async invocation is retried;
 	// nil → DefaultAsyncRetries (a pointer, so 0 can mean "never").
 	AsyncRetries *int
+}
+
+// Function is the version the stores record for spec.
+func (spec Spec) Function(version uint64, created time.Time) Function {
+	return Function{
+		Name: spec.Name, Version: version, ImageDigest: spec.ImageDigest, Kind: spec.Kind,
+		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
+		Env: slices.Clone(spec.Env), Args: slices.Clone(spec.Args), Created: created.UTC(),
+		Limits: spec.Limits, Scaling: spec.Scaling, SLA: spec.SLA, AsyncRetries: spec.AsyncRetries,
+	}
+}
+
+// Scaling shapes a function's warm pool on each node. The zero value keeps
+// no instance warm, allows as many as the node's memory holds and reaps
+// idle ones after the agent's default keep-alive.
+type Scaling struct {
+	// MinWarm instances are kept booted and idle on a node that runs the
+	// function, replaced when they crash.
+	MinWarm int `json:"min_warm,omitempty"`
+	// MaxInstances bounds the instances per node; 0: memory decides.
+	MaxInstances int `json:"max_instances,omitempty"`
+	// KeepAliveMs is how long an idle instance above MinWarm lives; 0: the
+	// agent's default.
+	KeepAliveMs int64 `json:"keep_alive_ms,omitempty"`
+	// Fresh runs every invocation on its own snapshot restore and destroys
+	// the VM afterwards: no state survives from one call to the next.
+	Fresh bool `json:"fresh,omitempty"`
+}
+
+// Scaling bounds a deploy may ask for.
+const (
+	MaxMinWarm       = 1000
+	MaxInstancesCap  = 100000
+	MaxKeepAliveMs   = 24 * 3600 * 1000
+	MaxSLADeadlineMs = 15 * 60 * 1000
+)
+
+// SLA is the latency a function's owner promises: DeadlineMs per
+// invocation, met by Target of them (0.999 for 99.9 %). The zero value is
+// no SLA.
+type SLA struct {
+	DeadlineMs int64   `json:"deadline_ms,omitempty"`
+	Target     float64 `json:"sla_target,omitempty"`
 }
 
 // Limits say who may call a function and how much. Each gateway enforces
@@ -98,6 +144,8 @@ type Function struct {
 	Args        []string  `json:"args,omitempty"`
 	Created     time.Time `json:"created"`
 	Limits
+	Scaling
+	SLA
 	AsyncRetries *int `json:"async_retries,omitempty"` // nil: DefaultAsyncRetries
 }
 
@@ -226,6 +274,22 @@ func CheckSpec(s Spec) error {
 	}
 	if l := s.Limits; l.MaxConcurrency < 0 || l.RateBurst < 0 || l.MaxBodyBytes < 0 || !(l.RatePerSecond >= 0 && l.RatePerSecond <= 1e9) {
 		return fmt.Errorf("%w: limits %+v: each must be 0 (none) or positive", ErrInvalidSpec, l)
+	}
+	if c := s.Scaling; c.MinWarm < 0 || c.MinWarm > MaxMinWarm || c.MaxInstances < 0 || c.MaxInstances > MaxInstancesCap ||
+		c.KeepAliveMs < 0 || c.KeepAliveMs > MaxKeepAliveMs {
+		return fmt.Errorf("%w: scaling %+v: min_warm 0..%d, max_instances 0..%d, keep_alive up to 24h", ErrInvalidSpec, c, MaxMinWarm, MaxInstancesCap)
+	}
+	if c := s.Scaling; c.MaxInstances > 0 && c.MinWarm > c.MaxInstances {
+		return fmt.Errorf("%w: min_warm %d is more than max_instances %d", ErrInvalidSpec, c.MinWarm, c.MaxInstances)
+	}
+	if c := s.Scaling; c.Fresh && c.MinWarm > 0 {
+		return fmt.Errorf("%w: a fresh function keeps no warm instances: drop min_warm or fresh", ErrInvalidSpec)
+	}
+	if l := s.SLA; l.DeadlineMs < 0 || l.DeadlineMs > MaxSLADeadlineMs || !(l.Target >= 0 && l.Target < 1) {
+		return fmt.Errorf("%w: SLA deadline %d ms target %v: the deadline is 1 ms to 15 min, the target a fraction below 1 such as 0.999", ErrInvalidSpec, l.DeadlineMs, l.Target)
+	}
+	if l := s.SLA; (l.DeadlineMs == 0) != (l.Target == 0) {
+		return fmt.Errorf("%w: an SLA needs both a deadline and a target", ErrInvalidSpec)
 	}
 	return nil
 }

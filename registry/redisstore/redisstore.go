@@ -198,12 +198,7 @@ func (s *Store) PutFunction(ctx context.Context, spec registry.Spec) (uint64, er
 	if err := registry.CheckSpec(spec); err != nil {
 		return 0, err
 	}
-	data, err := json.Marshal(registry.Function{
-		Name: spec.Name, ImageDigest: spec.ImageDigest, Kind: spec.Kind,
-		MemoryBytes: spec.MemoryBytes, TimeoutMs: spec.TimeoutMs,
-		Env: spec.Env, Args: spec.Args, Created: s.now().UTC(), Limits: spec.Limits,
-		AsyncRetries: spec.AsyncRetries,
-	})
+	data, err := json.Marshal(spec.Function(0, s.now()))
 	if err != nil {
 		return 0, fmt.Errorf("registry: put %s: %w", spec.Name, err)
 	}

@@ -67,6 +67,8 @@ func testPutGet(t *testing.T, s registry.Store) {
 	ctx := context.Background()
 	sp := spec("hello", "sha256:aa")
 	sp.Limits = registry.Limits{Private: true, MaxConcurrency: 3, RatePerSecond: 2.5, RateBurst: 4, MaxBodyBytes: 1 << 10}
+	sp.Scaling = registry.Scaling{MinWarm: 2, MaxInstances: 9, KeepAliveMs: 30000}
+	sp.SLA = registry.SLA{DeadlineMs: 50, Target: 0.999}
 	v := mustPut(t, s, sp)
 	if v != 1 {
 		t.Fatalf("first version = %d, want 1", v)
@@ -77,7 +79,8 @@ func testPutGet(t *testing.T, s registry.Store) {
 	}
 	if f.Name != sp.Name || f.Version != 1 || f.ImageDigest != sp.ImageDigest || f.Kind != sp.Kind ||
 		f.MemoryBytes != sp.MemoryBytes || f.TimeoutMs != sp.TimeoutMs ||
-		fmt.Sprint(f.Env) != fmt.Sprint(sp.Env) || fmt.Sprint(f.Args) != fmt.Sprint(sp.Args) || f.Limits != sp.Limits {
+		fmt.Sprint(f.Env) != fmt.Sprint(sp.Env) || fmt.Sprint(f.Args) != fmt.Sprint(sp.Args) || f.Limits != sp.Limits ||
+		f.Scaling != sp.Scaling || f.SLA != sp.SLA {
 		t.Fatalf("GetFunction = %+v, want the fields of %+v at version 1", f, sp)
 	}
 	if f.Created.IsZero() {
@@ -173,6 +176,11 @@ func testInvalidSpecs(t *testing.T, s registry.Store) {
 		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindExec, TimeoutMs: -1},
 		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindExec, Limits: registry.Limits{MaxConcurrency: -1}},
 		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindExec, Limits: registry.Limits{RatePerSecond: -0.5}},
+		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindServe, Scaling: registry.Scaling{MinWarm: -1}},
+		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindServe, Scaling: registry.Scaling{MinWarm: 3, MaxInstances: 2}},
+		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindServe, Scaling: registry.Scaling{MinWarm: 1, Fresh: true}},
+		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindServe, SLA: registry.SLA{DeadlineMs: 50}},
+		{Name: "x", ImageDigest: "sha256:00", Kind: registry.KindServe, SLA: registry.SLA{DeadlineMs: 50, Target: 1}},
 	}
 	for _, sp := range bad {
 		if _, err := s.PutFunction(ctx, sp); !errors.Is(err, registry.ErrInvalidSpec) {

@@ -101,6 +101,9 @@ func (a *app) deployCmd() *cobra.Command {
 			if l := describeLimits(d.Limits); l != "" {
 				fmt.Fprintf(a.out, "  limits: %s\n", l)
 			}
+			if d.DeadlineMs > 0 {
+				fmt.Fprintf(a.out, "  SLA: %g%% within %s\n", d.Target*100, time.Duration(d.DeadlineMs)*time.Millisecond)
+			}
 			return nil
 		},
 	}
@@ -116,6 +119,12 @@ func (a *app) deployCmd() *cobra.Command {
 	fl.StringVar(&p.Rate, "rate", "", "requests per second or per unit, e.g. 10, 10/s, 600/m; per gateway (default: no limit)")
 	fl.StringVar(&p.Burst, "burst", "", "requests allowed at once above --rate (default: the rate, at least 1)")
 	fl.StringVar(&p.MaxBody, "max-body", "", "largest request body, e.g. 256K, up to 64M (default: the gateway's, 6M)")
+	fl.StringVar(&p.MinWarm, "min-warm", "", "instances kept booted and idle per node (default 0: the first call restores a snapshot)")
+	fl.StringVar(&p.MaxInstances, "max-instances", "", "instances per node at most (default: as many as memory holds)")
+	fl.StringVar(&p.KeepAlive, "keep-alive", "", "how long an idle instance above --min-warm lives, e.g. 30s (default: the agent's, 60s)")
+	fl.StringVar(&p.Fresh, "fresh", "", "true: every call runs on its own snapshot restore, destroyed afterwards (no state between calls)")
+	fl.StringVar(&p.Deadline, "deadline", "", "SLA: the latency each call should meet, e.g. 50ms (with --target)")
+	fl.StringVar(&p.Target, "target", "", "SLA: percent of calls that must meet --deadline, e.g. 99.9")
 	fl.StringVar(&p.AsyncRetries, "async-retries", "", "retries of a failed async invocation (POST /async-function/NAME), 0 to 20 (default 3)")
 	return cmd
 }

@@ -192,15 +192,26 @@ func (StartKind) EnumDescriptor() ([]byte, []int) {
 
 // FunctionSpec is everything a node needs to run one version of a function.
 type FunctionSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	ImageDigest   string                 `protobuf:"bytes,3,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"` // "sha256:<hex>" of the image in the image store
-	Kind          Kind                   `protobuf:"varint,4,opt,name=kind,proto3,enum=kiln.v1.Kind" json:"kind,omitempty"`
-	MemoryBytes   uint64                 `protobuf:"varint,5,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	TimeoutMs     int64                  `protobuf:"varint,6,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
-	Env           []string               `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty"`   // "KEY=VALUE"
-	Args          []string               `protobuf:"bytes,8,rep,name=args,proto3" json:"args,omitempty"` // argv after argv[0]
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Version     uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	ImageDigest string                 `protobuf:"bytes,3,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"` // "sha256:<hex>" of the image in the image store
+	Kind        Kind                   `protobuf:"varint,4,opt,name=kind,proto3,enum=kiln.v1.Kind" json:"kind,omitempty"`
+	MemoryBytes uint64                 `protobuf:"varint,5,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	TimeoutMs   int64                  `protobuf:"varint,6,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	Env         []string               `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty"`   // "KEY=VALUE"
+	Args        []string               `protobuf:"bytes,8,rep,name=args,proto3" json:"args,omitempty"` // argv after argv[0]
+	// Warm pool (issue 4): instances kept idle at least, instances at most
+	// (0: as many as memory allows), how long an idle instance lives
+	// (0: the agent's default), and fresh mode (a restore per invocation,
+	// destroyed after it; exec functions always run so).
+	MinWarm      uint32 `protobuf:"varint,9,opt,name=min_warm,json=minWarm,proto3" json:"min_warm,omitempty"`
+	MaxInstances uint32 `protobuf:"varint,10,opt,name=max_instances,json=maxInstances,proto3" json:"max_instances,omitempty"`
+	KeepAliveMs  int64  `protobuf:"varint,11,opt,name=keep_alive_ms,json=keepAliveMs,proto3" json:"keep_alive_ms,omitempty"`
+	Fresh        bool   `protobuf:"varint,12,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	// The SLA deadline in ms (0: none) and its target attainment (e.g. 0.999).
+	DeadlineMs    int64   `protobuf:"varint,13,opt,name=deadline_ms,json=deadlineMs,proto3" json:"deadline_ms,omitempty"`
+	SlaTarget     float64 `protobuf:"fixed64,14,opt,name=sla_target,json=slaTarget,proto3" json:"sla_target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -289,6 +300,48 @@ func (x *FunctionSpec) GetArgs() []string {
 		return x.Args
 	}
 	return nil
+}
+
+func (x *FunctionSpec) GetMinWarm() uint32 {
+	if x != nil {
+		return x.MinWarm
+	}
+	return 0
+}
+
+func (x *FunctionSpec) GetMaxInstances() uint32 {
+	if x != nil {
+		return x.MaxInstances
+	}
+	return 0
+}
+
+func (x *FunctionSpec) GetKeepAliveMs() int64 {
+	if x != nil {
+		return x.KeepAliveMs
+	}
+	return 0
+}
+
+func (x *FunctionSpec) GetFresh() bool {
+	if x != nil {
+		return x.Fresh
+	}
+	return false
+}
+
+func (x *FunctionSpec) GetDeadlineMs() int64 {
+	if x != nil {
+		return x.DeadlineMs
+	}
+	return 0
+}
+
+func (x *FunctionSpec) GetSlaTarget() float64 {
+	if x != nil {
+		return x.SlaTarget
+	}
+	return 0
 }
 
 type Header struct {
@@ -456,6 +509,8 @@ type InvokeResponse struct {
 	StartNs       int64                  `protobuf:"varint,9,opt,name=start_ns,json=startNs,proto3" json:"start_ns,omitempty"`  // boot/restore time (0 when warm)
 	ExecNs        int64                  `protobuf:"varint,10,opt,name=exec_ns,json=execNs,proto3" json:"exec_ns,omitempty"`    // time inside the function
 	VmExits       uint64                 `protobuf:"varint,11,opt,name=vm_exits,json=vmExits,proto3" json:"vm_exits,omitempty"` // VM exits during this invocation
+	Stderr        []byte                 `protobuf:"bytes,12,opt,name=stderr,proto3" json:"stderr,omitempty"`                   // what the function wrote to stderr during this invocation (capped)
+	WaitNs        int64                  `protobuf:"varint,13,opt,name=wait_ns,json=waitNs,proto3" json:"wait_ns,omitempty"`    // time the agent waited for an instance (queue wait at the node)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,6 +618,20 @@ func (x *InvokeResponse) GetExecNs() int64 {
 func (x *InvokeResponse) GetVmExits() uint64 {
 	if x != nil {
 		return x.VmExits
+	}
+	return 0
+}
+
+func (x *InvokeResponse) GetStderr() []byte {
+	if x != nil {
+		return x.Stderr
+	}
+	return nil
+}
+
+func (x *InvokeResponse) GetWaitNs() int64 {
+	if x != nil {
+		return x.WaitNs
 	}
 	return 0
 }
@@ -1041,7 +1110,7 @@ var File_kiln_v1_kiln_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\n" +
-	"\x12kiln/v1/kiln.proto\x12\akiln.v1\"\xea\x01\n" +
+	"\x12kiln/v1/kiln.proto\x12\akiln.v1\"\xa4\x03\n" +
 	"\fFunctionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12!\n" +
@@ -1051,7 +1120,16 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\x06 \x01(\x03R\ttimeoutMs\x12\x10\n" +
 	"\x03env\x18\a \x03(\tR\x03env\x12\x12\n" +
-	"\x04args\x18\b \x03(\tR\x04args\"2\n" +
+	"\x04args\x18\b \x03(\tR\x04args\x12\x19\n" +
+	"\bmin_warm\x18\t \x01(\rR\aminWarm\x12#\n" +
+	"\rmax_instances\x18\n" +
+	" \x01(\rR\fmaxInstances\x12\"\n" +
+	"\rkeep_alive_ms\x18\v \x01(\x03R\vkeepAliveMs\x12\x14\n" +
+	"\x05fresh\x18\f \x01(\bR\x05fresh\x12\x1f\n" +
+	"\vdeadline_ms\x18\r \x01(\x03R\n" +
+	"deadlineMs\x12\x1d\n" +
+	"\n" +
+	"sla_target\x18\x0e \x01(\x01R\tslaTarget\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\x92\x02\n" +
@@ -1063,7 +1141,7 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\x05query\x18\x05 \x01(\tR\x05query\x12)\n" +
 	"\aheaders\x18\x06 \x03(\v2\x0f.kiln.v1.HeaderR\aheaders\x12\x12\n" +
 	"\x04body\x18\a \x01(\fR\x04body\x12(\n" +
-	"\x10deadline_unix_ms\x18\b \x01(\x03R\x0edeadlineUnixMs\"\xd1\x02\n" +
+	"\x10deadline_unix_ms\x18\b \x01(\x03R\x0edeadlineUnixMs\"\x82\x03\n" +
 	"\x0eInvokeResponse\x12*\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x10.kiln.v1.OutcomeR\aoutcome\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\x05R\x06status\x12)\n" +
@@ -1076,7 +1154,9 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\bstart_ns\x18\t \x01(\x03R\astartNs\x12\x17\n" +
 	"\aexec_ns\x18\n" +
 	" \x01(\x03R\x06execNs\x12\x19\n" +
-	"\bvm_exits\x18\v \x01(\x04R\avmExits\"\x11\n" +
+	"\bvm_exits\x18\v \x01(\x04R\avmExits\x12\x16\n" +
+	"\x06stderr\x18\f \x01(\fR\x06stderr\x12\x17\n" +
+	"\await_ns\x18\r \x01(\x03R\x06waitNs\"\x11\n" +
 	"\x0fCapacityRequest\"\xd1\x01\n" +
 	"\x10CapacityResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12,\n" +
