@@ -382,6 +382,7 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	if resp.Outcome != kilnv1.Outcome_OUTCOME_OK {
 		resp.LogTail = stderr.tail(TailLines, 0)
 	}
+	resp.Stderr = stderr.since(0)
 	return resp
 }
 

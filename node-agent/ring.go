@@ -45,6 +45,18 @@ func (r *ring) written() int64 {
 	return r.mark
 }
 
+// since returns what was written after the point mark (a value of
+// written()), as far as the ring still holds it: one invocation's stderr.
+func (r *ring) since(mark int64) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.buf
+	if fresh := r.mark - mark; fresh < int64(len(b)) {
+		b = b[int64(len(b))-fresh:]
+	}
+	return bytes.Clone(b)
+}
+
 // tail returns the last n lines of what was written after the point
 // `since` (a value of written()), as far as the ring still holds it.
 func (r *ring) tail(n int, since int64) []byte {

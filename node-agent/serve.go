@@ -225,6 +225,7 @@ func (in *instance) invoke(ctx context.Context, frame []byte, fresh bool) *kilnv
 		frame[8+i] = byte(id >> (8 * i))
 	}
 	exits0 := in.m.Stats().Exits
+	mark := in.stderr.written()
 	sent := in.a.now()
 	sendErr := make(chan error, 1)
 	go func() {
@@ -251,6 +252,10 @@ func (in *instance) invoke(ctx context.Context, frame []byte, fresh bool) *kilnv
 		if resp.Outcome != kilnv1.Outcome_OUTCOME_OK {
 			resp.LogTail = in.stderr.tail(TailLines, 0)
 		}
+		if fresh {
+			mark = 0 // what init wrote belongs to the first call's log
+		}
+		resp.Stderr = in.stderr.since(mark)
 		return resp
 	}
 	crashed := func() *kilnv1.InvokeResponse {
