@@ -88,9 +88,9 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout+schedulerSlack)
 	defer cancel()
 	resp, err := g.cfg.Scheduler.Invoke(ctx, req)
+	g.finished(&invocation{ID: id, Fn: fn, Resp: resp, Err: err, Total: time.Since(start)})
 	if err != nil {
 		code, msg := fromGRPC(err, fn, r.Context())
-		g.metrics.duration.WithLabelValues(name, "none", outcomeFromGRPC(err)).Observe(time.Since(start).Seconds())
 		g.log.Warn("invocation failed in the platform", "function", name, "invocation_id", id, "code", code, "err", err)
 		fail(code, name, msg)
 		return
@@ -102,7 +102,6 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	if resp.GetNode() != "" {
 		h.Set(HeaderNode, resp.GetNode())
 	}
-	g.metrics.duration.WithLabelValues(name, startKind, outcomeLabel(resp.GetOutcome())).Observe(time.Since(start).Seconds())
 
 	if resp.GetOutcome() == kilnv1.Outcome_OUTCOME_OK {
 		code := int(resp.GetStatus())
