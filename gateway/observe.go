@@ -26,5 +26,5 @@ func (g *Gateway) finished(inv *invocation) {
 	} else {
 		start, outcome = startLabel(inv.Resp.GetStart()), outcomeLabel(inv.Resp.GetOutcome())
 	}
-	g.metrics.duration.WithLabelValues(inv.Fn.Name, start, outcome).Observe(inv.Total.Seconds())
+	g.metrics.record(inv, start, outcome)
 }
