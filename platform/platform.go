@@ -32,6 +32,7 @@ import (
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/tracing"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
 
@@ -44,10 +45,11 @@ const DefaultHTTPAddr = "127.0.0.1:8080"
 const maxMessage = 64<<20 + 1<<20
 
 var (
-	serverOpts = []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage)}
+	serverOpts = []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage), tracing.ServerOption()}
 	dialOpts   = []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+		tracing.DialOption(),
 	}
 )
 
@@ -71,7 +73,10 @@ type Config struct {
 	NoAgent bool
 	// HeartbeatInterval of agents to the scheduler; 0 → EmbeddedHeartbeatInterval.
 	HeartbeatInterval time.Duration
-	Logger            *slog.Logger
+	// OTLPEndpoint receives traces (docs/TRACING.md); "" →
+	// $OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off.
+	OTLPEndpoint string
+	Logger       *slog.Logger
 }
 
 // Platform is a running Kiln. Close stops it.
@@ -120,6 +125,11 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		}
 	}()
 	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stopTracing, err := tracing.Setup(ctx, tracing.Config{Endpoint: cfg.OTLPEndpoint, Service: "kiln"})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	p.closers = append(p.closers, func() error { return stopTracing(context.Background()) })
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStart, err)
@@ -205,7 +215,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: gateway: %v (is another `kiln up` running? choose another address with --listen)", ErrStart, err)
 	}
-	hs := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: tracing.HTTPHandler(gw, "gateway"), ReadHeaderTimeout: 10 * time.Second}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()

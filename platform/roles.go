@@ -42,6 +42,7 @@ import (
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry/redisstore"
 	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/tracing"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
 
@@ -125,6 +126,18 @@ func (r *Role) Close() error {
 }
 
 func (r *Role) onClose(f func() error) { r.closers = append(r.closers, f) }
+
+// startTracing exports the role's spans to endpoint (or
+// $OTEL_EXPORTER_OTLP_ENDPOINT; neither: off) until the role's last part
+// has stopped.
+func (r *Role) startTracing(ctx context.Context, service, endpoint string) error {
+	stop, err := tracing.Setup(ctx, tracing.Config{Endpoint: endpoint, Service: service})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	r.onClose(func() error { return stop(context.Background()) })
+	return nil
+}
 
 // check is one dependency /readyz probes.
 type check struct {
@@ -303,6 +316,7 @@ type SchedulerConfig struct {
 	HTTPAddr string // "" → DefaultSchedulerHTTPAddr
 	// HeartbeatInterval agents are told to use; 0 → scheduler.DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
+	OTLPEndpoint      string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
 	Logger            *slog.Logger
 }
 
@@ -323,6 +337,9 @@ func StartScheduler(ctx context.Context, cfg SchedulerConfig) (_ *Role, err erro
 			r.Close()
 		}
 	}()
+	if err := r.startTracing(ctx, "kiln-scheduler", cfg.OTLPEndpoint); err != nil {
+		return nil, err
+	}
 	sched, err := scheduler.New(scheduler.Config{
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		DialOptions:       dialOpts,
@@ -379,8 +396,9 @@ type AgentConfig struct {
 	// for by name: it runs functions without any isolation.
 	Runtime string
 	// KernelPath, when set, overrides every image's guest kernel.
-	KernelPath string
-	Logger     *slog.Logger
+	KernelPath   string
+	OTLPEndpoint string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
+	Logger       *slog.Logger
 }
 
 // StartAgent runs the node-agent role: it serves the Agent service, joins
@@ -412,6 +430,9 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 			r.Close()
 		}
 	}()
+	if err := r.startTracing(ctx, "kiln-agent", cfg.OTLPEndpoint); err != nil {
+		return nil, err
+	}
 	var boot nodeagent.Booter
 	switch cfg.Runtime {
 	case "", RuntimeKVM:
@@ -508,8 +529,9 @@ type GatewayConfig struct {
 	// vmm.FindKernel().
 	KernelPath string
 	// APIKeysFile holds keys beside those in Redis (docs/AUTH.md); optional.
-	APIKeysFile string
-	Logger      *slog.Logger
+	APIKeysFile  string
+	OTLPEndpoint string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
+	Logger       *slog.Logger
 }
 
 // StartGateway runs the gateway role. It keeps nothing of its own, so any
@@ -528,6 +550,9 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 			r.Close()
 		}
 	}()
+	if err := r.startTracing(ctx, "kiln-gateway", cfg.OTLPEndpoint); err != nil {
+		return nil, err
+	}
 	kernelPath := cfg.KernelPath
 	if kernelPath == "" {
 		if kernelPath, err = vmm.FindKernel(); err != nil {
@@ -596,8 +621,8 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 		}
 		return nil
 	}}
-	if r.HTTPURL, err = r.serveHTTP(cfg.HTTPAddr, r.opsHandler("gateway",
-		[]check{redisCheck, natsCheck(images.Conn()), schedulerCheck(schedConn)}, nil, gw)); err != nil {
+	if r.HTTPURL, err = r.serveHTTP(cfg.HTTPAddr, tracing.HTTPHandler(r.opsHandler("gateway",
+		[]check{redisCheck, natsCheck(images.Conn()), schedulerCheck(schedConn)}, nil, gw), "gateway")); err != nil {
 		return nil, err
 	}
 	r.log.Info("gateway is up", "url", r.HTTPURL, "redis", opts.Addr, "nats", cfg.NATSURL, "scheduler", cfg.Scheduler,

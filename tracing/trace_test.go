@@ -1,0 +1,396 @@
+package tracing_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/platform"
+	"github.com/kilnfaas/kiln/tracing"
+)
+
+// TestTraceAcrossRoles runs the three roles in this process on real parts
+// (redis-server, nats-server with JetStream, gRPC on 127.0.0.1, the agent's
+// process runtime since this host has no /dev/kvm), sends one invocation
+// carrying a caller's traceparent, and checks that the spans the SDK
+// recorded form one trace under the caller's: gateway HTTP server →
+// gateway's gRPC client → scheduler server → placement and the scheduler's
+// client → agent server.
+func TestTraceAcrossRoles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: starts redis-server, NATS and three roles")
+	}
+	prog := echoProgram(t)
+	redisURL := startRedis(t)
+	natsURL := startNATS(t)
+
+	rec := tracetest.NewSpanRecorder()
+	stop, err := tracing.Setup(context.Background(), tracing.Config{SpanProcessor: rec, Service: "kiln-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(context.Background()) })
+	if !tracing.Enabled() {
+		t.Fatal("Setup with a span processor left tracing off")
+	}
+
+	ctx := context.Background()
+	sched, err := platform.StartScheduler(ctx, platform.SchedulerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sched.Close() })
+	agent, err := platform.StartAgent(ctx, platform.AgentConfig{
+		Node: "node1", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Scheduler: sched.GRPCAddr,
+		NATSURL: natsURL, DataDir: t.TempDir(), MemoryBytes: 1 << 30, Runtime: platform.RuntimeProcess,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Close() })
+	gw, err := platform.StartGateway(ctx, platform.GatewayConfig{
+		HTTPAddr: "127.0.0.1:0", RedisURL: redisURL, NATSURL: natsURL, Scheduler: sched.GRPCAddr, KernelPath: prog,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gw.Close() })
+	waitReady(t, gw.HTTPURL, agent.HTTPURL)
+
+	var out, errb bytes.Buffer
+	if code := cli.Main(ctx, []string{"--server", gw.HTTPURL, "deploy", "echo", "--binary", prog, "--kind", "exec", "--mem", "32M"},
+		strings.NewReader(""), &out, &errb); code != 0 {
+		t.Fatalf("kiln deploy: %d %s %s", code, out.String(), errb.String())
+	}
+	spansBefore := len(rec.Ended())
+
+	const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	const callerSpan = "00f067aa0ba902b7"
+	req, _ := http.NewRequest("POST", gw.HTTPURL+"/function/echo", strings.NewReader("world"))
+	req.Header.Set("traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "hello world" {
+		t.Fatalf("invocation: %d %q", resp.StatusCode, body)
+	}
+
+	// The server span ends after the response is written: wait for it.
+	var spans []sdktrace.ReadOnlySpan
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		spans = inTrace(rec.Ended()[spansBefore:], callerTrace)
+		if find(spans, "gateway POST /function/{name}") != nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, s := range spans {
+		t.Logf("span %s %s parent %s kind %s", s.SpanContext().SpanID(), s.Name(), s.Parent().SpanID(), s.SpanKind())
+	}
+	// Everything the invocation caused is in the caller's trace: no span
+	// of this period belongs to another one.
+	for _, s := range rec.Ended()[spansBefore:] {
+		if s.SpanContext().TraceID().String() != callerTrace {
+			t.Errorf("span %q is in trace %s, not the caller's %s", s.Name(), s.SpanContext().TraceID(), callerTrace)
+		}
+	}
+
+	gwSpan := mustFind(t, spans, "gateway POST /function/{name}", trace.SpanKindServer)
+	if got := gwSpan.Parent().SpanID().String(); got != callerSpan || !gwSpan.Parent().IsRemote() {
+		t.Errorf("gateway span's parent is %s (remote %v), want the caller's span %s", got, gwSpan.Parent().IsRemote(), callerSpan)
+	}
+	if res := gwSpan.Resource(); res == nil || !strings.Contains(res.String(), "service.name=kiln-test") {
+		t.Errorf("resource %v lacks service.name=kiln-test", res)
+	}
+	gwClient := mustFind(t, spans, "kiln.v1.Scheduler/Invoke", trace.SpanKindClient)
+	childOf(t, gwClient, gwSpan)
+	schedServer := mustFind(t, spans, "kiln.v1.Scheduler/Invoke", trace.SpanKindServer)
+	childOf(t, schedServer, gwClient)
+	place := mustFind(t, spans, tracing.SpanPlacement, trace.SpanKindInternal)
+	childOf(t, place, schedServer)
+	attrs := map[string]string{}
+	for _, kv := range place.Attributes() {
+		attrs[string(kv.Key)] = kv.Value.Emit()
+	}
+	if attrs["kiln.node"] != "node1" || attrs["kiln.placement"] != "cold" {
+		t.Errorf("placement attributes %v, want node1 and cold (first call, image not cached)", attrs)
+	}
+	schedClient := mustFind(t, spans, "kiln.v1.Agent/Invoke", trace.SpanKindClient)
+	childOf(t, schedClient, schedServer)
+	agentServer := mustFind(t, spans, "kiln.v1.Agent/Invoke", trace.SpanKindServer)
+	childOf(t, agentServer, schedClient)
+	if !(gwSpan.StartTime().Before(agentServer.StartTime()) && agentServer.EndTime().Before(gwSpan.EndTime())) {
+		t.Errorf("the agent's span [%v, %v] is not inside the gateway's [%v, %v]",
+			agentServer.StartTime(), agentServer.EndTime(), gwSpan.StartTime(), gwSpan.EndTime())
+	}
+	// The agent's own spans (boot or restore, queue wait, execute), once the
+	// node-agent has its hooks (docs/TRACING.md), are children of its server span.
+	for _, s := range spans {
+		switch s.Name() {
+		case tracing.SpanBoot, tracing.SpanRestore, tracing.SpanQueueWait, tracing.SpanExecute:
+			childOf(t, s, agentServer)
+		}
+	}
+	// Probes and scrapes make no spans.
+	n := len(rec.Ended())
+	for _, u := range []string{gw.HTTPURL + "/healthz", gw.HTTPURL + "/readyz", gw.HTTPURL + "/metrics"} {
+		if r, err := http.Get(u); err == nil {
+			r.Body.Close()
+		}
+	}
+	if extra := rec.Ended()[n:]; len(extra) != 0 {
+		t.Errorf("health, readiness and metrics requests made %d spans (%s ...)", len(extra), extra[0].Name())
+	}
+}
+
+// TestOffByDefault: with no endpoint configured Setup installs nothing and
+// the hooks are no-ops.
+func TestOffByDefault(t *testing.T) {
+	t.Setenv(tracing.EnvEndpoint, "")
+	t.Setenv(tracing.EnvTracesEndpoint, "")
+	stop, err := tracing.Setup(context.Background(), tracing.Config{Service: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop(context.Background())
+	if tracing.Enabled() {
+		t.Fatal("tracing is on without an endpoint")
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		tracing.Span(context.Background(), tracing.SpanExecute)(nil)
+	}); n != 0 {
+		t.Errorf("a span hook with tracing off allocates %v times", n)
+	}
+	hit := false
+	h := tracing.HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hit = true }), "gateway")
+	h.ServeHTTP(nopWriter{}, mustRequest(t))
+	if !hit {
+		t.Fatal("the HTTP wrapper did not call the handler")
+	}
+}
+
+// TestBadEndpoint: an endpoint that is not an http(s) URL is refused at
+// start-up with what is accepted, and tracing stays off.
+func TestBadEndpoint(t *testing.T) {
+	for _, ep := range []string{"jaeger:4318", "grpc://jaeger:4317", "http://"} {
+		_, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: ep})
+		if err == nil || !strings.Contains(err.Error(), "want an http:// or https:// URL") {
+			t.Errorf("endpoint %q: %v", ep, err)
+		}
+	}
+	t.Setenv(tracing.EnvProtocol, "grpc")
+	if _, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: "http://127.0.0.1:4318"}); err == nil || !strings.Contains(err.Error(), "OTLP over HTTP only") {
+		t.Errorf("protocol grpc: %v", err)
+	}
+	if tracing.Enabled() {
+		t.Fatal("a refused configuration turned tracing on")
+	}
+}
+
+// TestEndpointFromEnvironment: the standard variable alone turns tracing on
+// (the exporter connects lazily, so nothing needs to listen), and the
+// returned function turns it off again.
+func TestEndpointFromEnvironment(t *testing.T) {
+	t.Setenv(tracing.EnvEndpoint, "http://127.0.0.1:1")
+	stop, err := tracing.Setup(context.Background(), tracing.Config{Service: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tracing.Enabled() {
+		t.Fatal("OTEL_EXPORTER_OTLP_ENDPOINT did not turn tracing on")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	stop(ctx) // the export to a closed port fails; what matters is the state after
+	if tracing.Enabled() {
+		t.Fatal("tracing still on after its shutdown")
+	}
+}
+
+type nopWriter struct{}
+
+func (nopWriter) Header() http.Header         { return http.Header{} }
+func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (nopWriter) WriteHeader(int)             {}
+
+func mustRequest(t *testing.T) *http.Request {
+	r, err := http.NewRequest("GET", "http://x/function/f", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func inTrace(spans []sdktrace.ReadOnlySpan, traceID string) []sdktrace.ReadOnlySpan {
+	var out []sdktrace.ReadOnlySpan
+	for _, s := range spans {
+		if s.SpanContext().TraceID().String() == traceID {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func find(spans []sdktrace.ReadOnlySpan, name string) sdktrace.ReadOnlySpan {
+	for _, s := range spans {
+		if s.Name() == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func mustFind(t *testing.T, spans []sdktrace.ReadOnlySpan, name string, kind trace.SpanKind) sdktrace.ReadOnlySpan {
+	t.Helper()
+	var found []sdktrace.ReadOnlySpan
+	for _, s := range spans {
+		if s.Name() == name && s.SpanKind() == kind {
+			found = append(found, s)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want one %s span %q in the trace, found %d", kind, name, len(found))
+	}
+	return found[0]
+}
+
+func childOf(t *testing.T, child, parent sdktrace.ReadOnlySpan) {
+	t.Helper()
+	if child.Parent().SpanID() != parent.SpanContext().SpanID() {
+		t.Errorf("span %q (%s) has parent %s, want %q (%s)", child.Name(), child.SpanKind(), child.Parent().SpanID(),
+			parent.Name(), parent.SpanContext().SpanID())
+	}
+}
+
+// echoProgram builds a static program that answers "hello " and its input:
+// the function the test deploys, and the stand-in guest kernel the gateway
+// packs into images (the process runtime boots none).
+func echoProgram(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skipf("gcc not installed (make deps installs it): %v", err)
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "echo.c")
+	os.WriteFile(src, []byte(`#include <stdio.h>
+int main(void){char b[256];size_t n=fread(b,1,sizeof b,stdin);printf("hello %.*s",(int)n,b);return 0;}
+`), 0o644)
+	out := filepath.Join(dir, "echo")
+	if b, err := exec.Command("gcc", "-static", "-O2", "-s", "-o", out, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc -static: %v\n%s", err, b)
+	}
+	return out
+}
+
+// startRedis runs a real redis-server on a free port; without the binary
+// the test skips, unless KILN_REQUIRE_REDIS=1 (CI) makes that a failure.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		msg := "redis-server not found in PATH: tracing across the roles is NOT tested (apt-get install -y redis-server)"
+		if os.Getenv("KILN_REQUIRE_REDIS") == "1" {
+			t.Fatal(msg + "; KILN_REQUIRE_REDIS=1 makes this a failure")
+		}
+		t.Skip("SKIPPING: " + msg)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+	defer rdb.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return fmt.Sprintf("redis://127.0.0.1:%d/0", port)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server not answering: %v\n%s", err, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startNATS runs a real nats-server with JetStream in this process.
+func startNATS(t *testing.T) string {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true, MaxPayload: 8 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready after 10s")
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	return srv.ClientURL()
+}
+
+// waitReady waits until every role's /readyz answers 200 (the agent has
+// registered, the gateway reaches Redis, NATS and the scheduler).
+func waitReady(t *testing.T, urls ...string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for _, u := range urls {
+		for {
+			r, err := http.Get(u + "/readyz")
+			if err == nil {
+				b, _ := io.ReadAll(r.Body)
+				r.Body.Close()
+				if r.StatusCode == 200 {
+					break
+				}
+				err = fmt.Errorf("%d %s", r.StatusCode, b)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not ready: %v", u, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
