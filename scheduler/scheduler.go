@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/tracing"
 )
 
 // DefaultHeartbeatInterval is what agents are told when Config names none.
@@ -529,7 +530,9 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 	var lastRefusal *kilnv1.InvokeResponse
 	var lastUnreached error
 	for {
+		endPlace := tracing.Span(ctx, tracing.SpanPlacement)
 		dec, l, err := s.place(d, excluded)
+		endPlace(err, tracing.Decision(dec.Node, dec.Warm, dec.Cached)...)
 		if err != nil && len(excluded) == 0 && s.awaitFirstNode(ctx) {
 			continue
 		}
