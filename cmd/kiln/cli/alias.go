@@ -35,7 +35,8 @@ always follows the newest deploy and cannot be set or deleted.`,
 		Example: `  kiln alias hello prod 3
   kiln alias hello prod 3:90 4:10
   kiln alias hello prod --delete`,
-		Args: usage(cobra.RangeArgs(1, 4)),
+		Args:              usage(cobra.RangeArgs(1, 4)),
+		ValidArgsFunction: a.completeAliasArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput("alias", output); err != nil {
 				return err
@@ -92,7 +93,7 @@ always follows the newest deploy and cannot be set or deleted.`,
 			return a.printAlias(name, al, output)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	outputFlag(cmd, &output)
 	cmd.Flags().BoolVar(&del, "delete", false, "delete the alias")
 	return cmd
 }

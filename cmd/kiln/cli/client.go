@@ -55,24 +55,67 @@ func (a *app) do(ctx context.Context, method, path string, q url.Values, hdr htt
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		hint := ""
-		var op *net.OpError
-		if errors.As(err, &op) {
-			hint = ": is `kiln up` running? (set --server or $KILN_SERVER for another gateway)"
-		}
-		return nil, fmt.Errorf("%w at %s%s (%v)", ErrUnreachable, a.serverURL(), hint, err)
+		return nil, a.unreachable(err)
 	}
 	return resp, nil
+}
+
+// unreachable says which gateway was tried, where that URL came from, and
+// the three ways to name another.
+func (a *app) unreachable(err error) error {
+	hint := ""
+	var op *net.OpError
+	if errors.As(err, &op) {
+		hint = " is `kiln up` running?"
+	}
+	return fmt.Errorf("%w at %s:%s (URL %s; %v) Name another gateway with --server URL, $KILN_SERVER or `server: URL` in %s",
+		ErrUnreachable, a.serverURL(), hint, a.serverSource(), err, configPathText())
 }
 
 // failure turns a non-2xx answer into an error carrying the gateway's
 // sentence (or, for a body that is not the JSON error, the raw body).
 func failure(resp *http.Response, body []byte) error {
 	var e apiError
+	msg := strings.TrimSpace(string(body))
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		return fmt.Errorf("%s: %s", resp.Status, e.Error)
+		msg = e.Error
 	}
-	return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	if msg == "" {
+		msg = http.StatusText(resp.StatusCode)
+	}
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		// The gateway's own 404s already point somewhere; a bare one
+		// (an old gateway, a proxy in between) gets the pointer here.
+		if !strings.Contains(msg, "kiln ") {
+			msg += ": see `kiln list` for what is deployed"
+		}
+	case http.StatusUnauthorized:
+		msg += fmt.Sprintf(" (this CLI sends the key from --api-key, else $KILN_API_KEY, else `api_key:` in %s)", configPathText())
+	}
+	return fmt.Errorf("%s: %s", resp.Status, msg)
+}
+
+// serverSource says where serverURL came from, for error messages.
+func (a *app) serverSource() string {
+	switch {
+	case a.server != "":
+		return "from --server"
+	case os.Getenv("KILN_SERVER") != "":
+		return "from $KILN_SERVER"
+	}
+	if cfg, _ := a.config(); cfg.Server != "" {
+		return "from `server:` in " + configPathText()
+	}
+	return "by default: no --server, $KILN_SERVER or config file `server:`"
+}
+
+// configPathText is the config file's path for messages.
+func configPathText() string {
+	if p := configPath(); p != "" {
+		return p
+	}
+	return "the config file ($KILN_CONFIG)"
 }
 
 func (a *app) getJSON(ctx context.Context, path string, v any) error {

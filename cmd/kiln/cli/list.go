@@ -48,7 +48,7 @@ func (a *app) listCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	outputFlag(cmd, &output)
 	return cmd
 }
 

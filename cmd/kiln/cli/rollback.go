@@ -21,7 +21,8 @@ remembers its last 10 routes). 'latest' always follows the newest deploy and
 cannot be rolled back: point another alias at the version you want instead.`,
 		Example: `  kiln rollback hello
   kiln rollback hello --alias beta`,
-		Args: usage(cobra.ExactArgs(1)),
+		Args:              usage(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeFunctionNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput("rollback", output); err != nil {
 				return err
@@ -38,7 +39,13 @@ cannot be rolled back: point another alias at the version you want instead.`,
 			return a.printAlias(args[0], al, output)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	outputFlag(cmd, &output)
 	cmd.Flags().StringVar(&alias, "alias", "prod", "the alias to roll back")
+	cmd.RegisterFlagCompletionFunc("alias", func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) == 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return a.aliasNames(cmd.Context(), args[0], toComplete), cobra.ShellCompDirectiveNoFileComp
+	})
 	return cmd
 }

@@ -95,6 +95,7 @@ or 'curl -d DATA http://127.0.0.1:8080/function/NAME'.`,
 	root.AddCommand(a.upCmd(), a.runCmd(), a.deployCmd(), a.invokeCmd(), a.listCmd(), a.versionCmd(),
 		a.buildCmd(), a.newCmd(), a.keysCmd())
 	root.AddCommand(a.versionsCmd(), a.aliasCmd(), a.rollbackCmd())
+	root.AddCommand(a.describeCmd(), a.deleteCmd())
 	root.AddCommand(a.gatewayCmd(), a.schedulerCmd(), a.agentCmd())
 	return root
 }

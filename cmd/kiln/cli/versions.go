@@ -26,7 +26,8 @@ func (a *app) versionsCmd() *cobra.Command {
 		Short: "List every version of function NAME and the aliases that route to it",
 		Example: `  kiln versions hello
   kiln versions hello -o json`,
-		Args: usage(cobra.ExactArgs(1)),
+		Args:              usage(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeFunctionNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput("versions", output); err != nil {
 				return err
@@ -61,7 +62,7 @@ func (a *app) versionsCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	outputFlag(cmd, &output)
 	return cmd
 }
 
