@@ -88,6 +88,7 @@ scheduler answer. See docs/CLUSTER.md.`,
 	fl.StringVar(&cfg.Scheduler, "scheduler", envString("KILN_SCHEDULER", platform.DefaultSchedulerAddr), "the scheduler's gRPC address ($KILN_SCHEDULER)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel ELF packed into deployed images (default: $KILN_KERNEL, beside kiln, or build/kernel)")
 	fl.StringVar(&cfg.APIKeysFile, "api-keys-file", os.Getenv("KILN_API_KEYS_FILE"), "a keys file read beside the keys in Redis ($KILN_API_KEYS_FILE; docs/AUTH.md)")
+	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)
 	return cmd
 }
@@ -126,6 +127,7 @@ See docs/CLUSTER.md.`,
 	fl.StringVar(&cfg.GRPCAddr, "listen", envString("KILN_LISTEN", platform.DefaultSchedulerAddr), "gRPC listen address for agents and gateways ($KILN_LISTEN)")
 	fl.StringVar(&cfg.HTTPAddr, "http", envString("KILN_HTTP_LISTEN", platform.DefaultSchedulerHTTPAddr), "listen address of /healthz, /readyz, /metrics, /nodes ($KILN_HTTP_LISTEN)")
 	fl.StringVar(&heartbeat, "heartbeat", os.Getenv("KILN_HEARTBEAT"), "heartbeat interval agents are told to use; a node silent for 4 of them is drained (default 500ms; $KILN_HEARTBEAT)")
+	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)
 	return cmd
 }
@@ -179,6 +181,7 @@ See docs/CLUSTER.md.`,
 	fl.StringVar(&cfg.DataDir, "data", "", "image cache directory (default $KILN_DATA/agent, else ~/.kiln/agent)")
 	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "boot this guest kernel instead of the one in each image (kernel development)")
+	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)
 	return cmd
 }

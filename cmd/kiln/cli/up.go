@@ -62,6 +62,7 @@ State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
 	fl.StringVar(&mem, "mem", "", "guest memory the node-agent may use (default half of RAM)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel ELF (default: $KILN_KERNEL, beside kiln, or build/kernel)")
 	fl.BoolVar(&debug, "debug", false, "log every invocation")
+	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	return cmd
 }
 
