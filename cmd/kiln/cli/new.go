@@ -101,7 +101,8 @@ func (a *app) newCmd() *cobra.Command {
 		Use:   "new NAME --lang go|c",
 		Short: "Write a starter function into the new directory NAME",
 		Long: `Write a starter function into the new directory NAME: a serve function
-that answers "hello, <body>", ready for 'kiln deploy NAME ./NAME'.
+that answers "hello, <body>", ready for 'kiln deploy NAME ./NAME', with
+its deploy settings in NAME/kiln.yaml (commented: edit and redeploy).
 An existing NAME is never overwritten.`,
 		Example: `  kiln new hello --lang go && kiln deploy hello ./hello
   kiln new upper --lang c`,
@@ -132,8 +133,12 @@ An existing NAME is never overwritten.`,
 					return fmt.Errorf("new: %w", err)
 				}
 			}
-			fmt.Fprintf(a.out, "wrote %s/ (%s). Deploy it and call it:\n  kiln deploy %s %s\n  kiln invoke %s -d world\n",
-				dir, lang, name, dir, name)
+			manifest := strings.ReplaceAll(manifestTemplate, "NAME", name)
+			if err := os.WriteFile(filepath.Join(dir, ManifestFile), []byte(manifest), 0o644); err != nil {
+				return fmt.Errorf("new: %w", err)
+			}
+			fmt.Fprintf(a.out, "wrote %s/ (%s; deploy settings in %s). Deploy it and call it:\n  kiln deploy %s %s\n  kiln invoke %s -d world\n",
+				dir, lang, filepath.Join(dir, ManifestFile), name, dir, name)
 			return nil
 		},
 	}
