@@ -24,6 +24,7 @@ import (
 	"github.com/kilnfaas/kiln/asyncq"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/slaledger"
 )
 
 // Defaults for Config fields left zero.
@@ -62,6 +63,9 @@ type Config struct {
 	// Keys holds the API keys (docs/AUTH.md). nil means no key exists:
 	// only loopback callers may manage functions or call private ones.
 	Keys apikeys.Store
+	// SLA records invocations of functions with an SLA and serves
+	// /system/sla (docs/SLA.md); nil: no ledger, /system/sla answers 503.
+	SLA *slaledger.Recorder
 }
 
 // Gateway is the http.Handler of the public API.
@@ -115,6 +119,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.mux.HandleFunc("DELETE /system/functions/{name}", g.remove)
 	g.registerVersionRoutes()
 	g.registerAsync()
+	g.registerSLA()
 	g.mux.HandleFunc("GET /healthz", g.healthz)
 	if cfg.Gatherer != nil {
 		g.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))

@@ -27,4 +27,5 @@ func (g *Gateway) finished(inv *invocation) {
 		start, outcome = startLabel(inv.Resp.GetStart()), outcomeLabel(inv.Resp.GetOutcome())
 	}
 	g.metrics.record(inv, start, outcome)
+	g.recordSLA(inv)
 }
