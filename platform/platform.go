@@ -32,6 +32,7 @@ import (
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/slaledger"
 	"github.com/kilnfaas/kiln/tracing"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
@@ -162,6 +163,14 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		p.NoKeys = true
 	}
 
+	ledger, err := slaledger.OpenBolt(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	p.closers = append(p.closers, ledger.Close)
+	slaRec := slaledger.NewRecorder(ledger, 0, log.With("role", "gateway"))
+	p.closers = append(p.closers, slaRec.Close) // closed first: what is queued reaches the ledger
+
 	images, err := imagestore.Embedded(ctx, cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
@@ -207,6 +216,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	gw, err := gateway.New(gateway.Config{
 		Registry: reg, Images: images, Scheduler: schedClient, Kernel: kernel, Async: queue, Keys: keys,
 		Registerer: p.Metrics, Logger: log.With("role", "gateway"),
+		SLA: slaRec,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)

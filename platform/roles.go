@@ -42,6 +42,7 @@ import (
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry/redisstore"
 	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/slaledger"
 	"github.com/kilnfaas/kiln/tracing"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
@@ -608,9 +609,17 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 		return nil
 	})
 
+	ledger, err := slaledger.OpenRedis(ctx, cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	r.onClose(ledger.Close)
+	slaRec := slaledger.NewRecorder(ledger, 0, r.log)
+	r.onClose(slaRec.Close)
 	gw, err := gateway.New(gateway.Config{
 		Registry: reg, Images: images, Scheduler: sched, Kernel: kernel, Async: queue, Keys: keys,
 		Registerer: r.Metrics, Logger: r.log,
+		SLA: slaRec,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
