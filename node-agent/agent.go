@@ -19,9 +19,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -50,6 +52,15 @@ type Config struct {
 	Logger      *slog.Logger          // nil: discard
 	Boot        Booter                // nil: BootVM (KVM)
 	Clock       func() time.Time      // nil: time.Now
+	// KeepAlive is how long an idle instance above min_warm lives when the
+	// function names none; 0 → DefaultKeepAlive.
+	KeepAlive time.Duration
+	// MaintainEvery is how often idle instances are reaped and pools
+	// grown to min_warm; 0 → 250 ms.
+	MaintainEvery time.Duration
+	// NoSnapshots makes every cold start a boot. Snapshots need the KVM
+	// booter: with another Boot they are always off.
+	NoSnapshots bool
 }
 
 // Agent implements kilnv1.AgentServer.
@@ -58,28 +69,40 @@ type Agent struct {
 
 	cfg   Config
 	cache *imageCache
+	snaps *snapStore // nil: no snapshots
 	log   *slog.Logger
 	now   func() time.Time
 	boot  Booter
 	m     metrics
 
-	registered atomic.Bool // the Connect stream is up (Run)
+	registered   atomic.Bool // the Connect stream is up (Run)
+	maintainKick chan struct{}
+	stop         chan struct{}
 
-	mu       sync.Mutex
-	closed   bool
-	used     uint64                // guest memory of live VMs
-	slots    map[string]*serveSlot // serve instances by instanceKey
-	machines map[Machine]struct{}  // exec VMs running now
+	mu         sync.Mutex
+	closed     bool
+	used       uint64                 // guest memory of live VMs
+	pools      map[string]*pool       // serve instances by spec.key()
+	prewarming int                    // min_warm starts in flight
+	instances  map[*instance]struct{} // every serve instance alive
+	machines   map[Machine]struct{}   // exec VMs running now
 }
 
 type metrics struct {
 	invocations *prometheus.CounterVec
 	boot        prometheus.Histogram
+	restore     prometheus.Histogram
 	exec        prometheus.Histogram
+	total       *prometheus.HistogramVec
 	vms         prometheus.Gauge
+	warm        *prometheus.GaugeVec
 	memUsed     prometheus.Gauge
 	memBudget   prometheus.Gauge
 	exits       prometheus.Counter
+	snapshots   *prometheus.CounterVec
+	evictions   prometheus.Counter
+	reaped      prometheus.Counter
+	prewarmed   *prometheus.CounterVec
 }
 
 // New returns an agent; it boots nothing until invoked.
@@ -92,9 +115,21 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, cache: cache, log: cfg.Logger, now: cfg.Clock, boot: cfg.Boot,
-		slots: map[string]*serveSlot{}, machines: map[Machine]struct{}{}}
+		pools: map[string]*pool{}, instances: map[*instance]struct{}{}, machines: map[Machine]struct{}{},
+		maintainKick: make(chan struct{}, 1), stop: make(chan struct{})}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Boot == nil && !cfg.NoSnapshots {
+		if a.snaps, err = newSnapStore(filepath.Join(cfg.CacheDir, "snapshots"), a.log); err != nil {
+			return nil, err
+		}
+	}
+	if a.cfg.KeepAlive <= 0 {
+		a.cfg.KeepAlive = DefaultKeepAlive
+	}
+	if a.cfg.MaintainEvery <= 0 {
+		a.cfg.MaintainEvery = 250 * time.Millisecond
 	}
 	if a.now == nil {
 		a.now = time.Now
@@ -110,22 +145,41 @@ func New(cfg Config) (*Agent, error) {
 		boot: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "kiln_agent_vm_boot_seconds", Help: "From VM creation until the function is ready for input.", Buckets: buckets,
 		}),
+		restore: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kiln_agent_restore_seconds", Help: "From the start of a snapshot restore until the function is ready for input.", Buckets: buckets,
+		}),
 		exec: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "kiln_agent_exec_seconds", Help: "Time inside the function per invocation.", Buckets: buckets,
 		}),
-		vms:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_vms", Help: "VMs alive on this node."}),
+		total: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kiln_agent_invocation_seconds", Help: "Time the agent spent on an invocation (wait, start, exec), by start kind.", Buckets: buckets,
+		}, []string{"start"}),
+		vms: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_vms", Help: "VMs alive on this node."}),
+		warm: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kiln_agent_warm_instances", Help: "Serve instances on this node by function and state (idle: parked waiting for a request; busy: running one or starting).",
+		}, []string{"function", "state"}),
+		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_snapshots_total", Help: "Snapshot events: taken, restored, corrupt (found unusable and rebuilt).",
+		}, []string{"event"}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_evictions_total", Help: "Idle instances destroyed to make memory for an invocation of another function."}),
+		reaped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_reaped_total", Help: "Idle instances destroyed after their keep-alive."}),
+		prewarmed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_prewarmed_total", Help: "Instances started ahead of demand for min_warm, by start kind.",
+		}, []string{"start"}),
 		memUsed:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_used", Help: "Guest memory of live VMs."}),
 		memBudget: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_budget", Help: "Guest memory this node may hand out."}),
 		exits:     prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_vm_exits_total", Help: "VM exits taken during invocations."}),
 	}
 	a.m.memBudget.Set(float64(cfg.MemoryBytes))
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{a.m.invocations, a.m.boot, a.m.exec, a.m.vms, a.m.memUsed, a.m.memBudget, a.m.exits} {
+		for _, c := range []prometheus.Collector{a.m.invocations, a.m.boot, a.m.restore, a.m.exec, a.m.total, a.m.vms, a.m.warm,
+			a.m.memUsed, a.m.memBudget, a.m.exits, a.m.snapshots, a.m.evictions, a.m.reaped, a.m.prewarmed} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("nodeagent: registering metrics: %w", err)
 			}
 		}
 	}
+	go a.maintain(a.stop)
 	return a, nil
 }
 
@@ -133,6 +187,10 @@ func New(cfg Config) (*Agent, error) {
 func (a *Agent) reserve(mem uint64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.reserveLocked(mem)
+}
+
+func (a *Agent) reserveLocked(mem uint64) error {
 	if a.closed {
 		return ErrClosed
 	}
@@ -145,7 +203,7 @@ func (a *Agent) reserve(mem uint64) error {
 	return nil
 }
 
-func (a *Agent) release(mem uint64) {
+func (a *Agent) releaseMem(mem uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.used -= mem
@@ -162,12 +220,16 @@ type spec struct {
 	args, env    []string
 	img          *image.Image
 	deadline     time.Time
+
+	minWarm, maxInstances int
+	keepAlive             time.Duration
+	fresh                 bool
 }
 
 // key identifies the serve instances that can answer this spec: the same
 // image booted the same way.
 func (s *spec) key() string {
-	return fmt.Sprintf("%s|%d|%q|%q", s.digest, s.mem, s.args, s.env)
+	return fmt.Sprintf("%s|%s|%d|%q|%q|%v", s.name, s.digest, s.mem, s.args, s.env, s.fresh)
 }
 
 func (a *Agent) vmConfig(s *spec) vmm.Config {
@@ -201,6 +263,7 @@ func (a *Agent) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.
 	outcome := strings.ToLower(strings.TrimPrefix(resp.Outcome.String(), "OUTCOME_"))
 	startLabel := strings.ToLower(strings.TrimPrefix(start.String(), "START_"))
 	a.m.invocations.WithLabelValues(name, startLabel, outcome).Inc()
+	a.m.total.WithLabelValues(startLabel).Observe(float64(resp.WaitNs+resp.StartNs+resp.ExecNs) / 1e9)
 	if resp.ExecNs > 0 {
 		a.m.exec.Observe(float64(resp.ExecNs) / 1e9)
 	}
@@ -219,7 +282,7 @@ func (a *Agent) invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.
 	ctx, cancel := context.WithDeadline(ctx, s.deadline)
 	defer cancel()
 	if s.kind == image.KindExec {
-		return a.runExec(ctx, s, req), kilnv1.StartKind_START_BOOT
+		return a.runExec(ctx, s, req)
 	}
 	return a.runServe(ctx, s, req)
 }
@@ -265,6 +328,12 @@ func (a *Agent) resolve(ctx context.Context, req *kilnv1.InvokeRequest) (*spec, 
 		// Later entries win in getenv implementations that scan from the
 		// end, and musl/Go both take the first: drop overridden keys.
 		s.env = mergeEnv(m.Env, fn.Env)
+	}
+	s.minWarm, s.maxInstances = int(fn.MinWarm), int(fn.MaxInstances)
+	s.keepAlive = time.Duration(fn.KeepAliveMs) * time.Millisecond
+	s.fresh = fn.Fresh || s.kind == image.KindExec
+	if s.fresh {
+		s.minWarm = 0
 	}
 	s.deadline = a.now().Add(s.timeout)
 	if req.DeadlineUnixMs > 0 {
@@ -338,30 +407,55 @@ func (c *capped) Write(p []byte) (int, error) {
 	return c.buf.Write(p)
 }
 
-func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) *kilnv1.InvokeResponse {
+// runExec runs an exec function on a VM of its own: a restore of its
+// snapshot (taken at its first read of stdin, so its start-up work is done
+// once per node) or a boot that takes it.
+func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind) {
 	if err := a.reserve(s.mem); err != nil {
-		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
+		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err), kilnv1.StartKind_START_UNSPECIFIED
 	}
-	defer a.release(s.mem)
+	defer a.releaseMem(s.mem)
 	stdout := &capped{limit: wire.MaxBody}
 	stderr := newRing(StderrRing)
 	cfg := a.vmConfig(s)
-	cfg.Stdin, cfg.Stdout, cfg.Stderr = bytes.NewReader(req.Body), stdout, stderr
+	probe := &readProbe{r: bytes.NewReader(req.Body), now: a.now}
+	cfg.Stdin, cfg.Stdout, cfg.Stderr = probe, stdout, stderr
+	plan := a.plan(&cfg, func() string {
+		if stdout.buf.Len() > 0 {
+			return "it writes to stdout before it reads stdin, and a restore would not repeat that output"
+		}
+		return ""
+	})
+	kind := plan.kind()
 	t0 := a.now()
 	m, err := a.boot(cfg)
+	if err != nil && plan.restore != nil {
+		a.log.Warn("restore failed; booting", "function", s.name, "err", err)
+		a.snaps.drop(plan.key)
+		cfg.Snapshot, kind, t0 = nil, kilnv1.StartKind_START_BOOT, a.now()
+		m, err = a.boot(cfg)
+	}
 	if err != nil {
-		return bootOutcome(err)
+		if plan.take != "" {
+			a.snaps.abandon(plan.key)
+		}
+		return bootOutcome(err), kind
 	}
-	if !a.track(m) {
+	if !a.trackMachine(m) {
 		m.Close()
-		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
+		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed), kind
 	}
-	defer a.untrack(m)
-	bootNS := a.now().Sub(t0)
-	a.m.boot.Observe(bootNS.Seconds())
-	t1 := a.now()
+	defer a.untrackMachine(m)
 	res, runErr := m.Run(ctx)
-	execNS := a.now().Sub(t1)
+	done := a.now()
+	ready := done
+	if at := probe.first.Load(); at != 0 {
+		ready = time.Unix(0, at)
+	} else if plan.take != "" {
+		a.snaps.abandon(plan.key) // it never asked for input
+	}
+	bootNS, execNS := ready.Sub(t0), done.Sub(ready)
+	a.observeStart(kind, bootNS)
 	var exits uint64
 	if res != nil {
 		exits = res.Stats.Exits
@@ -383,10 +477,73 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 		resp.LogTail = stderr.tail(TailLines, 0)
 	}
 	resp.Stderr = stderr.since(0)
-	return resp
+	return resp, kind
 }
 
-func (a *Agent) track(m Machine) bool {
+// readProbe notes when the guest first asks for input: the end of its
+// start (boot or restore), the start of the invocation proper.
+type readProbe struct {
+	r       io.Reader
+	now     func() time.Time
+	first   atomic.Int64 // unix ns
+	onFirst func()
+}
+
+func (p *readProbe) Read(b []byte) (int, error) {
+	if p.first.Load() == 0 && p.first.CompareAndSwap(0, p.now().UnixNano()) && p.onFirst != nil {
+		p.onFirst()
+	}
+	return p.r.Read(b)
+}
+
+// kind is the start a plan makes.
+func (p snapPlan) kind() kilnv1.StartKind {
+	if p.restore != nil {
+		return kilnv1.StartKind_START_RESTORE
+	}
+	return kilnv1.StartKind_START_BOOT
+}
+
+// plan picks a restore or a boot for cfg and sets cfg up for it. veto,
+// called once a snapshot is written, may say why this shape must never be
+// restored (and the snapshot is then removed).
+func (a *Agent) plan(cfg *vmm.Config, veto func() string) snapPlan {
+	if a.snaps == nil {
+		return snapPlan{}
+	}
+	p := a.snaps.plan(cfg)
+	if p.corrupt != nil {
+		a.m.snapshots.WithLabelValues("corrupt").Inc()
+	}
+	switch {
+	case p.restore != nil:
+		cfg.Snapshot = p.restore
+		a.m.snapshots.WithLabelValues("restored").Inc()
+	case p.take != "":
+		cfg.SnapshotPath = p.take
+		cfg.OnSnapshot = func(err error) {
+			why := ""
+			if err == nil && veto != nil {
+				why = veto()
+			}
+			if err == nil && why == "" {
+				a.m.snapshots.WithLabelValues("taken").Inc()
+			}
+			a.snaps.taken(p.key, err, why)
+		}
+	}
+	return p
+}
+
+func (a *Agent) observeStart(kind kilnv1.StartKind, d time.Duration) {
+	if kind == kilnv1.StartKind_START_RESTORE {
+		a.m.restore.Observe(d.Seconds())
+	} else {
+		a.m.boot.Observe(d.Seconds())
+	}
+}
+
+func (a *Agent) trackMachine(m Machine) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
@@ -396,10 +553,22 @@ func (a *Agent) track(m Machine) bool {
 	return true
 }
 
-func (a *Agent) untrack(m Machine) {
+func (a *Agent) untrackMachine(m Machine) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.machines, m)
+}
+
+func (a *Agent) track(in *instance) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.instances[in] = struct{}{}
+}
+
+func (a *Agent) untrack(in *instance) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.instances, in)
 }
 
 // Capacity implements kilnv1.AgentServer.
@@ -412,20 +581,17 @@ func (a *Agent) capacity() *kilnv1.CapacityResponse {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	warm := map[string]*kilnv1.WarmInstances{}
-	for _, sl := range a.slots {
-		if !sl.live {
+	for _, p := range a.pools {
+		if p.total() == 0 {
 			continue
 		}
-		w := warm[sl.digest]
+		w := warm[p.digest]
 		if w == nil {
-			w = &kilnv1.WarmInstances{ImageDigest: sl.digest}
-			warm[sl.digest] = w
+			w = &kilnv1.WarmInstances{ImageDigest: p.digest}
+			warm[p.digest] = w
 		}
-		if sl.busy {
-			w.Busy++
-		} else {
-			w.Idle++
-		}
+		w.Idle += uint32(len(p.idle))
+		w.Busy += uint32(p.busy + p.starting)
 	}
 	c := &kilnv1.CapacityResponse{Node: a.cfg.Node, MemoryBytesTotal: a.cfg.MemoryBytes, MemoryBytesUsed: a.used,
 		CachedImages: cached}
@@ -444,11 +610,11 @@ func (a *Agent) Close() error {
 		return nil
 	}
 	a.closed = true
-	var insts []*instance
-	for _, sl := range a.slots {
-		if sl.inst != nil {
-			insts = append(insts, sl.inst)
-		}
+	close(a.stop)
+	a.closePoolsLocked()
+	insts := make([]*instance, 0, len(a.instances))
+	for in := range a.instances {
+		insts = append(insts, in)
 	}
 	machines := make([]Machine, 0, len(a.machines))
 	for m := range a.machines {
@@ -460,6 +626,9 @@ func (a *Agent) Close() error {
 	}
 	for _, in := range insts {
 		in.destroy()
+	}
+	if a.snaps != nil {
+		a.snaps.close()
 	}
 	return nil
 }

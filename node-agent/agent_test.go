@@ -84,18 +84,39 @@ type harness struct {
 
 func newHarness(t *testing.T, budget uint64, boot Booter) *harness {
 	t.Helper()
-	h := &harness{store: &store{images: map[string][]byte{}}, reg: prometheus.NewRegistry(), dir: t.TempDir()}
 	if boot == nil {
 		boot = ProcessBooter(t.TempDir())
 	}
+	return newHarnessConfig(t, Config{MemoryBytes: budget, Boot: boot})
+}
+
+// newHarnessConfig fills in the node, images, cache and metrics of cfg;
+// Boot nil is the KVM booter with snapshots.
+func newHarnessConfig(t *testing.T, cfg Config) *harness {
+	t.Helper()
+	h := &harness{store: &store{images: map[string][]byte{}}, reg: prometheus.NewRegistry(), dir: t.TempDir()}
+	cfg.Node, cfg.Images, cfg.CacheDir, cfg.Registerer = "test-node", h.store, filepath.Join(h.dir, "cache"), h.reg
 	var err error
-	h.a, err = New(Config{Node: "test-node", MemoryBytes: budget, Images: h.store, CacheDir: filepath.Join(h.dir, "cache"),
-		Registerer: h.reg, Boot: boot})
+	h.a, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.a.Close() })
 	return h
+}
+
+// reopen closes the agent and starts another on the same cache directory
+// (images and snapshots), as a restarted node-agent would.
+func (h *harness) reopen(t *testing.T, cfg Config) {
+	t.Helper()
+	h.a.Close()
+	h.reg = prometheus.NewRegistry()
+	cfg.Node, cfg.Images, cfg.CacheDir, cfg.Registerer = "test-node", h.store, filepath.Join(h.dir, "cache"), h.reg
+	var err error
+	if h.a, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.a.Close() })
 }
 
 // add builds an image of program and puts it in the store.
@@ -114,9 +135,14 @@ func (h *harness) add(t *testing.T, name, kind string, kernel, program []byte, t
 
 func (h *harness) invoke(t *testing.T, name, digest, path string, body string) *kilnv1.InvokeResponse {
 	t.Helper()
+	return h.invokeFn(t, &kilnv1.FunctionSpec{Name: name, ImageDigest: digest}, path, body)
+}
+
+func (h *harness) invokeFn(t *testing.T, fn *kilnv1.FunctionSpec, path string, body string) *kilnv1.InvokeResponse {
+	t.Helper()
 	resp, err := h.a.Invoke(context.Background(), &kilnv1.InvokeRequest{
-		InvocationId: name + path,
-		Function:     &kilnv1.FunctionSpec{Name: name, ImageDigest: digest},
+		InvocationId: fn.Name + path,
+		Function:     fn,
 		Method:       "POST", Path: path, Query: "q=1",
 		Headers: []*kilnv1.Header{{Name: "content-type", Value: "text/plain"}},
 		Body:    []byte(body),
@@ -240,16 +266,19 @@ func TestServeHost(t *testing.T) {
 	expect(t, r, kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
 }
 
-func TestServeSerializesConcurrentCalls(t *testing.T) {
+// With max_instances 1, concurrent calls queue for the one instance and
+// it serves them one at a time.
+func TestServeMaxInstancesSerializes(t *testing.T) {
 	h := newHarness(t, 1<<30, nil)
 	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
+	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, MaxInstances: 1}
 	var wg sync.WaitGroup
 	seen := make(chan string, 8)
 	for i := 0; i < 8; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := h.invoke(t, "sv", d, "/p", fmt.Sprint(i))
+			r := h.invokeFn(t, fn, "/p", fmt.Sprint(i))
 			if r.Outcome != kilnv1.Outcome_OUTCOME_OK {
 				t.Errorf("%v %s", r.Outcome, r.Error)
 				return
@@ -263,27 +292,70 @@ func TestServeSerializesConcurrentCalls(t *testing.T) {
 	for v := range seen {
 		got[v] = true
 	}
-	// One instance answered all eight, one at a time.
 	if len(got) != 8 || !got["1"] || !got["8"] {
 		t.Fatalf("served counts %v", got)
 	}
 }
 
+// Without a bound, concurrent calls get instances of their own, each
+// serving one call at a time, and they all stay warm afterwards.
+func TestServeScalesOut(t *testing.T) {
+	h := newHarness(t, 1<<30, nil)
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// /hold answers after 300 ms: the four calls overlap.
+			if r := h.invoke(t, "sv", d, "/hold", ""); r.Outcome != kilnv1.Outcome_OUTCOME_OK || r.Headers[0].Value != "1" {
+				t.Errorf("%v %s served=%v", r.Outcome, r.Error, r.Headers)
+			}
+		}()
+	}
+	wg.Wait()
+	idle := testutil.ToFloat64(h.a.m.warm.WithLabelValues("sv", "idle"))
+	if idle != 4 {
+		t.Fatalf("%v idle instances after four overlapping calls, want 4", idle)
+	}
+	expect(t, h.invoke(t, "sv", d, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_WARM)
+}
+
 func TestMemoryBudget(t *testing.T) {
 	h := newHarness(t, 100<<20, nil)
 	prog := fnProgram(t)
-	d1 := h.add(t, "one", image.KindServe, []byte("kernel"), prog, 2*time.Second)
-	d2 := h.add(t, "two", image.KindServe, []byte("kernel-2"), prog, 2*time.Second)
+	d1 := h.add(t, "one", image.KindServe, []byte("kernel"), prog, 3*time.Second)
+	d2 := h.add(t, "two", image.KindServe, []byte("kernel-2"), prog, 3*time.Second)
 	expect(t, h.invoke(t, "one", d1, "/", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
-	// 64 MiB live + 64 MiB more > 100 MiB.
-	r := h.invoke(t, "two", d2, "/", "")
-	expect(t, r, kilnv1.Outcome_OUTCOME_NO_CAPACITY, kilnv1.StartKind_START_BOOT)
-	if !strings.Contains(r.Error, "needs 64 MiB, 64 of 100 MiB in use") {
-		t.Fatalf("%q", r.Error)
+	// 64 MiB idle + 64 MiB more > 100 MiB: the idle instance of "one" makes
+	// way for a live call of "two".
+	expect(t, h.invoke(t, "two", d2, "/", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	if v := testutil.ToFloat64(h.a.m.evictions); v != 1 {
+		t.Fatalf("kiln_agent_evictions_total = %v, want 1", v)
 	}
 	if v := testutil.ToFloat64(h.a.m.memUsed); v != 64<<20 {
 		t.Fatalf("kiln_agent_memory_bytes_used = %v", v)
 	}
+	// A busy instance is never evicted: while "one" runs, "two" finds no room.
+	busy := make(chan *kilnv1.InvokeResponse, 1)
+	go func() { busy <- h.invoke(t, "one", d1, "/hold", "") }()
+	waitFor(t, func() bool { return testutil.ToFloat64(h.a.m.warm.WithLabelValues("one", "busy")) == 1 })
+	r := h.invoke(t, "two", d2, "/", "")
+	expect(t, r, kilnv1.Outcome_OUTCOME_NO_CAPACITY, kilnv1.StartKind_START_UNSPECIFIED)
+	if !strings.Contains(r.Error, "needs 64 MiB, 64 of 100 MiB in use") {
+		t.Fatalf("%q", r.Error)
+	}
+	expect(t, <-busy, kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("condition not met within 5 s")
 }
 
 func TestImageCache(t *testing.T) {

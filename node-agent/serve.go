@@ -15,22 +15,15 @@ import (
 	"github.com/kilnfaas/kiln/wire"
 )
 
-// serveSlot holds the one instance kept for a serve function's key. One
-// invocation at a time owns it (sem); inst, live and busy are guarded by
-// Agent.mu so that Capacity and Close can read them.
-type serveSlot struct {
-	sem    chan struct{}
-	digest string
-	inst   *instance
-	live   bool
-	busy   bool
-}
-
 // instance is a booted serve function: requests go in through a pipe that
 // is the VM's stdin, responses come out of its stdout into a wire parser.
 type instance struct {
 	a      *Agent
 	m      Machine
+	pool   *pool
+	kind   kilnv1.StartKind // how it started: restore or boot
+	snap   string           // its snapshot shape (snapStore key)
+	fresh  bool             // destroyed after one invocation
 	mem    uint64
 	cancel context.CancelFunc
 	in     *io.PipeWriter
@@ -45,6 +38,9 @@ type instance struct {
 	bootStart time.Time
 	bootNS    time.Duration // vmm.New alone
 	firstRead atomic.Int64  // unix ns of the guest's first read of stdin
+	ready     chan struct{} // closed at that first read
+	probe     *readProbe
+	idleSince time.Time // guarded by Agent.mu
 	destroyed sync.Once
 }
 
@@ -53,80 +49,45 @@ type parsed struct {
 	err  error
 }
 
-// stdinProbe notes when the guest first asks for input: that is when its
-// initialisation is over, the end of a cold start.
-type stdinProbe struct {
-	r    io.Reader
-	inst *instance
-	now  func() time.Time
-}
-
-func (p *stdinProbe) Read(b []byte) (int, error) {
-	p.inst.firstRead.CompareAndSwap(0, p.now().UnixNano())
-	return p.r.Read(b)
-}
-
-func (a *Agent) slot(s *spec) *serveSlot {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	k := s.key()
-	sl := a.slots[k]
-	if sl == nil {
-		sl = &serveSlot{sem: make(chan struct{}, 1), digest: s.digest}
-		a.slots[k] = sl
-	}
-	return sl
-}
-
-func (a *Agent) setSlot(sl *serveSlot, inst *instance, busy bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	sl.inst, sl.live, sl.busy = inst, inst != nil, busy
-}
-
 func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind) {
 	frame, err := requestFrame(req)
 	if err != nil {
 		return fail(kilnv1.Outcome_OUTCOME_CRASHED, "request cannot be framed: %v", err), kilnv1.StartKind_START_UNSPECIFIED
 	}
-	sl := a.slot(s)
-	select {
-	case sl.sem <- struct{}{}:
-	case <-ctx.Done():
-		return fail(kilnv1.Outcome_OUTCOME_TIMEOUT, "deadline passed while waiting for the busy instance"), kilnv1.StartKind_START_UNSPECIFIED
+	waitFrom := a.now()
+	inst, start, resp := a.acquire(ctx, s)
+	if resp != nil {
+		return resp, start
 	}
-	defer func() { <-sl.sem }()
-
-	a.mu.Lock()
-	inst := sl.inst
-	closed := a.closed
-	a.mu.Unlock()
-	if closed {
-		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed), kilnv1.StartKind_START_UNSPECIFIED
+	wait := a.now().Sub(waitFrom)
+	cold := start != kilnv1.StartKind_START_WARM
+	if cold {
+		wait = 0 // starting it is the cold start, not a queue
 	}
-	start := kilnv1.StartKind_START_WARM
-	if inst != nil && inst.dead() {
-		inst.destroy()
-		inst = nil
+	resp = inst.invoke(ctx, frame, cold)
+	resp.WaitNs = wait.Nanoseconds()
+	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
+	switch {
+	case cold && !ok && inst.firstRead.Load() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
+		// It never asked for input: its initialisation is broken.
+		a.initFailed(inst.pool, resp.Error+tailNote(resp.LogTail))
+	case cold && ok:
+		a.initSucceeded(inst.pool)
 	}
-	if inst == nil {
-		start = kilnv1.StartKind_START_BOOT
-		var resp *kilnv1.InvokeResponse
-		if inst, resp = a.bootInstance(s); resp != nil {
-			a.setSlot(sl, nil, false)
-			return resp, start
-		}
+	if !ok && inst.kind == kilnv1.StartKind_START_RESTORE && inst.firstRead.Load() == 0 {
+		// A restore that never resumed may come from a bad snapshot:
+		// verify the file again before the next restore.
+		a.snaps.drop(inst.snap)
 	}
-	a.setSlot(sl, inst, true)
-	resp := inst.invoke(ctx, frame, start == kilnv1.StartKind_START_BOOT)
-	if resp.Outcome == kilnv1.Outcome_OUTCOME_OK {
-		a.setSlot(sl, inst, false)
-	} else {
-		// Timed out, crashed or spoke nonsense: the next call boots afresh.
-		inst.destroy()
-		a.setSlot(sl, nil, false)
-	}
+	a.release(inst, ok)
 	return resp, start
+}
+
+func tailNote(tail []byte) string {
+	if len(tail) == 0 {
+		return ""
+	}
+	return "; its stderr ended with: " + string(tail)
 }
 
 // requestFrame encodes req up front, so that a request the wire protocol
@@ -147,22 +108,42 @@ func requestFrame(req *kilnv1.InvokeRequest) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-func (a *Agent) bootInstance(s *spec) (*instance, *kilnv1.InvokeResponse) {
-	if err := a.reserve(s.mem); err != nil {
-		return nil, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
-	}
+// startInstance creates a serve instance for s — restoring the shape's
+// snapshot, or booting and taking it — with its memory already reserved;
+// on failure the reservation is released.
+func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *kilnv1.InvokeResponse) {
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	inst := &instance{a: a, mem: s.mem, in: inW, resps: make(chan parsed, 1), exited: make(chan struct{}), gone: make(chan struct{}),
-		stderr: newRing(StderrRing), bootStart: a.now()}
+	inst := &instance{a: a, pool: p, mem: s.mem, fresh: s.fresh, in: inW, resps: make(chan parsed, 1), exited: make(chan struct{}),
+		gone: make(chan struct{}), ready: make(chan struct{}), stderr: newRing(StderrRing), bootStart: a.now()}
 	cfg := a.vmConfig(s)
-	cfg.Stdin = &stdinProbe{r: inR, inst: inst, now: a.now}
+	cfg.Stdin = &readProbe{r: inR, now: a.now, onFirst: func() {
+		inst.firstRead.Store(inst.probe.first.Load())
+		close(inst.ready)
+	}}
+	inst.probe = cfg.Stdin.(*readProbe)
 	cfg.Stdout, cfg.Stderr = outW, inst.stderr
+	plan := a.plan(&cfg, nil)
+	inst.snap = plan.key
+	inst.kind = plan.kind()
 	m, err := a.boot(cfg)
-	if err != nil {
-		a.release(s.mem)
-		return nil, bootOutcome(err)
+	if err != nil && plan.restore != nil {
+		// The snapshot would not restore: forget it and boot instead.
+		a.log.Warn("restore failed; booting", "function", s.name, "err", err)
+		a.snaps.drop(plan.key)
+		cfg.Snapshot = nil
+		inst.kind = kilnv1.StartKind_START_BOOT
+		inst.bootStart = a.now()
+		m, err = a.boot(cfg)
 	}
+	if err != nil {
+		if plan.take != "" {
+			a.snaps.abandon(plan.key)
+		}
+		a.releaseMem(s.mem)
+		return nil, inst.kind, bootOutcome(err)
+	}
+	a.track(inst)
 	inst.m = m
 	inst.bootNS = a.now().Sub(inst.bootStart)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -174,6 +155,9 @@ func (a *Agent) bootInstance(s *spec) (*instance, *kilnv1.InvokeResponse) {
 		// Unblock both pumps: writes of requests fail, the parser sees EOF.
 		inR.CloseWithError(errExited)
 		outW.Close()
+		if plan.take != "" && inst.firstRead.Load() == 0 {
+			a.snaps.abandon(plan.key)
+		}
 	}()
 	go func() {
 		for {
@@ -190,7 +174,36 @@ func (a *Agent) bootInstance(s *spec) (*instance, *kilnv1.InvokeResponse) {
 			}
 		}
 	}()
-	return inst, nil
+	return inst, inst.kind, nil
+}
+
+// warmUp runs a new instance to its first wait for input without a
+// request: what a min_warm instance does before it is parked.
+func (in *instance) warmUp(s *spec) *kilnv1.InvokeResponse {
+	t := time.NewTimer(s.timeout)
+	defer t.Stop()
+	select {
+	case <-in.ready:
+		in.bootNS = time.Unix(0, in.firstRead.Load()).Sub(in.bootStart)
+		in.a.observeStart(in.kind, in.bootNS)
+		in.a.initSucceeded(in.pool)
+		return nil
+	case <-in.exited:
+		msg := endedBy(in.res, in.runErr)
+		in.a.initFailed(in.pool, "exited before asking for input: "+msg+tailNote(in.stderr.tail(TailLines, 0)))
+		return fail(kilnv1.Outcome_OUTCOME_CRASHED, "exited before asking for input: %s", msg)
+	case <-t.C:
+		return fail(kilnv1.Outcome_OUTCOME_TIMEOUT, "did not ask for input within %s", s.timeout)
+	}
+}
+
+// endedBy says in words how a VM that should have kept running ended.
+func endedBy(res *vmm.Result, err error) string {
+	if res != nil && res.Reason == vmm.ReasonExited {
+		return fmt.Sprintf("the function exited (status %d)", res.Status)
+	}
+	_, msg := classify(res, err)
+	return msg
 }
 
 var errExited = errors.New("function instance has exited")
@@ -211,13 +224,14 @@ func (in *instance) destroy() {
 		in.cancel()
 		in.m.Close()
 		<-in.exited
-		in.a.release(in.mem)
+		in.a.untrack(in)
+		in.a.releaseMem(in.mem)
 	})
 }
 
 // invoke sends one request and waits for its response, the VM's end or
 // the deadline, whichever comes first.
-func (in *instance) invoke(ctx context.Context, frame []byte, fresh bool) *kilnv1.InvokeResponse {
+func (in *instance) invoke(ctx context.Context, frame []byte, cold bool) *kilnv1.InvokeResponse {
 	in.nextID++
 	id := in.nextID
 	// The id sits at offset 8 of the header; the frame is ours alone.
@@ -236,13 +250,13 @@ func (in *instance) invoke(ctx context.Context, frame []byte, fresh bool) *kilnv
 	finish := func() *kilnv1.InvokeResponse {
 		done := in.a.now()
 		began := sent
-		if fresh {
+		if cold {
 			ready := time.Unix(0, in.firstRead.Load())
 			if in.firstRead.Load() == 0 || ready.After(done) {
 				ready = sent
 			}
 			resp.StartNs = ready.Sub(in.bootStart).Nanoseconds()
-			in.a.m.boot.Observe(float64(resp.StartNs) / 1e9)
+			in.a.observeStart(in.kind, ready.Sub(in.bootStart))
 			if ready.After(began) {
 				began = ready
 			}
@@ -252,16 +266,16 @@ func (in *instance) invoke(ctx context.Context, frame []byte, fresh bool) *kilnv
 		if resp.Outcome != kilnv1.Outcome_OUTCOME_OK {
 			resp.LogTail = in.stderr.tail(TailLines, 0)
 		}
-		if fresh {
+		if cold {
 			mark = 0 // what init wrote belongs to the first call's log
 		}
 		resp.Stderr = in.stderr.since(mark)
 		return resp
 	}
 	crashed := func() *kilnv1.InvokeResponse {
-		_, msg := classify(in.res, in.runErr)
+		msg := endedBy(in.res, in.runErr)
 		if in.res != nil && in.res.Reason == vmm.ReasonExited {
-			msg = fmt.Sprintf("the function exited (status %d) with a request in flight", in.res.Status)
+			msg += " with a request in flight"
 		}
 		resp.Outcome, resp.Error = kilnv1.Outcome_OUTCOME_CRASHED, msg
 		return finish()

@@ -20,6 +20,7 @@ func main() {
 		execMain()
 		return
 	}
+
 	served := 0
 	for {
 		req, err := wire.ReadRequest(os.Stdin, 0)
@@ -37,6 +38,8 @@ func main() {
 			os.Exit(3)
 		case "/sleep":
 			time.Sleep(time.Minute)
+		case "/hold":
+			time.Sleep(300 * time.Millisecond)
 		case "/garbage":
 			os.Stdout.Write([]byte("this is not a frame at all, not at all"))
 			time.Sleep(time.Minute)

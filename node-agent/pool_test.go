@@ -1,0 +1,105 @@
+package nodeagent
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kilnfaas/kiln/image"
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+)
+
+func (h *harness) warm(name, state string) int {
+	return int(testutil.ToFloat64(h.a.m.warm.WithLabelValues(name, state)))
+}
+
+// A pool grows to min_warm after the function's first call on the node,
+// keeps min_warm through keep_alive, and instances above it are reaped
+// once idle for keep_alive.
+func TestPoolGrowsToMinWarmAndShrinks(t *testing.T) {
+	h := newHarness(t, 1<<30, nil)
+	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
+	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, MinWarm: 3, KeepAliveMs: 300}
+	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	waitFor(t, func() bool { return h.warm("sv", "idle") == 3 })
+	if n := testutil.ToFloat64(h.a.m.prewarmed.WithLabelValues("boot")); n != 2 {
+		t.Fatalf("prewarmed %v instances, want 2", n)
+	}
+	// Five overlapping calls: three warm instances and two new ones.
+	done := make(chan *kilnv1.InvokeResponse, 5)
+	for range 5 {
+		go func() { done <- h.invokeFn(t, fn, "/hold", "") }()
+	}
+	starts := map[kilnv1.StartKind]int{}
+	for range 5 {
+		r := <-done
+		expect(t, r, kilnv1.Outcome_OUTCOME_OK, r.Start)
+		starts[r.Start]++
+	}
+	if starts[kilnv1.StartKind_START_WARM] != 3 || starts[kilnv1.StartKind_START_BOOT] != 2 {
+		t.Fatalf("starts %v, want 3 warm and 2 boots", starts)
+	}
+	if h.warm("sv", "idle") != 5 {
+		t.Fatalf("%d idle, want 5", h.warm("sv", "idle"))
+	}
+	// Idle past keep_alive: back down to min_warm, never below.
+	waitFor(t, func() bool { return h.warm("sv", "idle") == 3 })
+	time.Sleep(500 * time.Millisecond)
+	if n := h.warm("sv", "idle"); n != 3 {
+		t.Fatalf("%d idle after keep_alive, want min_warm 3", n)
+	}
+	if n := testutil.ToFloat64(h.a.m.reaped); n != 2 {
+		t.Fatalf("reaped %v, want 2", n)
+	}
+	if v := testutil.ToFloat64(h.a.m.memUsed); v != 3*64<<20 {
+		t.Fatalf("memory used %v, want three instances' worth", v)
+	}
+}
+
+// Without min_warm, an idle instance lives keep_alive and then goes, with
+// its memory.
+func TestPoolKeepAliveReapsToZero(t *testing.T) {
+	h := newHarness(t, 1<<30, nil)
+	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
+	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, KeepAliveMs: 200}
+	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_WARM)
+	waitFor(t, func() bool { return testutil.ToFloat64(h.a.m.memUsed) == 0 })
+	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+}
+
+// Fresh: every call starts its own instance, which is gone afterwards.
+func TestPoolFresh(t *testing.T) {
+	h := newHarness(t, 1<<30, nil)
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
+	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, Fresh: true}
+	for range 3 {
+		r := h.invokeFn(t, fn, "/p", "")
+		expect(t, r, kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+		if r.Headers[0].Value != "1" {
+			t.Fatalf("a fresh instance served %s calls", r.Headers[0].Value)
+		}
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(h.a.m.memUsed) == 0 && h.warm("sv", "idle") == 0 })
+}
+
+// A call that times out destroys its instance only: the pool's other
+// instances keep serving, warm, and the pool refills to min_warm.
+func TestPoolTimeoutLeavesPoolHealthy(t *testing.T) {
+	h := newHarness(t, 1<<30, nil)
+	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 500*time.Millisecond)
+	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, MinWarm: 2}
+	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	waitFor(t, func() bool { return h.warm("sv", "idle") == 2 })
+	r := h.invokeFn(t, fn, "/sleep", "")
+	expect(t, r, kilnv1.Outcome_OUTCOME_TIMEOUT, kilnv1.StartKind_START_WARM)
+	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_WARM)
+	waitFor(t, func() bool { return h.warm("sv", "idle") == 2 && h.warm("sv", "busy") == 0 })
+	if v := testutil.ToFloat64(h.a.m.memUsed); v != 2*64<<20 {
+		t.Fatalf("memory used %v, want two instances' worth", v)
+	}
+}
