@@ -97,6 +97,7 @@ or 'curl -d DATA http://127.0.0.1:8080/function/NAME'.`,
 	root.AddCommand(a.versionsCmd(), a.aliasCmd(), a.rollbackCmd())
 	root.AddCommand(a.describeCmd(), a.deleteCmd())
 	root.AddCommand(a.gatewayCmd(), a.schedulerCmd(), a.agentCmd())
+	root.AddCommand(a.slaCmd())
 	return root
 }
 
