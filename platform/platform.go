@@ -74,6 +74,10 @@ type Config struct {
 	NoAgent bool
 	// HeartbeatInterval of agents to the scheduler; 0 → EmbeddedHeartbeatInterval.
 	HeartbeatInterval time.Duration
+	// Runtime of the agent, as for `kiln agent`: RuntimeKVM ("" too), or
+	// RuntimeProcess, which must be asked for by name: functions run as
+	// plain host processes with no isolation (development and tests only).
+	Runtime string
 	// OTLPEndpoint receives traces (docs/TRACING.md); "" →
 	// $OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off.
 	OTLPEndpoint string
@@ -201,10 +205,24 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	schedClient := kilnv1.NewSchedulerClient(schedConn)
 
 	if !cfg.NoAgent {
-		if kvmErr := vmm.Available(); kvmErr != nil {
-			log.Warn("no node-agent on this machine: invocations will answer 503 until an agent joins", "err", kvmErr)
-		} else if err := p.startAgent(runCtx, cfg, images, schedClient); err != nil {
-			return nil, err
+		switch cfg.Runtime {
+		case "", RuntimeKVM:
+			if kvmErr := vmm.Available(); kvmErr != nil {
+				log.Warn("no node-agent on this machine: invocations will answer 503 until an agent joins", "err", kvmErr)
+			} else if err := p.startAgent(runCtx, cfg, images, schedClient, nil); err != nil {
+				return nil, err
+			}
+		case RuntimeProcess:
+			run := filepath.Join(cfg.DataDir, "run")
+			if err := os.MkdirAll(run, 0o700); err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrStart, err)
+			}
+			log.Warn("RUNTIME process: functions run as plain host processes with NO isolation — for development and tests only, never for untrusted code")
+			if err := p.startAgent(runCtx, cfg, images, schedClient, nodeagent.ProcessBooter(run)); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("%w: unknown runtime %q: want %q or %q", ErrStart, cfg.Runtime, RuntimeKVM, RuntimeProcess)
 		}
 	}
 
@@ -245,7 +263,8 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 
 // startAgent runs a node-agent serving gRPC on 127.0.0.1 and keeps its
 // Connect stream to the scheduler open until Close.
-func (p *Platform) startAgent(ctx context.Context, cfg Config, images *imagestore.Store, sched kilnv1.SchedulerClient) error {
+// boot nil means the KVM runtime.
+func (p *Platform) startAgent(ctx context.Context, cfg Config, images *imagestore.Store, sched kilnv1.SchedulerClient, boot nodeagent.Booter) error {
 	host, _ := os.Hostname()
 	if host == "" || host == "(none)" { // "(none)": a Linux that was never given a name
 		host = "local"
@@ -258,6 +277,7 @@ func (p *Platform) startAgent(ctx context.Context, cfg Config, images *imagestor
 		CacheDir:   filepath.Join(cfg.DataDir, "cache"),
 		Registerer: p.Metrics,
 		Logger:     p.log.With("role", "agent"),
+		Boot:       boot,
 	})
 	if err != nil {
 		return fmt.Errorf("%w: node-agent: %w", ErrStart, err)

@@ -27,6 +27,10 @@ State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
 			if cfg.DataDir == "" {
 				cfg.DataDir = defaultDataDir()
 			}
+			if cfg.Runtime != platform.RuntimeKVM && cfg.Runtime != platform.RuntimeProcess {
+				return &ExitError{Code: 2, Err: fmt.Errorf("up: --runtime %q: want %s (the default) or %s (no isolation, development only)",
+					cfg.Runtime, platform.RuntimeKVM, platform.RuntimeProcess)}
+			}
 			if mem != "" {
 				m, err := gateway.ParseMemory(mem)
 				if err != nil {
@@ -62,6 +66,7 @@ State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
 	fl.StringVar(&mem, "mem", "", "guest memory the node-agent may use (default half of RAM)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel ELF (default: $KILN_KERNEL, beside kiln, or build/kernel)")
 	fl.BoolVar(&debug, "debug", false, "log every invocation")
+	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	return cmd
 }
