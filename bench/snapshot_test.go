@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -112,15 +111,7 @@ func TestSnapshotReport(t *testing.T) {
 	}
 	fmt.Fprintln(os.Stderr, "bench: native")
 	for i := 0; i < n; i++ {
-		cmd := exec.Command(path)
-		cmd.Stdin = bytes.NewReader(frame)
-		out := newFirstByte()
-		cmd.Stdout = out
-		start := time.Now()
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("native: %v", err)
-		}
-		native = append(native, (<-out.at).Sub(start))
+		native = append(native, nativeFirstByte(t, path, frame))
 	}
 
 	fmt.Printf("\n== Snapshots: hello-go, 64 MiB (%d runs each; medians) ==\n", n)

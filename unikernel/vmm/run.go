@@ -17,6 +17,7 @@ import (
 type stats struct {
 	exits, ioExits, mmioExits, hypercalls atomic.Uint64
 	discards, discardedBytes, inputWaits  atomic.Uint64
+	guestNanos                            atomic.Int64
 }
 
 func (s *stats) snapshot() Stats {
@@ -28,6 +29,7 @@ func (s *stats) snapshot() Stats {
 		InputWaits: s.inputWaits.Load(),
 		Discards:   s.discards.Load(),
 		Discarded:  s.discardedBytes.Load(),
+		GuestTime:  time.Duration(s.guestNanos.Load()),
 	}
 }
 
@@ -96,7 +98,9 @@ func (vm *VM) loop(ctx context.Context) *Result {
 		if ctx.Err() != nil {
 			return vm.timeout(ctx)
 		}
+		entered := time.Now()
 		interrupted, err := vm.cpu.enter()
+		vm.stats.guestNanos.Add(int64(time.Since(entered)))
 		if err != nil {
 			return vm.internal(err)
 		}

@@ -76,6 +76,10 @@ type Stats struct {
 	InputWaits uint64 // KILN_HC_IO calls that asked for input (the first is the function ready for a request)
 	Discards   uint64 // KILN_HC_DISCARD hypercalls served
 	Discarded  uint64 // bytes of guest memory they gave back to the host
+	// GuestTime is the time spent inside KVM_RUN: the guest running (or,
+	// on this project's nested hosts, being emulated); the rest of a
+	// call's time is the VMM serving exits and the host around it.
+	GuestTime time.Duration
 }
 
 // Result is how a VM ended.
