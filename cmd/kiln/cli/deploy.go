@@ -131,6 +131,9 @@ file's entry of the same KEY.`,
 					progressbar.OptionSetWriter(a.err),
 					progressbar.OptionSetDescription("uploading "+name),
 					progressbar.OptionShowBytes(true),
+					progressbar.OptionShowCount(), // bytes sent out of the total
+					progressbar.OptionSetWidth(30),
+					progressbar.OptionThrottle(50*time.Millisecond),
 					progressbar.OptionClearOnFinish(),
 				)
 				r := progressbar.NewReader(upload, bar)
