@@ -115,7 +115,7 @@ file's entry of the same KEY.`,
 			} else {
 				f, err := os.Open(binary)
 				if err != nil {
-					return fmt.Errorf("deploy: %w", err)
+					return fmt.Errorf("deploy: %w (--binary takes a built static x86-64 program; `kiln build DIR -o FILE` builds one, or deploy the source with `kiln deploy %s DIR`)", err, name)
 				}
 				defer f.Close()
 				st, err := f.Stat()

@@ -171,6 +171,10 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 
 	prog := staticC(t)
 	p, k := upNoAgent(t, prog)
+	if r := k("deploy", "web", "--binary", filepath.Join(t.TempDir(), "missing")); r.code != 1 || !strings.Contains(r.err, "no such file") ||
+		!strings.Contains(r.err, "`kiln build DIR -o FILE` builds one") {
+		t.Errorf("deploy of a missing program: %+v", r)
+	}
 	if r := k("keys", "create", "admin"); r.code != 0 {
 		t.Fatalf("keys create: %+v", r)
 	}

@@ -156,4 +156,11 @@ func TestNewManifestDeploys(t *testing.T) {
 	if r := k("deploy", "--target", "99"); r.code != 0 || !strings.Contains(r.out, "SLA: 99% within 50ms") {
 		t.Fatalf("deploy with deadline uncommented: %+v", r)
 	}
+	// kiln deploy NAME DIR reads DIR's kiln.yaml; NAME wins over its name.
+	t.Chdir(root)
+	r = k("deploy", "other", "greeter", "--target", "95")
+	if r.code != 0 || !strings.Contains(r.out, "deployed other version 1 (serve") || !strings.Contains(r.out, "SLA: 95% within 50ms") ||
+		!strings.Contains(r.err, "deploying as other, as the command line says (greeter/kiln.yaml names greeter)") {
+		t.Fatalf("deploy other greeter: %+v", r)
+	}
 }
