@@ -22,6 +22,7 @@ import (
 
 	"github.com/kilnfaas/kiln/apikeys"
 	"github.com/kilnfaas/kiln/asyncq"
+	"github.com/kilnfaas/kiln/logstore"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/slaledger"
@@ -63,6 +64,8 @@ type Config struct {
 	// Keys holds the API keys (docs/AUTH.md). nil means no key exists:
 	// only loopback callers may manage functions or call private ones.
 	Keys apikeys.Store
+	// Logs keeps what invocations write to stderr (docs/LOGS.md); nil keeps none.
+	Logs logstore.Store
 	// SLA records invocations of functions with an SLA and serves
 	// /system/sla (docs/SLA.md); nil: no ledger, /system/sla answers 503.
 	SLA *slaledger.Recorder
@@ -76,6 +79,7 @@ type Gateway struct {
 	metrics *metrics
 	auth    *auth
 	limits  *limiter
+	logs    *logCapture
 }
 
 // ErrConfig: New was given an incomplete Config.
@@ -119,6 +123,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.mux.HandleFunc("DELETE /system/functions/{name}", g.remove)
 	g.registerVersionRoutes()
 	g.registerAsync()
+	g.registerLogs()
 	g.registerSLA()
 	g.mux.HandleFunc("GET /healthz", g.healthz)
 	if cfg.Gatherer != nil {

@@ -10,8 +10,21 @@ import (
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/scheduler"
 	"github.com/kilnfaas/kiln/slaledger"
 )
+
+// SLAConfig is what the gateway needs for SLAs (Config.SLA).
+type SLAConfig struct {
+	// Ledger records invocations of functions with an SLA and backs
+	// /system/sla; nil: no ledger, /system/sla answers 503.
+	Ledger *slaledger.Recorder
+	// Nodes is the scheduler's view of the cluster when the scheduler runs
+	// in this process (kiln up): warm instances are counted from it. nil
+	// (a separate gateway, which the scheduler's gRPC API tells nothing
+	// of its pools): warm_instances is null.
+	Nodes func() []scheduler.Node
+}
 
 // SLAReport is one function's entry of GET /system/sla (docs/SLA.md).
 type SLAReport struct {
@@ -20,8 +33,9 @@ type SLAReport struct {
 	DeadlineMs int64   `json:"deadline_ms"`
 	Target     float64 `json:"target"`
 	slaledger.Summary
-	// WarmInstances is null: the warm pools live in the scheduler, whose
-	// gRPC API offers the gateway no view of them (yet).
+	// WarmInstances (idle and busy, every node) of the latest version's
+	// image; null where the gateway cannot see the scheduler's pools
+	// (SLAConfig.Nodes).
 	WarmInstances *int `json:"warm_instances"`
 }
 
@@ -37,10 +51,10 @@ type SLAList struct {
 func (g *Gateway) registerSLA() {
 	g.mux.HandleFunc("GET /system/sla", g.slaList)
 	g.mux.HandleFunc("GET /system/sla/{name}", g.slaOne)
-	if g.cfg.SLA == nil || g.cfg.Registerer == nil {
+	if g.cfg.SLA.Ledger == nil || g.cfg.Registerer == nil {
 		return
 	}
-	rec := g.cfg.SLA
+	rec := g.cfg.SLA.Ledger
 	err := g.cfg.Registerer.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "kiln_sla_ledger_dropped_total",
 		Help: "Invocations the gateway could not record in the SLA ledger (queue full or store failing); Prometheus' kiln_sla_* counters still have them.",
@@ -54,7 +68,7 @@ func (g *Gateway) registerSLA() {
 // never blocks: a full queue drops the record and counts it. Good means
 // exactly what kiln_sla_good_total counts: outcome ok within the deadline.
 func (g *Gateway) recordSLA(inv *invocation) {
-	if g.cfg.SLA == nil || inv.Fn.SLA.DeadlineMs <= 0 || inv.Fn.SLA.Target <= 0 {
+	if g.cfg.SLA.Ledger == nil || inv.Fn.SLA.DeadlineMs <= 0 || inv.Fn.SLA.Target <= 0 {
 		return
 	}
 	rec := slaledger.Record{Function: inv.Fn.Name, At: time.Now(), Error: true}
@@ -72,15 +86,15 @@ func (g *Gateway) recordSLA(inv *invocation) {
 			rec.Start = slaledger.StartBoot
 		}
 	}
-	g.cfg.SLA.Record(rec)
+	g.cfg.SLA.Ledger.Record(rec)
 }
 
 func (g *Gateway) slaLedger(w http.ResponseWriter) slaledger.Store {
-	if g.cfg.SLA == nil {
+	if g.cfg.SLA.Ledger == nil {
 		writeError(w, http.StatusServiceUnavailable, apiError{Error: "this gateway keeps no SLA ledger (started without one)"})
 		return nil
 	}
-	return g.cfg.SLA.Store()
+	return g.cfg.SLA.Ledger.Store()
 }
 
 func (g *Gateway) slaReport(ctx context.Context, s slaledger.Store, f registry.Function, now time.Time) (SLAReport, error) {
@@ -88,7 +102,16 @@ func (g *Gateway) slaReport(ctx context.Context, s slaledger.Store, f registry.F
 	if err != nil {
 		return SLAReport{}, err
 	}
-	return SLAReport{Function: f.Name, Version: f.Version, DeadlineMs: f.SLA.DeadlineMs, Target: f.SLA.Target, Summary: sum}, nil
+	rep := SLAReport{Function: f.Name, Version: f.Version, DeadlineMs: f.SLA.DeadlineMs, Target: f.SLA.Target, Summary: sum}
+	if g.cfg.SLA.Nodes != nil {
+		n := 0
+		for _, node := range g.cfg.SLA.Nodes() {
+			w := node.Warm[f.ImageDigest]
+			n += int(w.Idle) + int(w.Busy)
+		}
+		rep.WarmInstances = &n
+	}
+	return rep, nil
 }
 
 func (g *Gateway) slaList(w http.ResponseWriter, r *http.Request) {
@@ -101,7 +124,7 @@ func (g *Gateway) slaList(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, apiError{Error: "registry unavailable: " + err.Error()})
 		return
 	}
-	out := SLAList{Functions: []SLAReport{}, RecordsDropped: g.cfg.SLA.Dropped()}
+	out := SLAList{Functions: []SLAReport{}, RecordsDropped: g.cfg.SLA.Ledger.Dropped()}
 	now := time.Now()
 	for _, f := range fs {
 		if f.SLA.DeadlineMs <= 0 {

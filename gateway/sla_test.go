@@ -5,10 +5,12 @@ import (
 	"math"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/scheduler"
 	"github.com/kilnfaas/kiln/slaledger"
 )
 
@@ -31,7 +33,7 @@ func openLedger(t *testing.T) *slaledger.Recorder {
 func TestSLALedgerThroughAgent(t *testing.T) {
 	rec := openLedger(t)
 	keys := openKeys(t)
-	e := startWithAgent(t, gateway.Config{SLA: rec, Keys: keys})
+	e := startWithAgent(t, gateway.Config{SLA: gateway.SLAConfig{Ledger: rec}, Keys: keys})
 	admin := "Bearer " + createKey(t, e, "", "admin")
 	for _, q := range []string{"name=fast&kind=serve&deadline=1s&target=99", "name=plain&kind=serve"} {
 		if resp, b := doKey(t, admin, "POST", e.url+"/system/functions?"+q, "application/octet-stream", limitFunction(t)); resp.StatusCode != 201 {
@@ -120,5 +122,27 @@ func TestSLAWithoutLedger(t *testing.T) {
 		if resp.StatusCode != 503 || !strings.Contains(decodeError(t, b).Error, "no SLA ledger") {
 			t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
 		}
+	}
+}
+
+// Where the scheduler runs in the gateway's process, warm_instances counts
+// the latest version's instances, idle and busy, on every node.
+func TestSLAWarmInstancesFromSchedulerView(t *testing.T) {
+	var nodes atomic.Pointer[[]scheduler.Node] // set by the test, read by the handler
+	nodes.Store(&[]scheduler.Node{})
+	e := start(t, gateway.Config{SLA: gateway.SLAConfig{Ledger: openLedger(t), Nodes: func() []scheduler.Node { return *nodes.Load() }}})
+	d := mustDeploy(t, e, "name=fn&kind=exec&deadline=50ms&target=99.9", staticELF(t))
+	nodes.Store(&[]scheduler.Node{
+		{Name: "a", Warm: map[string]scheduler.Warm{d.Digest: {Idle: 2, Busy: 1}, "sha256:other": {Idle: 9}}},
+		{Name: "b", Warm: map[string]scheduler.Warm{d.Digest: {Idle: 1}}},
+		{Name: "c"},
+	})
+	resp, b := do(t, "GET", e.url+"/system/sla/fn", "", nil)
+	var rep gateway.SLAReport
+	if resp.StatusCode != 200 || json.Unmarshal(b, &rep) != nil || rep.WarmInstances == nil || *rep.WarmInstances != 4 {
+		t.Fatalf("GET /system/sla/fn: %d %s", resp.StatusCode, b)
+	}
+	if rep.Attainment1h != nil || rep.ErrorBudgetLeft != 1 || rep.DeadlineMs != 50 || rep.Target != 0.999 {
+		t.Fatalf("no calls yet: %+v", rep)
 	}
 }

@@ -619,7 +619,7 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 	gw, err := gateway.New(gateway.Config{
 		Registry: reg, Images: images, Scheduler: sched, Kernel: kernel, Async: queue, Keys: keys,
 		Registerer: r.Metrics, Logger: r.log,
-		SLA: slaRec,
+		SLA: gateway.SLAConfig{Ledger: slaRec}, // the scheduler's pools are out of sight: warm_instances null
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
