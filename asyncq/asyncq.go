@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -132,6 +133,8 @@ type Queue struct {
 	now  func() time.Time
 	nc   *nats.Conn
 	dead jetstream.Stream
+
+	onResult atomic.Pointer[ResultFunc] // see OnResult
 }
 
 // Open connects the queue to JetStream over nc, creating or updating its

@@ -286,6 +286,9 @@ func (w *Worker) run(msg jetstream.Msg) {
 	stop := w.keepAlive(msg)
 	resp, err := w.invoke(inv, attempt)
 	stop()
+	if f := q.onResult.Load(); f != nil && err == nil {
+		(*f)(inv, attempt, resp)
+	}
 	if err != nil && w.ctx.Err() != nil {
 		// Abandoned by Stop: the next delivery counts this run as lost.
 		msg.Nak()
@@ -426,6 +429,16 @@ func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 	}()
 	return func() { close(done); wg.Wait() }
 }
+
+// ResultFunc sees the agent's answer to each run of an async invocation
+// (attempt counts from 1), as the gateway's log capture does. It runs on
+// the worker's goroutine and must not block.
+type ResultFunc func(inv *Invocation, attempt int, resp *kilnv1.InvokeResponse)
+
+// OnResult makes f see every answer this queue's workers get from the
+// scheduler. It is set after StartWorker because whoever consumes the
+// answers (the gateway) is built after the queue it is given.
+func (q *Queue) OnResult(f ResultFunc) { q.onResult.Store(&f) }
 
 func (w *Worker) invoke(inv *Invocation, attempt int) (*kilnv1.InvokeResponse, error) {
 	req := proto.Clone(inv.Request).(*kilnv1.InvokeRequest)

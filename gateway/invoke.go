@@ -89,6 +89,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	resp, err := g.cfg.Scheduler.Invoke(ctx, req)
 	g.finished(&invocation{ID: id, Fn: fn, Resp: resp, Err: err, Total: time.Since(start)})
+	g.captureLogs(fn, id, resp)
 	if err != nil {
 		code, msg := fromGRPC(err, fn, r.Context())
 		g.log.Warn("invocation failed in the platform", "function", name, "invocation_id", id, "code", code, "err", err)

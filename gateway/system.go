@@ -53,6 +53,7 @@ func (g *Gateway) remove(w http.ResponseWriter, r *http.Request) {
 		g.registryError(w, name, err)
 		return
 	}
+	g.dropLogs(r.Context(), name)
 	g.log.Info("deleted", "function", name)
 	w.WriteHeader(http.StatusNoContent)
 }
