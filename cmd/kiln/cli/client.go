@@ -91,7 +91,11 @@ func failure(resp *http.Response, body []byte) error {
 			msg += ": see `kiln list` for what is deployed"
 		}
 	case http.StatusUnauthorized:
-		msg += fmt.Sprintf(" (this CLI sends the key from --api-key, else $KILN_API_KEY, else `api_key:` in %s)", configPathText())
+		sent := "no key was sent"
+		if resp.Request != nil && resp.Request.Header.Get("Authorization") != "" {
+			sent = "the key sent was refused"
+		}
+		msg += fmt.Sprintf(" (%s; this CLI sends the key from --api-key, else $KILN_API_KEY, else `api_key:` in %s)", sent, configPathText())
 	}
 	return fmt.Errorf("%s: %s", resp.Status, msg)
 }

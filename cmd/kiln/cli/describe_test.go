@@ -179,7 +179,12 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 		t.Fatalf("keys create: %+v", r)
 	}
 	r = kiln(t, nil, "--server", p.URL, "--api-key", "kiln_wrong", "describe", "web")
-	if r.code != 1 || !strings.Contains(r.err, "401 Unauthorized") || !strings.Contains(r.err, "--api-key, else $KILN_API_KEY, else `api_key:` in") {
-		t.Errorf("401: %+v", r)
+	if r.code != 1 || !strings.Contains(r.err, "401 Unauthorized") || !strings.Contains(r.err, "(the key sent was refused; this CLI sends the key from --api-key, else $KILN_API_KEY, else `api_key:` in") {
+		t.Errorf("401 with a wrong key: %+v", r)
+	}
+	// Once a key exists, the management API wants one from every caller.
+	r = k("describe", "web")
+	if r.code != 1 || !strings.Contains(r.err, "401 Unauthorized") || !strings.Contains(r.err, "(no key was sent;") {
+		t.Errorf("401 without a key: %+v", r)
 	}
 }
