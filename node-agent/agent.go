@@ -48,6 +48,7 @@ type Config struct {
 	Kernel      []byte // overrides every image's kernel when non-empty (see package doc)
 	Images      ImageFetcher
 	CacheDir    string
+	CacheBytes  int64                 // bound of the on-disk image cache; 0 → DefaultCacheBytes
 	Registerer  prometheus.Registerer // nil: metrics are kept but not exported
 	Logger      *slog.Logger          // nil: discard
 	Boot        Booter                // nil: BootVM (KVM)
@@ -110,7 +111,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Node == "" || cfg.MemoryBytes == 0 || cfg.Images == nil || cfg.CacheDir == "" {
 		return nil, fmt.Errorf("%w: Node, MemoryBytes, Images and CacheDir are required", ErrConfig)
 	}
-	cache, err := newImageCache(cfg.CacheDir, cfg.Images)
+	cache, err := newImageCache(cfg.CacheDir, cfg.Images, cfg.CacheBytes)
 	if err != nil {
 		return nil, err
 	}

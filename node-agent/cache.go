@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/kilnfaas/kiln/image"
 )
@@ -26,8 +28,9 @@ const decodedKeep = 16
 // their digest every time they are read: a disk that flipped a bit, or a
 // half-written file, is deleted and fetched again.
 type imageCache struct {
-	dir   string
-	fetch ImageFetcher
+	dir      string
+	fetch    ImageFetcher
+	maxBytes int64 // the files together stay within this; the least recently used go first
 
 	mu       sync.Mutex
 	decoded  map[string]*image.Image
@@ -41,11 +44,60 @@ type flight struct {
 	err  error
 }
 
-func newImageCache(dir string, f ImageFetcher) (*imageCache, error) {
+// DefaultCacheBytes bounds the on-disk image cache when Config.CacheBytes is 0.
+const DefaultCacheBytes = 10 << 30
+
+func newImageCache(dir string, f ImageFetcher, maxBytes int64) (*imageCache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("nodeagent: image cache: %w", err)
 	}
-	return &imageCache{dir: dir, fetch: f, decoded: map[string]*image.Image{}, inflight: map[string]*flight{}}, nil
+	if maxBytes <= 0 {
+		maxBytes = DefaultCacheBytes
+	}
+	c := &imageCache{dir: dir, fetch: f, maxBytes: maxBytes, decoded: map[string]*image.Image{}, inflight: map[string]*flight{}}
+	c.trim("")
+	return c, nil
+}
+
+// trim removes the least recently used image files (by modification time,
+// which a read refreshes) until the rest fit in maxBytes; keep, the file
+// just written, always stays. Removing a file in use is harmless: it was
+// decoded when read, and is fetched again when next needed.
+func (c *imageCache) trim(keep string) {
+	entries, err := os.ReadDir(c.dir)
+	if err != nil {
+		return
+	}
+	type file struct {
+		path string
+		size int64
+		used time.Time
+	}
+	var files []file
+	var total int64
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".img") || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		files = append(files, file{filepath.Join(c.dir, e.Name()), info.Size(), info.ModTime()})
+		total += info.Size()
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].used.Before(files[j].used) })
+	for _, f := range files {
+		if total <= c.maxBytes {
+			return
+		}
+		if f.path == keep {
+			continue
+		}
+		if os.Remove(f.path) == nil {
+			total -= f.size
+		}
+	}
 }
 
 // path is safe because digests are checked with image.CheckDigest first.
@@ -109,6 +161,8 @@ func (c *imageCache) load(ctx context.Context, digest string) (*image.Image, err
 	p := c.path(digest)
 	if data, err := os.ReadFile(p); err == nil {
 		if image.Verify(data, digest) == nil {
+			now := time.Now()
+			os.Chtimes(p, now, now) // recently used: trimmed last
 			return decode(data)
 		}
 		// Corrupt on disk: forget it and fetch a good copy.
@@ -133,6 +187,8 @@ func (c *imageCache) load(ctx context.Context, digest string) (*image.Image, err
 		cerr := tmp.Close()
 		if werr != nil || cerr != nil || os.Rename(tmp.Name(), p) != nil {
 			os.Remove(tmp.Name())
+		} else {
+			c.trim(p)
 		}
 	}
 	return img, nil

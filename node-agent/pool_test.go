@@ -1,6 +1,9 @@
 package nodeagent
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -21,7 +24,7 @@ func TestPoolGrowsToMinWarmAndShrinks(t *testing.T) {
 	h := newHarness(t, 1<<30, nil)
 	h.a.cfg.MaintainEvery = 20 * time.Millisecond
 	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
-	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, MinWarm: 3, KeepAliveMs: 300}
+	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, MinWarm: 3, KeepAliveMs: 1500}
 	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
 	waitFor(t, func() bool { return h.warm("sv", "idle") == 3 })
 	if n := testutil.ToFloat64(h.a.m.prewarmed.WithLabelValues("boot")); n != 2 {
@@ -46,7 +49,7 @@ func TestPoolGrowsToMinWarmAndShrinks(t *testing.T) {
 	}
 	// Idle past keep_alive: back down to min_warm, never below.
 	waitFor(t, func() bool { return h.warm("sv", "idle") == 3 })
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2 * time.Second)
 	if n := h.warm("sv", "idle"); n != 3 {
 		t.Fatalf("%d idle after keep_alive, want min_warm 3", n)
 	}
@@ -101,5 +104,37 @@ func TestPoolTimeoutLeavesPoolHealthy(t *testing.T) {
 	waitFor(t, func() bool { return h.warm("sv", "idle") == 2 && h.warm("sv", "busy") == 0 })
 	if v := testutil.ToFloat64(h.a.m.memUsed); v != 2*64<<20 {
 		t.Fatalf("memory used %v, want two instances' worth", v)
+	}
+}
+
+// The on-disk image cache stays within its bound, dropping the least
+// recently used image; a dropped image is fetched again when called.
+func TestImageCacheBound(t *testing.T) {
+	prog := fnProgram(t)
+	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, Boot: ProcessBooter(t.TempDir()), CacheBytes: int64(len(prog)) * 5 / 2})
+	var ds []string
+	for i, k := range []string{"k1", "k2", "k3"} {
+		ds = append(ds, h.add(t, fmt.Sprintf("f%d", i), image.KindExec, []byte(k), prog, 5*time.Second, "exec"))
+	}
+	for i, d := range ds {
+		expect(t, h.invoke(t, fmt.Sprintf("f%d", i), d, "/", "x"), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+		time.Sleep(20 * time.Millisecond) // distinct modification times
+	}
+	files, _ := filepath.Glob(filepath.Join(h.dir, "cache", "*.img"))
+	var total int64
+	for _, f := range files {
+		st, _ := os.Stat(f)
+		total += st.Size()
+	}
+	if len(files) != 2 || total > h.a.cache.maxBytes {
+		t.Fatalf("%d files, %d bytes in a cache bounded at %d", len(files), total, h.a.cache.maxBytes)
+	}
+	// The oldest went; a fresh agent on the cache fetches it again.
+	h.reopen(t, Config{MemoryBytes: 1 << 30, Boot: ProcessBooter(t.TempDir()), CacheBytes: int64(len(prog)) * 5 / 2})
+	before := h.store.count()
+	expect(t, h.invoke(t, "f0", ds[0], "/", "x"), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	expect(t, h.invoke(t, "f2", ds[2], "/", "x"), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	if n := h.store.count() - before; n != 1 {
+		t.Fatalf("%d fetches, want 1 (only the trimmed image)", n)
 	}
 }
