@@ -84,7 +84,10 @@ Start the platform on this machine with 'kiln up'. Write a function with
 'kiln new NAME --lang go', try it with 'kiln build' and 'kiln run', deploy
 its source with 'kiln deploy NAME DIR' (or a static x86-64 program with
 'kiln deploy NAME --binary FILE'), and call it with 'kiln invoke NAME -d DATA'
-or 'curl -d DATA http://127.0.0.1:8080/function/NAME'.`,
+or 'curl -d DATA http://127.0.0.1:8080/function/NAME'. The source directory's
+kiln.yaml holds the function's deploy settings ('kiln new' writes one), so
+'kiln deploy' there is enough. See what is deployed with 'kiln list' and
+'kiln describe NAME'; Tab-complete names with 'kiln completion bash|zsh|fish'.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
