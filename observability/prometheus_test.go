@@ -104,8 +104,8 @@ func TestPrometheusScrapesKiln(t *testing.T) {
 			ld.call(t, "cold", 0)
 		}
 	}
-	total, good := ld.counts()
-	t.Logf("client: %d calls of %s, %d ok within %s (%d ambiguous: within 20 ms past the deadline)", total, slaFunction, good, deadline, ld.ambiguous)
+	total, good, ambiguous := ld.counts()
+	t.Logf("client: %d calls of %s, %d ok within %s (%d fast calls past it: the gateway may count them good)", total, slaFunction, good, deadline, ambiguous)
 	eventually(t, 30*time.Second, "Prometheus to scrape every SLA invocation", func() error {
 		got, err := prom.scalar(`sum(kiln_sla_invocations_total{function="` + slaFunction + `"})`)
 		if err != nil {
@@ -120,8 +120,8 @@ func TestPrometheusScrapesKiln(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := int(promGood) - good; d < 0 || d > ld.ambiguous {
-		t.Fatalf("Prometheus counts %v good invocations, the client %d (with %d ambiguous)", promGood, good, ld.ambiguous)
+	if d := int(promGood) - good; d < 0 || d > ambiguous {
+		t.Fatalf("Prometheus counts %v good invocations, the client %d (with %d ambiguous)", promGood, good, ambiguous)
 	}
 	attain, err := prom.scalar(`sum(kiln_sla_good_total{function="` + slaFunction + `"}) / sum(kiln_sla_invocations_total{function="` + slaFunction + `"})`)
 	if err != nil {
@@ -391,7 +391,7 @@ type load struct {
 	mu        sync.Mutex
 	total     int // calls of slaFunction
 	good      int // of which: 200 within the deadline
-	ambiguous int // of which: 200, just past the deadline (the gateway's clock starts later)
+	ambiguous int // of which: fast calls that the client saw past the deadline
 }
 
 func (l *load) call(t *testing.T, fn string, ms int) { l.do(t, fn, fmt.Sprintf("ms=%d", ms)) }
@@ -423,15 +423,17 @@ func (l *load) do(t *testing.T, fn, query string) {
 	l.total++
 	if code == http.StatusOK && took <= deadline {
 		l.good++
-	} else if code == http.StatusOK && took <= deadline+20*time.Millisecond {
+	} else if code == http.StatusOK && took < slowMs*time.Millisecond {
+		// A fast call the client saw past the deadline: the gateway's
+		// clock starts later and stops earlier, so it may have met it.
 		l.ambiguous++
 	}
 }
 
-func (l *load) counts() (total, good int) {
+func (l *load) counts() (total, good, ambiguous int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.total, l.good
+	return l.total, l.good, l.ambiguous
 }
 
 // background keeps the same mix coming, a few calls a second, until stop.
