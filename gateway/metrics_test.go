@@ -3,6 +3,7 @@ package gateway
 import (
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +230,35 @@ func TestDurationsOneFamily(t *testing.T) {
 	}
 	if problems, err := testutil.GatherAndLint(reg, "kiln_invocation_duration_seconds"); err != nil || len(problems) > 0 {
 		t.Fatalf("lint: %v %v", problems, err)
+	}
+}
+
+// Invocations finish concurrently, with scrapes in between and a deadline
+// that changes under them; run with -race. Every call is counted once in
+// the SLA counters, whatever vector its histogram series landed in.
+func TestRecordConcurrently(t *testing.T) {
+	g, reg := newRecorder(t)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				fn := slaFn("f", int64(40+(w+i)%3), 0.99)
+				g.finished(&invocation{Fn: fn, Resp: ok(kilnv1.StartKind_START_WARM, 0, 1, 0), Total: time.Millisecond})
+				if i%50 == 0 {
+					if _, err := reg.Gather(); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := testutil.ToFloat64(g.metrics.slaTotal.WithLabelValues("f")); got != 8*200 {
+		t.Fatalf("kiln_sla_invocations_total = %v, want %d", got, 8*200)
+	}
+	if got := testutil.ToFloat64(g.metrics.slaGood.WithLabelValues("f")); got != 8*200 {
+		t.Fatalf("kiln_sla_good_total = %v, want %d", got, 8*200)
 	}
 }
