@@ -28,6 +28,7 @@ import (
 	"github.com/kilnfaas/kiln/asyncq"
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/imagestore"
+	"github.com/kilnfaas/kiln/logstore"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
@@ -175,6 +176,12 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	slaRec := slaledger.NewRecorder(ledger, 0, log.With("role", "gateway"))
 	p.closers = append(p.closers, slaRec.Close) // closed first: what is queued reaches the ledger
 
+	logs, err := logstore.OpenBolt(cfg.DataDir, logstore.BoltOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	p.closers = append(p.closers, logs.Close)
+
 	images, err := imagestore.Embedded(ctx, cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
@@ -233,7 +240,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 
 	gw, err := gateway.New(gateway.Config{
 		Registry: reg, Images: images, Scheduler: schedClient, Kernel: kernel, Async: queue, Keys: keys,
-		Registerer: p.Metrics, Logger: log.With("role", "gateway"),
+		Registerer: p.Metrics, Logger: log.With("role", "gateway"), Logs: logs,
 		SLA: gateway.SLAConfig{Ledger: slaRec, Nodes: sched.Nodes},
 	})
 	if err != nil {

@@ -38,6 +38,7 @@ import (
 	"github.com/kilnfaas/kiln/asyncq"
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/imagestore"
+	"github.com/kilnfaas/kiln/logstore"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry/redisstore"
@@ -616,9 +617,14 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 	r.onClose(ledger.Close)
 	slaRec := slaledger.NewRecorder(ledger, 0, r.log)
 	r.onClose(slaRec.Close)
+	logs, err := logstore.NewRedis(ctx, cfg.RedisURL, logstore.Limits{})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	r.onClose(logs.Close)
 	gw, err := gateway.New(gateway.Config{
 		Registry: reg, Images: images, Scheduler: sched, Kernel: kernel, Async: queue, Keys: keys,
-		Registerer: r.Metrics, Logger: r.log,
+		Registerer: r.Metrics, Logger: r.log, Logs: logs,
 		SLA: gateway.SLAConfig{Ledger: slaRec}, // the scheduler's pools are out of sight: warm_instances null
 	})
 	if err != nil {
