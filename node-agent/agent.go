@@ -37,6 +37,7 @@ import (
 
 	"github.com/kilnfaas/kiln/image"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/tracing"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 	"github.com/kilnfaas/kiln/wire"
 )
@@ -478,6 +479,7 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 		resp.LogTail = stderr.tail(TailLines, 0)
 	}
 	resp.Stderr = stderr.since(0)
+	tracing.Invocation(ctx, startName(kind), 0, resp.StartNs, resp.ExecNs, resp.Error)
 	return resp, kind
 }
 
@@ -582,7 +584,11 @@ func (a *Agent) capacity() *kilnv1.CapacityResponse {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	warm := map[string]*kilnv1.WarmInstances{}
+	var idleMem uint64
 	for _, p := range a.pools {
+		for _, in := range p.idle {
+			idleMem += in.mem
+		}
 		if p.total() == 0 {
 			continue
 		}
@@ -595,7 +601,7 @@ func (a *Agent) capacity() *kilnv1.CapacityResponse {
 		w.Busy += uint32(p.busy + p.starting)
 	}
 	c := &kilnv1.CapacityResponse{Node: a.cfg.Node, MemoryBytesTotal: a.cfg.MemoryBytes, MemoryBytesUsed: a.used,
-		CachedImages: cached}
+		MemoryBytesIdle: idleMem, CachedImages: cached}
 	for _, d := range slices.Sorted(maps.Keys(warm)) {
 		c.Warm = append(c.Warm, warm[d])
 	}

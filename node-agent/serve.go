@@ -11,6 +11,7 @@ import (
 	"time"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/tracing"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 	"github.com/kilnfaas/kiln/wire"
 )
@@ -66,6 +67,7 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 	}
 	resp = inst.invoke(ctx, frame, cold)
 	resp.WaitNs = wait.Nanoseconds()
+	tracing.Invocation(ctx, startName(start), resp.WaitNs, resp.StartNs, resp.ExecNs, resp.Error)
 	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
 	switch {
 	case cold && !ok && inst.firstRead.Load() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
