@@ -101,6 +101,7 @@ kiln.yaml holds the function's deploy settings ('kiln new' writes one), so
 	root.AddCommand(a.describeCmd(), a.deleteCmd())
 	root.AddCommand(a.gatewayCmd(), a.schedulerCmd(), a.agentCmd())
 	root.AddCommand(a.slaCmd())
+	root.AddCommand(a.logsCmd())
 	return root
 }
 
