@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -40,14 +41,25 @@ func TestSLALedgerThroughAgent(t *testing.T) {
 			t.Fatalf("deploy %s: %d %s", q, resp.StatusCode, b)
 		}
 	}
-	call := func(path string) {
+	// A call the client saw end within the deadline is surely good (the
+	// gateway's clock starts later and stops earlier); one the client saw
+	// take longer may still be good, so the expected count is a range.
+	surelyGood := 0
+	call := func(path string) time.Duration {
 		t.Helper()
+		t0 := time.Now()
 		if resp, b := doKey(t, "", "POST", e.url+path, "", nil); resp.StatusCode != 200 {
 			t.Fatalf("%s: %d %s", path, resp.StatusCode, b)
 		}
+		return time.Since(t0)
 	}
 	for i := 0; i < 5; i++ {
-		call("/function/fast")
+		if call("/function/fast") <= time.Second {
+			surelyGood++
+		}
+	}
+	if surelyGood < 3 {
+		t.Logf("only %d of 5 fast calls within 1 s at the client: a loaded host", surelyGood)
 	}
 	call("/function/fast/slow")
 	call("/function/fast/slow")
@@ -66,25 +78,27 @@ func TestSLALedgerThroughAgent(t *testing.T) {
 	if rep.Function != "fast" || rep.DeadlineMs != 1000 || rep.Target != 0.99 || rep.Version != 1 || rep.WarmInstances != nil {
 		t.Fatalf("report %+v", rep)
 	}
-	if rep.Day != (slaledger.Counts{Invocations: 7, Good: 5, Boots: rep.Day.Boots, Restores: rep.Day.Restores}) || rep.Hour != rep.Day {
-		t.Fatalf("counts: hour %+v day %+v, want 7 calls, 5 good, no errors", rep.Hour, rep.Day)
+	good := rep.Day.Good // the slow calls (2 s) are surely bad
+	if rep.Day != (slaledger.Counts{Invocations: 7, Good: good, Boots: rep.Day.Boots, Restores: rep.Day.Restores}) || rep.Hour != rep.Day ||
+		good < int64(surelyGood) || good > 5 {
+		t.Fatalf("counts: hour %+v day %+v, want 7 calls, %d to 5 good, no errors", rep.Hour, rep.Day, surelyGood)
 	}
 	cold := rep.Day.Boots + rep.Day.Restores
 	if cold < 1 || cold > 3 {
 		t.Fatalf("%d cold starts for 7 sequential calls (the first must be one)", cold)
 	}
-	if rep.Attainment1h == nil || math.Abs(*rep.Attainment1h-5.0/7) > 1e-9 || math.Abs(*rep.Attainment1d-5.0/7) > 1e-9 {
-		t.Fatalf("attainment %v %v, want 5/7", rep.Attainment1h, rep.Attainment1d)
+	if want := float64(good) / 7; rep.Attainment1h == nil || math.Abs(*rep.Attainment1h-want) > 1e-9 || math.Abs(*rep.Attainment1d-want) > 1e-9 {
+		t.Fatalf("attainment %v %v, want %d/7", rep.Attainment1h, rep.Attainment1d, good)
 	}
-	// 2 bad of 7 against an allowance of 1 % of 7.
-	if want := 1 - 2/(0.01*7); math.Abs(rep.ErrorBudgetLeft-want) > 1e-6 || math.Abs(rep.ColdStartShare-float64(cold)/7) > 1e-9 {
+	// 7 − good bad calls against an allowance of 1 % of 7.
+	if want := 1 - float64(7-good)/(0.01*7); math.Abs(rep.ErrorBudgetLeft-want) > 1e-6 || math.Abs(rep.ColdStartShare-float64(cold)/7) > 1e-9 {
 		t.Fatalf("budget %v (want %v), cold share %v", rep.ErrorBudgetLeft, want, rep.ColdStartShare)
 	}
 
 	// The ledger and Prometheus count the same good calls.
 	_, metrics := doKey(t, "", "GET", e.url+"/metrics", "", nil)
-	if m := regexp.MustCompile(`(?m)^kiln_sla_good_total\{function="fast"\} (\d+)$`).FindSubmatch(metrics); m == nil || string(m[1]) != "5" {
-		t.Errorf("kiln_sla_good_total for fast: %q (ledger: 5)", m)
+	if m := regexp.MustCompile(`(?m)^kiln_sla_good_total\{function="fast"\} (\d+)$`).FindSubmatch(metrics); m == nil || string(m[1]) != strconv.FormatInt(good, 10) {
+		t.Errorf("kiln_sla_good_total for fast: %q (ledger: %d)", m, good)
 	}
 	if !strings.Contains(string(metrics), "kiln_sla_ledger_dropped_total 0") {
 		t.Errorf("no kiln_sla_ledger_dropped_total 0 in /metrics")

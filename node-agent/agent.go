@@ -584,7 +584,11 @@ func (a *Agent) capacity() *kilnv1.CapacityResponse {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	warm := map[string]*kilnv1.WarmInstances{}
+	var idleMem uint64
 	for _, p := range a.pools {
+		for _, in := range p.idle {
+			idleMem += in.mem
+		}
 		if p.total() == 0 {
 			continue
 		}
@@ -597,7 +601,7 @@ func (a *Agent) capacity() *kilnv1.CapacityResponse {
 		w.Busy += uint32(p.busy + p.starting)
 	}
 	c := &kilnv1.CapacityResponse{Node: a.cfg.Node, MemoryBytesTotal: a.cfg.MemoryBytes, MemoryBytesUsed: a.used,
-		CachedImages: cached}
+		MemoryBytesIdle: idleMem, CachedImages: cached}
 	for _, d := range slices.Sorted(maps.Keys(warm)) {
 		c.Warm = append(c.Warm, warm[d])
 	}

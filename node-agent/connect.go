@@ -90,14 +90,19 @@ func (a *Agent) session(ctx context.Context, sched kilnv1.SchedulerClient, addr 
 	close(regDone)
 	a.registered.Store(true)
 	a.log.Info("registered with the scheduler", "node", a.cfg.Node, "heartbeat_ms", reg.HeartbeatIntervalMs)
-	// The scheduler sends nothing more today; a receive that ends is the
-	// stream breaking, noticed without waiting for the next heartbeat.
+	// After Registered the scheduler sends warm-pool targets; a receive
+	// that ends is the stream breaking, noticed without waiting for the
+	// next heartbeat.
 	broken := make(chan error, 1)
 	go func() {
 		for {
-			if _, err := st.Recv(); err != nil {
+			m, err := st.Recv()
+			if err != nil {
 				broken <- err
 				return
+			}
+			if wt := m.GetWarmTargets(); wt != nil {
+				a.setWarmTargets(sctx, wt.Targets)
 			}
 		}
 	}()

@@ -35,6 +35,7 @@ type pool struct {
 	waiters           []chan *instance // invocations waiting for an instance at max_instances
 	lastUsed          time.Time
 
+	slaWarm     int       // the scheduler's SLA target for this node (0: none)
 	ready       bool      // an instance got through its init once: min_warm may start more
 	failedUntil time.Time // init crashed: refuse until then
 	failures    int       // init crashes in a row
@@ -42,6 +43,10 @@ type pool struct {
 }
 
 func (p *pool) total() int { return len(p.idle) + p.busy + p.starting }
+
+// keepWarm is how many instances the pool keeps: its min_warm, or more
+// when the scheduler's SLA policy asks.
+func (p *pool) keepWarm() int { return max(p.spec.minWarm, p.slaWarm) }
 
 // room says whether the pool may start another instance.
 func (p *pool) room(s *spec) bool { return s.maxInstances == 0 || p.total() < s.maxInstances }
@@ -256,12 +261,12 @@ func (a *Agent) maintainOnce() {
 		}
 		// Oldest idle first; never below min_warm.
 		slices.SortFunc(p.idle, func(x, y *instance) int { return x.idleSince.Compare(y.idleSince) })
-		for len(p.idle) > 0 && p.total() > s.minWarm && now.Sub(p.idle[0].idleSince) >= keep {
+		for len(p.idle) > 0 && p.total() > p.keepWarm() && now.Sub(p.idle[0].idleSince) >= keep {
 			reap = append(reap, p.idle[0])
 			p.idle = p.idle[1:]
 		}
 		a.updateWarmLocked(p)
-		if p.total() == 0 && s.minWarm == 0 && now.Sub(p.lastUsed) >= keep {
+		if p.total() == 0 && p.keepWarm() == 0 && now.Sub(p.lastUsed) >= keep {
 			delete(a.pools, k)
 			a.m.warm.DeleteLabelValues(p.name, "idle")
 			a.m.warm.DeleteLabelValues(p.name, "busy")
@@ -269,7 +274,7 @@ func (a *Agent) maintainOnce() {
 		}
 		// min_warm grows a pool only once an instance has shown that the
 		// function initialises: a broken deploy is booted by calls alone.
-		for !s.fresh && p.ready && now.After(p.failedUntil) && p.total() < s.minWarm && p.room(s) && a.prewarming < maxPrewarming {
+		for !s.fresh && p.ready && now.After(p.failedUntil) && p.total() < p.keepWarm() && p.room(s) && a.prewarming < maxPrewarming {
 			if err := a.reserveLocked(s.mem); err != nil {
 				break
 			}
@@ -337,4 +342,29 @@ func startName(k kilnv1.StartKind) string {
 		return "boot"
 	}
 	return "none"
+}
+
+// setWarmTargets applies the scheduler's SLA targets: the pools named get
+// at least that many instances, every other pool goes back to its own
+// min_warm. Only pools this node already runs are sized; the scheduler
+// sends targets to the nodes that report the function's instances.
+func (a *Agent) setWarmTargets(ctx context.Context, targets []*kilnv1.WarmTarget) {
+	want := map[string]int{}
+	for _, t := range targets {
+		if t.GetFunction().GetImageDigest() == "" {
+			continue
+		}
+		s, resp := a.resolve(ctx, &kilnv1.InvokeRequest{Function: t.Function})
+		if resp != nil {
+			a.log.Warn("warm target for a function this node cannot resolve", "function", t.Function.Name, "error", resp.Error)
+			continue
+		}
+		want[s.key()] = int(t.Warm)
+	}
+	a.mu.Lock()
+	for k, p := range a.pools {
+		p.slaWarm = want[k]
+	}
+	a.mu.Unlock()
+	a.kickMaintain()
 }

@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -137,4 +138,22 @@ func TestImageCacheBound(t *testing.T) {
 	if n := h.store.count() - before; n != 1 {
 		t.Fatalf("%d fetches, want 1 (only the trimmed image)", n)
 	}
+}
+
+// The scheduler's SLA target grows a pool this node runs beyond min_warm;
+// when the target goes, the extra instances are reaped after keep_alive.
+func TestPoolFollowsSLATarget(t *testing.T) {
+	h := newHarness(t, 1<<30, nil)
+	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
+	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, KeepAliveMs: 300}
+	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	h.a.setWarmTargets(context.Background(), []*kilnv1.WarmTarget{{Function: fn, Warm: 4}})
+	waitFor(t, func() bool { return h.warm("sv", "idle") == 4 })
+	time.Sleep(500 * time.Millisecond) // past keep_alive: the target holds them
+	if n := h.warm("sv", "idle"); n != 4 {
+		t.Fatalf("%d idle under a target of 4", n)
+	}
+	h.a.setWarmTargets(context.Background(), nil)
+	waitFor(t, func() bool { return h.warm("sv", "idle") == 0 })
 }

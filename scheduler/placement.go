@@ -9,6 +9,10 @@ import (
 // ErrNoCapacity: no registered node can take an invocation right now.
 var ErrNoCapacity = errors.New("scheduler: no capacity")
 
+// ErrFull (wrapped with ErrNoCapacity): a node could run the invocation
+// but none has room now — waiting for room may help.
+var ErrFull = errors.New("every node that could run it is full")
+
 // Warm counts one image's booted instances on a node.
 type Warm struct {
 	Idle, Busy uint32
@@ -23,6 +27,7 @@ type Node struct {
 	Address       string
 	MemoryTotal   uint64
 	MemoryUsed    uint64
+	MemoryIdle    uint64          // of MemoryUsed, held by idle instances the agent evicts for a cold start
 	Warm          map[string]Warm // image digest → instances
 	Cached        map[string]bool // image digests in the node's image cache
 	LastHeartbeat time.Time
@@ -31,9 +36,10 @@ type Node struct {
 	Claimed  map[string]int // idle instances of a digest taken by in-flight invocations
 }
 
-// Free is the memory a cold start could still use on n.
+// Free is the memory a cold start could still use on n: idle instances
+// count as free, since the agent destroys them to make room for a call.
 func (n *Node) Free() uint64 {
-	used := n.MemoryUsed + n.Reserved
+	used := n.MemoryUsed - min(n.MemoryIdle, n.MemoryUsed) + n.Reserved
 	if used >= n.MemoryTotal {
 		return 0
 	}
@@ -94,13 +100,14 @@ func (p WarmFirst) Place(now time.Time, d Demand, nodes []Node) (Decision, error
 	}
 	var warm, cached, cold *Node
 	live := 0
-	var biggest uint64
+	var biggest, largest uint64
 	for i := range nodes {
 		n := &nodes[i]
 		if p.StaleAfter > 0 && now.Sub(n.LastHeartbeat) > p.StaleAfter {
 			continue
 		}
 		live++
+		largest = max(largest, n.MemoryTotal)
 		if idle := n.IdleWarm(d.Digest); idle > 0 && d.Digest != "" {
 			if warm == nil || idle > warm.IdleWarm(d.Digest) ||
 				idle == warm.IdleWarm(d.Digest) && better(n, warm) {
@@ -129,9 +136,12 @@ func (p WarmFirst) Place(now time.Time, d Demand, nodes []Node) (Decision, error
 		return Decision{Node: cold.Name}, nil
 	case live == 0:
 		return Decision{}, fmt.Errorf("%w: none of %d nodes has sent a heartbeat in %v", ErrNoCapacity, len(nodes), p.StaleAfter)
+	case largest < d.MemoryBytes:
+		return Decision{}, fmt.Errorf("%w: the function needs %d MiB, more than any of %d nodes has (at most %d MiB)",
+			ErrNoCapacity, d.MemoryBytes>>20, live, largest>>20)
 	default:
-		return Decision{}, fmt.Errorf("%w: the function needs %d MiB, the most any of %d nodes has free is %d MiB",
-			ErrNoCapacity, d.MemoryBytes>>20, live, biggest>>20)
+		return Decision{}, fmt.Errorf("%w: %w: the function needs %d MiB, the most any of %d nodes has free is %d MiB",
+			ErrNoCapacity, ErrFull, d.MemoryBytes>>20, live, biggest>>20)
 	}
 }
 

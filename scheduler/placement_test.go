@@ -147,7 +147,16 @@ func TestWarmFirst(t *testing.T) {
 
 func TestWarmFirstMessage(t *testing.T) {
 	_, err := WarmFirst{}.Place(time.Now(), Demand{dA, 512 * mib}, []Node{{Name: "n", MemoryTotal: 256 * mib}})
-	if err == nil || err.Error() != "scheduler: no capacity: the function needs 512 MiB, the most any of 1 nodes has free is 256 MiB" {
+	if err == nil || errors.Is(err, ErrFull) || err.Error() != "scheduler: no capacity: the function needs 512 MiB, more than any of 1 nodes has (at most 256 MiB)" {
 		t.Fatalf("%v", err)
+	}
+	_, err = WarmFirst{}.Place(time.Now(), Demand{dA, 128 * mib}, []Node{{Name: "n", MemoryTotal: 256 * mib, MemoryUsed: 192 * mib}})
+	if !errors.Is(err, ErrFull) || err.Error() != "scheduler: no capacity: every node that could run it is full: the function needs 128 MiB, the most any of 1 nodes has free is 64 MiB" {
+		t.Fatalf("%v", err)
+	}
+	// Idle instances are room: the agent evicts them for a cold start.
+	dec, err := WarmFirst{}.Place(time.Now(), Demand{dB, 128 * mib}, []Node{{Name: "n", MemoryTotal: 256 * mib, MemoryUsed: 192 * mib, MemoryIdle: 64 * mib}})
+	if err != nil || dec.Node != "n" {
+		t.Fatalf("%+v %v", dec, err)
 	}
 }

@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/slapolicy"
 	"github.com/kilnfaas/kiln/tracing"
 )
 
@@ -79,8 +80,14 @@ type Config struct {
 	// the agents take up to their reconnect backoff (2 s) to come back.
 	// 0: no wait.
 	StartupGrace time.Duration
-	Registerer   prometheus.Registerer
-	Logger       *slog.Logger
+	// SLAPolicy sizes warm pools from SLAs (docs/SLA.md); nil → a default
+	// slapolicy.Policy.
+	SLAPolicy *slapolicy.Policy
+	// QueueWait bounds how long an invocation waits for capacity when
+	// every node is full; 0 → DefaultQueueWait.
+	QueueWait  time.Duration
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // link is the connection to one agent. It outlives a node entry when the
@@ -102,6 +109,15 @@ type node struct {
 	session uint64        // which Connect stream owns this entry
 	gone    chan struct{} // closed when the scheduler drops the node
 	link    *link
+
+	sendMu sync.Mutex // a gRPC stream takes one Send at a time
+	stream grpc.BidiStreamingServer[kilnv1.AgentMessage, kilnv1.SchedulerMessage]
+}
+
+func (n *node) send(m *kilnv1.SchedulerMessage) error {
+	n.sendMu.Lock()
+	defer n.sendMu.Unlock()
+	return n.stream.Send(m)
 }
 
 // Scheduler implements kilnv1.SchedulerServer.
@@ -116,6 +132,7 @@ type Scheduler struct {
 
 	trackSent bool // dialled with sentTracker: a failed call's sentKey is meaningful
 
+	sla        *slaState
 	nodesGauge prometheus.Gauge
 	placements *prometheus.CounterVec
 	drains     *prometheus.CounterVec
@@ -171,6 +188,7 @@ func New(cfg Config) (*Scheduler, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.sla = newSLAState(s, cfg)
 	s.nodesGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "kiln_scheduler_nodes", Help: "Node-agents currently registered.",
 	})
@@ -187,7 +205,7 @@ func New(cfg Config) (*Scheduler, error) {
 		Help: "Invocations placed again because the chosen node refused them or never received them.",
 	})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.nodesGauge, s.placements, s.drains, s.retries} {
+		for _, c := range append([]prometheus.Collector{s.nodesGauge, s.placements, s.drains, s.retries}, s.sla.collectors()...) {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("scheduler: registering metrics: %w", err)
 			}
@@ -286,11 +304,14 @@ func (s *Scheduler) sweep() {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	g := stallGuard{interval: s.interval, period: period, last: time.Now()}
-	for {
+	for tick := 1; ; tick++ {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
+			if tick%4 == 0 {
+				s.planWarm()
+			}
 			ok, stall := g.mayDrain(time.Now())
 			if stall > 0 {
 				s.log.Warn("the scheduler was stalled; draining nothing until heartbeats catch up", "stall", stall)
@@ -428,6 +449,7 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 		session: session,
 		gone:    make(chan struct{}),
 		link:    l,
+		stream:  stream,
 	}
 	s.nodes[reg.Node] = n
 	close(s.joined)
@@ -436,7 +458,7 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 	s.mu.Unlock()
 	s.log.Info("node registered", "node", reg.Node, "address", reg.Address, "memory", reg.MemoryBytesTotal)
 
-	err = stream.Send(&kilnv1.SchedulerMessage{Msg: &kilnv1.SchedulerMessage_Registered{
+	err = n.send(&kilnv1.SchedulerMessage{Msg: &kilnv1.SchedulerMessage_Registered{
 		Registered: &kilnv1.Registered{HeartbeatIntervalMs: s.interval.Milliseconds()},
 	}})
 	if err != nil {
@@ -503,6 +525,7 @@ func (s *Scheduler) heartbeat(name string, session uint64, c *kilnv1.CapacityRes
 	}
 	n.MemoryTotal = c.MemoryBytesTotal
 	n.MemoryUsed = c.MemoryBytesUsed
+	n.MemoryIdle = c.MemoryBytesIdle
 	n.Warm = make(map[string]Warm, len(c.Warm))
 	for _, w := range c.Warm {
 		n.Warm[w.ImageDigest] = Warm{Idle: w.Idle, Busy: w.Busy}
@@ -511,6 +534,7 @@ func (s *Scheduler) heartbeat(name string, session uint64, c *kilnv1.CapacityRes
 	for _, d := range c.CachedImages {
 		n.Cached[d] = true
 	}
+	s.wakeLocked()
 }
 
 // Invoke implements kilnv1.SchedulerServer. An agent that answers
@@ -526,6 +550,8 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 		return nil, status.Error(codes.InvalidArgument, "scheduler: the request needs a function with image_digest and memory_bytes")
 	}
 	d := Demand{Digest: fn.ImageDigest, MemoryBytes: fn.MemoryBytes}
+	arrived := s.now()
+	s.sla.note(fn)
 	excluded := map[string]bool{}
 	var lastRefusal *kilnv1.InvokeResponse
 	var lastUnreached error
@@ -535,6 +561,14 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 		endPlace(err, tracing.Decision(dec.Node, dec.Warm, dec.Cached)...)
 		if err != nil && len(excluded) == 0 && s.awaitFirstNode(ctx) {
 			continue
+		}
+		if errors.Is(err, ErrFull) && len(excluded) == 0 {
+			// Every node is full: wait for room, most urgent first.
+			why := s.awaitCapacity(ctx, fn, arrived)
+			if why == "" {
+				continue
+			}
+			err = fmt.Errorf("scheduler: %s", why)
 		}
 		if err != nil {
 			s.placements.WithLabelValues("no_capacity").Inc()
@@ -589,6 +623,7 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 			lastRefusal = resp
 			continue
 		}
+		s.sla.observe(fn, arrived, resp)
 		return resp, nil
 	}
 }
@@ -663,6 +698,7 @@ func (s *Scheduler) release(name string, l *link, d Demand, dec Decision) {
 	if l.calls--; l.closed && l.calls == 0 {
 		l.close()
 	}
+	defer s.wakeLocked()
 	n, ok := s.nodes[name]
 	if !ok || n.link != l {
 		return // the booking went with the entry

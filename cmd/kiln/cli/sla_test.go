@@ -84,8 +84,9 @@ func TestSLAAgainstCluster(t *testing.T) {
 	if r := k("deploy", "plain", "--binary", prog, "--kind", "serve"); r.code != 0 {
 		t.Fatalf("deploy plain: %+v", r)
 	}
-	call := func(path string) {
+	call := func(path string) time.Duration {
 		t.Helper()
+		t0 := time.Now()
 		resp, err := http.Post(gw.HTTPURL+path, "text/plain", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -94,9 +95,15 @@ func TestSLAAgainstCluster(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("POST %s: %s", path, resp.Status)
 		}
+		return time.Since(t0)
 	}
+	// A call the client saw end within the deadline is surely good; one it
+	// saw take longer may still be (the gateway's clock runs shorter).
+	surelyGood := int64(0)
 	for i := 0; i < 4; i++ {
-		call("/function/slafn")
+		if call("/function/slafn") <= time.Second {
+			surelyGood++
+		}
 	}
 	call("/function/slafn/slow")
 	call("/function/plain")
@@ -111,15 +118,18 @@ func TestSLAAgainstCluster(t *testing.T) {
 			break
 		}
 	}
-	cold := rep.Day.Boots + rep.Day.Restores
-	if rep.Function != "slafn" || rep.DeadlineMs != 1000 || rep.Target != 0.99 || rep.Day.Invocations != 5 || rep.Day.Good != 4 ||
-		rep.Day.Errors != 0 || cold < 1 || cold > 2 {
-		t.Fatalf("report %+v", rep)
+	cold, good := rep.Day.Boots+rep.Day.Restores, rep.Day.Good
+	if rep.Function != "slafn" || rep.DeadlineMs != 1000 || rep.Target != 0.99 || rep.Day.Invocations != 5 ||
+		good < surelyGood || good > 4 || rep.Day.Errors != 0 || cold < 1 || cold > 2 {
+		t.Fatalf("report %+v (%d fast calls within 1 s at the client)", rep, surelyGood)
 	}
 
 	r := k("sla")
-	// 1 bad call of 5 against an allowance of 1 % of 5: −1900 % of the budget left.
-	row := fmt.Sprintf(`(?m)^slafn\s+1s\s+99%%\s+80\.00%%\s+80\.00%%\s+-1900%%\s+%.1f%%\s+5\s+-\s*$`, float64(cold)*20)
+	// With all 4 fast calls good: 80.00 %, and 1 bad call of 5 against an
+	// allowance of 1 % of 5 leaves −1900 % of the budget.
+	att := regexp.QuoteMeta(fmt.Sprintf("%.2f%%", float64(good)*20))
+	budget := regexp.QuoteMeta(fmt.Sprintf("%.0f%%", (1-float64(5-good)/0.05)*100))
+	row := fmt.Sprintf(`(?m)^slafn\s+1s\s+99%%\s+%s\s+%s\s+%s\s+%.1f%%\s+5\s+-\s*$`, att, att, budget, float64(cold)*20)
 	if r.code != 0 || !regexp.MustCompile(`(?m)^NAME\s+DEADLINE\s+TARGET\s+ATTAINMENT 1H\s+ATTAINMENT 1D\s+BUDGET LEFT\s+COLD STARTS\s+CALLS 1D\s+WARM$`).MatchString(r.out) ||
 		!regexp.MustCompile(row).MatchString(r.out) || strings.Contains(r.out, "plain") {
 		t.Fatalf("kiln sla:\n%s\n%s", r.out, r.err)

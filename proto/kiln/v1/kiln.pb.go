@@ -680,9 +680,12 @@ type CapacityResponse struct {
 	Warm             []*WarmInstances       `protobuf:"bytes,4,rep,name=warm,proto3" json:"warm,omitempty"`
 	// Digests of the images this node holds in its cache (no fetch needed
 	// for a cold start there); the scheduler prefers such nodes.
-	CachedImages  []string `protobuf:"bytes,5,rep,name=cached_images,json=cachedImages,proto3" json:"cached_images,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CachedImages []string `protobuf:"bytes,5,rep,name=cached_images,json=cachedImages,proto3" json:"cached_images,omitempty"`
+	// Of memory_bytes_used, what idle instances hold: the agent destroys
+	// them to make room for a cold start of another function.
+	MemoryBytesIdle uint64 `protobuf:"varint,6,opt,name=memory_bytes_idle,json=memoryBytesIdle,proto3" json:"memory_bytes_idle,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CapacityResponse) Reset() {
@@ -748,6 +751,13 @@ func (x *CapacityResponse) GetCachedImages() []string {
 		return x.CachedImages
 	}
 	return nil
+}
+
+func (x *CapacityResponse) GetMemoryBytesIdle() uint64 {
+	if x != nil {
+		return x.MemoryBytesIdle
+	}
+	return 0
 }
 
 type WarmInstances struct {
@@ -1001,6 +1011,7 @@ type SchedulerMessage struct {
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*SchedulerMessage_Registered
+	//	*SchedulerMessage_WarmTargets
 	Msg           isSchedulerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1052,6 +1063,15 @@ func (x *SchedulerMessage) GetRegistered() *Registered {
 	return nil
 }
 
+func (x *SchedulerMessage) GetWarmTargets() *WarmTargets {
+	if x != nil {
+		if x, ok := x.Msg.(*SchedulerMessage_WarmTargets); ok {
+			return x.WarmTargets
+		}
+	}
+	return nil
+}
+
 type isSchedulerMessage_Msg interface {
 	isSchedulerMessage_Msg()
 }
@@ -1060,7 +1080,112 @@ type SchedulerMessage_Registered struct {
 	Registered *Registered `protobuf:"bytes,1,opt,name=registered,proto3,oneof"`
 }
 
+type SchedulerMessage_WarmTargets struct {
+	WarmTargets *WarmTargets `protobuf:"bytes,2,opt,name=warm_targets,json=warmTargets,proto3,oneof"`
+}
+
 func (*SchedulerMessage_Registered) isSchedulerMessage_Msg() {}
+
+func (*SchedulerMessage_WarmTargets) isSchedulerMessage_Msg() {}
+
+// WarmTargets is the whole set of warm-pool sizes the scheduler's SLA
+// policy wants on one node (docs/SLA.md); a pool not listed keeps only its
+// own min_warm. Sent when the plan changes.
+type WarmTargets struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Targets       []*WarmTarget          `protobuf:"bytes,1,rep,name=targets,proto3" json:"targets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmTargets) Reset() {
+	*x = WarmTargets{}
+	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmTargets) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmTargets) ProtoMessage() {}
+
+func (x *WarmTargets) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmTargets.ProtoReflect.Descriptor instead.
+func (*WarmTargets) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WarmTargets) GetTargets() []*WarmTarget {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+type WarmTarget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Function      *FunctionSpec          `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
+	Warm          uint32                 `protobuf:"varint,2,opt,name=warm,proto3" json:"warm,omitempty"` // instances to keep on this node, idle or busy
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmTarget) Reset() {
+	*x = WarmTarget{}
+	mi := &file_kiln_v1_kiln_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmTarget) ProtoMessage() {}
+
+func (x *WarmTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_kiln_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmTarget.ProtoReflect.Descriptor instead.
+func (*WarmTarget) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WarmTarget) GetFunction() *FunctionSpec {
+	if x != nil {
+		return x.Function
+	}
+	return nil
+}
+
+func (x *WarmTarget) GetWarm() uint32 {
+	if x != nil {
+		return x.Warm
+	}
+	return 0
+}
 
 type Registered struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -1071,7 +1196,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1208,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1221,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Registered) GetHeartbeatIntervalMs() int64 {
@@ -1157,13 +1282,14 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\bvm_exits\x18\v \x01(\x04R\avmExits\x12\x16\n" +
 	"\x06stderr\x18\f \x01(\fR\x06stderr\x12\x17\n" +
 	"\await_ns\x18\r \x01(\x03R\x06waitNs\"\x11\n" +
-	"\x0fCapacityRequest\"\xd1\x01\n" +
+	"\x0fCapacityRequest\"\xfd\x01\n" +
 	"\x10CapacityResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12,\n" +
 	"\x12memory_bytes_total\x18\x02 \x01(\x04R\x10memoryBytesTotal\x12*\n" +
 	"\x11memory_bytes_used\x18\x03 \x01(\x04R\x0fmemoryBytesUsed\x12*\n" +
 	"\x04warm\x18\x04 \x03(\v2\x16.kiln.v1.WarmInstancesR\x04warm\x12#\n" +
-	"\rcached_images\x18\x05 \x03(\tR\fcachedImages\"Z\n" +
+	"\rcached_images\x18\x05 \x03(\tR\fcachedImages\x12*\n" +
+	"\x11memory_bytes_idle\x18\x06 \x01(\x04R\x0fmemoryBytesIdle\"Z\n" +
 	"\rWarmInstances\x12!\n" +
 	"\fimage_digest\x18\x01 \x01(\tR\vimageDigest\x12\x12\n" +
 	"\x04idle\x18\x02 \x01(\rR\x04idle\x12\x12\n" +
@@ -1177,12 +1303,19 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12,\n" +
 	"\x12memory_bytes_total\x18\x03 \x01(\x04R\x10memoryBytesTotal\"B\n" +
 	"\tHeartbeat\x125\n" +
-	"\bcapacity\x18\x01 \x01(\v2\x19.kiln.v1.CapacityResponseR\bcapacity\"P\n" +
+	"\bcapacity\x18\x01 \x01(\v2\x19.kiln.v1.CapacityResponseR\bcapacity\"\x8b\x01\n" +
 	"\x10SchedulerMessage\x125\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x13.kiln.v1.RegisteredH\x00R\n" +
-	"registeredB\x05\n" +
-	"\x03msg\"@\n" +
+	"registered\x129\n" +
+	"\fwarm_targets\x18\x02 \x01(\v2\x14.kiln.v1.WarmTargetsH\x00R\vwarmTargetsB\x05\n" +
+	"\x03msg\"<\n" +
+	"\vWarmTargets\x12-\n" +
+	"\atargets\x18\x01 \x03(\v2\x13.kiln.v1.WarmTargetR\atargets\"S\n" +
+	"\n" +
+	"WarmTarget\x121\n" +
+	"\bfunction\x18\x01 \x01(\v2\x15.kiln.v1.FunctionSpecR\bfunction\x12\x12\n" +
+	"\x04warm\x18\x02 \x01(\rR\x04warm\"@\n" +
 	"\n" +
 	"Registered\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x01 \x01(\x03R\x13heartbeatIntervalMs*;\n" +
@@ -1227,7 +1360,7 @@ func file_kiln_v1_kiln_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_kiln_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_kiln_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_kiln_v1_kiln_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_kiln_v1_kiln_proto_goTypes = []any{
 	(Kind)(0),                // 0: kiln.v1.Kind
 	(Outcome)(0),             // 1: kiln.v1.Outcome
@@ -1243,7 +1376,9 @@ var file_kiln_v1_kiln_proto_goTypes = []any{
 	(*Register)(nil),         // 11: kiln.v1.Register
 	(*Heartbeat)(nil),        // 12: kiln.v1.Heartbeat
 	(*SchedulerMessage)(nil), // 13: kiln.v1.SchedulerMessage
-	(*Registered)(nil),       // 14: kiln.v1.Registered
+	(*WarmTargets)(nil),      // 14: kiln.v1.WarmTargets
+	(*WarmTarget)(nil),       // 15: kiln.v1.WarmTarget
+	(*Registered)(nil),       // 16: kiln.v1.Registered
 }
 var file_kiln_v1_kiln_proto_depIdxs = []int32{
 	0,  // 0: kiln.v1.FunctionSpec.kind:type_name -> kiln.v1.Kind
@@ -1256,20 +1391,23 @@ var file_kiln_v1_kiln_proto_depIdxs = []int32{
 	11, // 7: kiln.v1.AgentMessage.register:type_name -> kiln.v1.Register
 	12, // 8: kiln.v1.AgentMessage.heartbeat:type_name -> kiln.v1.Heartbeat
 	8,  // 9: kiln.v1.Heartbeat.capacity:type_name -> kiln.v1.CapacityResponse
-	14, // 10: kiln.v1.SchedulerMessage.registered:type_name -> kiln.v1.Registered
-	5,  // 11: kiln.v1.Scheduler.Invoke:input_type -> kiln.v1.InvokeRequest
-	10, // 12: kiln.v1.Scheduler.Connect:input_type -> kiln.v1.AgentMessage
-	5,  // 13: kiln.v1.Agent.Invoke:input_type -> kiln.v1.InvokeRequest
-	7,  // 14: kiln.v1.Agent.Capacity:input_type -> kiln.v1.CapacityRequest
-	6,  // 15: kiln.v1.Scheduler.Invoke:output_type -> kiln.v1.InvokeResponse
-	13, // 16: kiln.v1.Scheduler.Connect:output_type -> kiln.v1.SchedulerMessage
-	6,  // 17: kiln.v1.Agent.Invoke:output_type -> kiln.v1.InvokeResponse
-	8,  // 18: kiln.v1.Agent.Capacity:output_type -> kiln.v1.CapacityResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	16, // 10: kiln.v1.SchedulerMessage.registered:type_name -> kiln.v1.Registered
+	14, // 11: kiln.v1.SchedulerMessage.warm_targets:type_name -> kiln.v1.WarmTargets
+	15, // 12: kiln.v1.WarmTargets.targets:type_name -> kiln.v1.WarmTarget
+	3,  // 13: kiln.v1.WarmTarget.function:type_name -> kiln.v1.FunctionSpec
+	5,  // 14: kiln.v1.Scheduler.Invoke:input_type -> kiln.v1.InvokeRequest
+	10, // 15: kiln.v1.Scheduler.Connect:input_type -> kiln.v1.AgentMessage
+	5,  // 16: kiln.v1.Agent.Invoke:input_type -> kiln.v1.InvokeRequest
+	7,  // 17: kiln.v1.Agent.Capacity:input_type -> kiln.v1.CapacityRequest
+	6,  // 18: kiln.v1.Scheduler.Invoke:output_type -> kiln.v1.InvokeResponse
+	13, // 19: kiln.v1.Scheduler.Connect:output_type -> kiln.v1.SchedulerMessage
+	6,  // 20: kiln.v1.Agent.Invoke:output_type -> kiln.v1.InvokeResponse
+	8,  // 21: kiln.v1.Agent.Capacity:output_type -> kiln.v1.CapacityResponse
+	18, // [18:22] is the sub-list for method output_type
+	14, // [14:18] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_kiln_proto_init() }
@@ -1283,6 +1421,7 @@ func file_kiln_v1_kiln_proto_init() {
 	}
 	file_kiln_v1_kiln_proto_msgTypes[10].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
+		(*SchedulerMessage_WarmTargets)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1290,7 +1429,7 @@ func file_kiln_v1_kiln_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_kiln_proto_rawDesc), len(file_kiln_v1_kiln_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
