@@ -25,7 +25,6 @@ import (
 	"github.com/kilnfaas/kiln/logstore"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/registry"
-	"github.com/kilnfaas/kiln/slaledger"
 )
 
 // Defaults for Config fields left zero.
@@ -66,9 +65,8 @@ type Config struct {
 	Keys apikeys.Store
 	// Logs keeps what invocations write to stderr (docs/LOGS.md); nil keeps none.
 	Logs logstore.Store
-	// SLA records invocations of functions with an SLA and serves
-	// /system/sla (docs/SLA.md); nil: no ledger, /system/sla answers 503.
-	SLA *slaledger.Recorder
+	// SLA: the ledger behind /system/sla and the view of warm pools (docs/SLA.md).
+	SLA SLAConfig
 }
 
 // Gateway is the http.Handler of the public API.

@@ -83,28 +83,10 @@ func TestTraceAcrossRoles(t *testing.T) {
 
 	const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
 	const callerSpan = "00f067aa0ba902b7"
-	req, _ := http.NewRequest("POST", gw.HTTPURL+"/function/echo", strings.NewReader("world"))
+	req, _ := http.NewRequest("POST", gw.HTTPURL+"/function/echo", nil)
 	req.Header.Set("traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != "hello world" {
-		t.Fatalf("invocation: %d %q", resp.StatusCode, body)
-	}
-
-	// The server span ends after the response is written: wait for it.
-	var spans []sdktrace.ReadOnlySpan
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		spans = inTrace(rec.Ended()[spansBefore:], callerTrace)
-		if find(spans, "gateway POST /function/{name}") != nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	callTraced(t, gw.HTTPURL+"/function/echo", req.Header.Get("traceparent"), "hello world")
+	spans := waitForSpan(rec, spansBefore, callerTrace, "gateway POST /function/{name}")
 	for _, s := range spans {
 		t.Logf("span %s %s parent %s kind %s", s.SpanContext().SpanID(), s.Name(), s.Parent().SpanID(), s.SpanKind())
 	}
@@ -129,12 +111,8 @@ func TestTraceAcrossRoles(t *testing.T) {
 	childOf(t, schedServer, gwClient)
 	place := mustFind(t, spans, tracing.SpanPlacement, trace.SpanKindInternal)
 	childOf(t, place, schedServer)
-	attrs := map[string]string{}
-	for _, kv := range place.Attributes() {
-		attrs[string(kv.Key)] = kv.Value.Emit()
-	}
-	if attrs["kiln.node"] != "node1" || attrs["kiln.placement"] != "cold" {
-		t.Errorf("placement attributes %v, want node1 and cold (first call, image not cached)", attrs)
+	if n, k := attr(place, "kiln.node"), attr(place, "kiln.placement"); n != "node1" || k != "cold" {
+		t.Errorf("placement on %q (%q), want node1 and cold (first call, image not cached)", n, k)
 	}
 	schedClient := mustFind(t, spans, "kiln.v1.Agent/Invoke", trace.SpanKindClient)
 	childOf(t, schedClient, schedServer)
@@ -144,12 +122,50 @@ func TestTraceAcrossRoles(t *testing.T) {
 		t.Errorf("the agent's span [%v, %v] is not inside the gateway's [%v, %v]",
 			agentServer.StartTime(), agentServer.EndTime(), gwSpan.StartTime(), gwSpan.EndTime())
 	}
-	// The agent's own spans (boot or restore, queue wait, execute), once the
-	// node-agent has its hooks (docs/TRACING.md), are children of its server span.
-	for _, s := range spans {
-		switch s.Name() {
-		case tracing.SpanBoot, tracing.SpanRestore, tracing.SpanQueueWait, tracing.SpanExecute:
-			childOf(t, s, agentServer)
+	// The agent's own spans: an exec function boots a VM for the call,
+	// then runs it.
+	boot := mustFind(t, spans, tracing.SpanBoot, trace.SpanKindInternal)
+	childOf(t, boot, agentServer)
+	run := mustFind(t, spans, tracing.SpanExecute, trace.SpanKindInternal)
+	childOf(t, run, agentServer)
+	if boot.EndTime().After(run.StartTime()) || attr(run, "faas.coldstart") != "true" {
+		t.Errorf("boot [%v, %v] does not precede the cold execution [%v, %v] (faas.coldstart=%s)",
+			boot.StartTime(), boot.EndTime(), run.StartTime(), run.EndTime(), attr(run, "faas.coldstart"))
+	}
+
+	// A serve function: the first call boots it (kiln.boot, then
+	// kiln.execute with faas.coldstart), the second finds it warm.
+	hello := helloServe(t)
+	if code := cli.Main(ctx, []string{"--server", gw.HTTPURL, "deploy", "hello", "--binary", hello, "--kind", "serve", "--mem", "32M"},
+		strings.NewReader(""), &out, &errb); code != 0 {
+		t.Fatalf("kiln deploy hello: %d %s %s", code, out.String(), errb.String())
+	}
+	for i, want := range []struct {
+		start string
+		cold  bool
+	}{{tracing.SpanBoot, true}, {"", false}} {
+		traceID := fmt.Sprintf("%032x", 0xabc0+i)
+		n := len(rec.Ended())
+		callTraced(t, gw.HTTPURL+"/function/hello", "00-"+traceID+"-"+callerSpan+"-01", "hello, world")
+		spans := waitForSpan(rec, n, traceID, "gateway POST /function/{name}")
+		agent := mustFind(t, spans, "kiln.v1.Agent/Invoke", trace.SpanKindServer)
+		exec := mustFind(t, spans, tracing.SpanExecute, trace.SpanKindInternal)
+		childOf(t, exec, agent)
+		if got := attr(exec, "faas.coldstart"); got != fmt.Sprint(want.cold) {
+			t.Errorf("call %d: faas.coldstart=%s, want %v", i+1, got, want.cold)
+		}
+		if want.start != "" {
+			st := mustFind(t, spans, want.start, trace.SpanKindInternal)
+			childOf(t, st, agent)
+			if st.EndTime().After(exec.StartTime()) || st.StartTime().Before(agent.StartTime()) {
+				t.Errorf("call %d: %s [%v, %v] is not before %s [%v, %v] inside the agent's span", i+1, want.start,
+					st.StartTime(), st.EndTime(), tracing.SpanExecute, exec.StartTime(), exec.EndTime())
+			}
+		} else if find(spans, tracing.SpanBoot) != nil || find(spans, tracing.SpanRestore) != nil {
+			t.Errorf("call %d: a warm call has a boot or restore span", i+1)
+		}
+		if exec.EndTime().After(agent.EndTime()) {
+			t.Errorf("call %d: execution ends after the agent's span", i+1)
 		}
 	}
 	// Probes and scrapes make no spans.
@@ -226,6 +242,62 @@ func TestEndpointFromEnvironment(t *testing.T) {
 	if tracing.Enabled() {
 		t.Fatal("tracing still on after its shutdown")
 	}
+}
+
+// callTraced invokes url with body "world" and the traceparent header, and
+// wants the answer want.
+func callTraced(t *testing.T, url, traceparent, want string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader("world"))
+	req.Header.Set("traceparent", traceparent)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != want {
+		t.Fatalf("invocation of %s: %d %q, want 200 %q", url, resp.StatusCode, body, want)
+	}
+}
+
+// waitForSpan returns the spans of trace traceID ended since the from-th,
+// once the one named last has ended: the gateway's server span ends after
+// the response is written.
+func waitForSpan(rec *tracetest.SpanRecorder, from int, traceID, last string) []sdktrace.ReadOnlySpan {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		spans := inTrace(rec.Ended()[from:], traceID)
+		if find(spans, last) != nil || time.Now().After(deadline) {
+			return spans
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func attr(s sdktrace.ReadOnlySpan, key string) string {
+	for _, kv := range s.Attributes() {
+		if string(kv.Key) == key {
+			return kv.Value.Emit()
+		}
+	}
+	return ""
+}
+
+// helloServe builds examples/hello-c, the C serve function on sdk/c, with
+// musl-gcc as its Makefile does.
+func helloServe(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("musl-gcc"); err != nil {
+		t.Skipf("musl-gcc not installed (make deps installs musl-tools): %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "hello")
+	cmd := exec.Command("musl-gcc", "-static", "-O2", "-std=c99", "-D_POSIX_C_SOURCE=200809L", "-I", "../sdk/c",
+		"-o", out, "../examples/hello-c/hello.c")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("musl-gcc: %v\n%s", err, b)
+	}
+	return out
 }
 
 type nopWriter struct{}

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -192,6 +193,39 @@ func Span(ctx context.Context, name string, attrs ...attribute.KeyValue) End {
 		}
 		sp.End()
 	}
+}
+
+// Invocation records, under ctx's span, how an agent served one
+// invocation, from the durations its response reports: a start span
+// (kiln.boot or kiln.restore, for start "boot" or "restore") or, for a warm
+// instance, a kiln.queue_wait span when the call waited; then kiln.execute,
+// ending now. The agent measures these intervals anyway; laying them out
+// backwards from the end keeps the hook to one line after the work is done.
+func Invocation(ctx context.Context, start string, waitNs, startNs, execNs int64, errMsg string) {
+	if !enabled.Load() {
+		return
+	}
+	tr := otel.Tracer(ScopeName)
+	end := time.Now()
+	execFrom := end.Add(-time.Duration(execNs))
+	cold := start == "boot" || start == "restore"
+	switch {
+	case cold:
+		name := SpanBoot
+		if start == "restore" {
+			name = SpanRestore
+		}
+		_, sp := tr.Start(ctx, name, trace.WithTimestamp(execFrom.Add(-time.Duration(startNs))))
+		sp.End(trace.WithTimestamp(execFrom))
+	case waitNs > 0:
+		_, sp := tr.Start(ctx, SpanQueueWait, trace.WithTimestamp(execFrom.Add(-time.Duration(waitNs))))
+		sp.End(trace.WithTimestamp(execFrom))
+	}
+	_, sp := tr.Start(ctx, SpanExecute, trace.WithTimestamp(execFrom), trace.WithAttributes(Coldstart(cold)))
+	if errMsg != "" {
+		sp.SetStatus(codes.Error, errMsg)
+	}
+	sp.End(trace.WithTimestamp(end))
 }
 
 // Failure turns an invocation's error message into an error for End: nil
