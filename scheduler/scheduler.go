@@ -564,7 +564,9 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 		}
 		if errors.Is(err, ErrFull) && len(excluded) == 0 {
 			// Every node is full: wait for room, most urgent first.
+			endWait := tracing.Span(ctx, tracing.SpanQueueWait)
 			why := s.awaitCapacity(ctx, fn, arrived)
+			endWait(tracing.Failure(why))
 			if why == "" {
 				continue
 			}
