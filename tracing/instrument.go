@@ -4,8 +4,8 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/stats"
@@ -16,24 +16,37 @@ import (
 // readiness and metrics requests are not traced: a scraper or probe would
 // bury the invocations. Without tracing, requests go straight to h.
 func HTTPHandler(h http.Handler, server string) http.Handler {
-	traced := otelhttp.NewHandler(h, server,
-		otelhttp.WithPropagators(propagator),
-		otelhttp.WithFilter(func(r *http.Request) bool {
-			switch r.URL.Path {
-			case "/healthz", "/readyz", "/metrics":
-				return false
-			}
-			return true
-		}),
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return server + " " + r.Method + " " + route(r.URL.Path)
-		}))
+	type wrapped struct {
+		act *active
+		h   http.Handler
+	}
+	var last atomic.Pointer[wrapped]
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if enabled.Load() {
-			traced.ServeHTTP(w, r)
+		act := current.Load()
+		if act == nil {
+			h.ServeHTTP(w, r)
 			return
 		}
-		h.ServeHTTP(w, r)
+		// otelhttp keeps the tracer it was built with: build it again
+		// when Setup has installed another provider.
+		wr := last.Load()
+		if wr == nil || wr.act != act {
+			wr = &wrapped{act: act, h: otelhttp.NewHandler(h, server,
+				otelhttp.WithTracerProvider(act.tp),
+				otelhttp.WithPropagators(propagator),
+				otelhttp.WithFilter(func(r *http.Request) bool {
+					switch r.URL.Path {
+					case "/healthz", "/readyz", "/metrics":
+						return false
+					}
+					return true
+				}),
+				otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+					return server + " " + r.Method + " " + route(r.URL.Path)
+				}))}
+			last.Store(wr)
+		}
+		wr.h.ServeHTTP(w, r)
 	})
 }
 
@@ -50,15 +63,11 @@ func route(path string) string {
 
 // ServerHandler is the stats handler for a gRPC server: a server span per
 // RPC, child of the caller's span carried in the request metadata.
-func ServerHandler() stats.Handler {
-	return &gate{h: otelgrpc.NewServerHandler(otelgrpc.WithPropagators(propagator), otelgrpc.WithFilter(traced))}
-}
+func ServerHandler() stats.Handler { return gate{client: false} }
 
 // ClientHandler is the stats handler for a gRPC client: a client span per
 // RPC, whose context travels to the server in the metadata.
-func ClientHandler() stats.Handler {
-	return &gate{h: otelgrpc.NewClientHandler(otelgrpc.WithPropagators(propagator), otelgrpc.WithFilter(traced))}
-}
+func ClientHandler() stats.Handler { return gate{client: true} }
 
 // ServerOption and DialOption install the handlers.
 func ServerOption() grpc.ServerOption { return grpc.StatsHandler(ServerHandler()) }
@@ -70,28 +79,32 @@ func traced(info *stats.RPCTagInfo) bool {
 	return !strings.HasSuffix(info.FullMethodName, "/Connect") && !strings.HasPrefix(info.FullMethodName, "/grpc.health.")
 }
 
-// gate hands an RPC to otelgrpc only while tracing is on. The decision is
-// taken once per RPC, in TagRPC, and remembered in its context, so an RPC
-// that began untraced is never half-handled.
-type gate struct{ h stats.Handler }
+// gate hands an RPC to the otelgrpc handler of the active Setup, if any.
+// The choice is made once per RPC, in TagRPC, and remembered in its
+// context, so an RPC that began untraced (or under an earlier provider) is
+// never half-handled by another.
+type gate struct{ client bool }
 
 type gatedKey struct{}
 
-func (g *gate) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	if !enabled.Load() {
+func (g gate) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	act := current.Load()
+	if act == nil {
 		return ctx
 	}
-	return g.h.TagRPC(context.WithValue(ctx, gatedKey{}, true), info)
+	h := act.server
+	if g.client {
+		h = act.client
+	}
+	return h.TagRPC(context.WithValue(ctx, gatedKey{}, h), info)
 }
 
-func (g *gate) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	if ctx.Value(gatedKey{}) != nil {
-		g.h.HandleRPC(ctx, s)
+func (g gate) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if h, ok := ctx.Value(gatedKey{}).(stats.Handler); ok {
+		h.HandleRPC(ctx, s)
 	}
 }
 
-func (g *gate) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
-	return g.h.TagConn(ctx, info)
-}
-
-func (g *gate) HandleConn(ctx context.Context, s stats.ConnStats) { g.h.HandleConn(ctx, s) }
+// Connections carry no spans (otelgrpc ignores them too).
+func (gate) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (gate) HandleConn(context.Context, stats.ConnStats)                       {}

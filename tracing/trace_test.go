@@ -7,9 +7,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +22,10 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
 	"github.com/kilnfaas/kiln/platform"
@@ -463,6 +469,63 @@ func waitReady(t *testing.T, urls ...string) {
 				t.Fatalf("%s not ready: %v", u, err)
 			}
 			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// TestSetupAgain: the HTTP and gRPC hooks are built once (platform builds
+// its gRPC options when the process starts), yet each Setup's provider gets
+// the spans of the calls made while it is the active one — a second
+// `kiln up` in one process, or a test after another, is traced too.
+func TestSetupAgain(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(tracing.ServerOption())
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	// Health checks are not traced: serve a second name for the test.
+	srv.RegisterService(&grpc.ServiceDesc{ServiceName: "kiln.test.Echo", HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: "Ping", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			in := new(healthpb.HealthCheckRequest)
+			return &healthpb.HealthCheckResponse{}, dec(in)
+		}}}}, struct{}{})
+	go srv.Serve(lis)
+	defer srv.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), tracing.DialOption())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	web := httptest.NewServer(tracing.HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		out := new(healthpb.HealthCheckResponse)
+		if err := conn.Invoke(r.Context(), "/kiln.test.Echo/Ping", &healthpb.HealthCheckRequest{}, out); err != nil {
+			http.Error(w, err.Error(), 500)
+		}
+	}), "gateway"))
+	defer web.Close()
+
+	for round := 1; round <= 2; round++ {
+		rec := tracetest.NewSpanRecorder()
+		stop, err := tracing.Setup(context.Background(), tracing.Config{SpanProcessor: rec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Post(web.URL+"/function/x", "text/plain", nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("round %d: %v %v", round, resp, err)
+		}
+		resp.Body.Close()
+		stop(context.Background())
+		var names []string
+		for _, s := range rec.Ended() {
+			names = append(names, s.SpanKind().String()+" "+s.Name())
+		}
+		slices.Sort(names)
+		want := []string{"client kiln.test.Echo/Ping", "server gateway POST /function/{name}", "server kiln.test.Echo/Ping"}
+		if !slices.Equal(names, want) {
+			t.Errorf("round %d: spans %q, want %q", round, names, want)
 		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -35,6 +36,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc/stats"
 )
 
 // ScopeName is the instrumentation scope of Kiln's own spans.
@@ -76,13 +78,25 @@ type Config struct {
 	SpanProcessor sdktrace.SpanProcessor
 }
 
+// active is what the last Setup installed, nil while tracing is off. The
+// hooks read it on every call and take their tracer from it, not from a
+// tracer they were built with: they are built once, when the process
+// starts (platform's gRPC options), and a provider set up later — or set
+// up again, in tests — must still get their spans.
+type active struct {
+	tp     *sdktrace.TracerProvider
+	tracer trace.Tracer
+	server stats.Handler // otelgrpc, for gRPC servers
+	client stats.Handler // otelgrpc, for gRPC clients
+}
+
 var (
-	enabled atomic.Bool
+	current atomic.Pointer[active]
 	mu      sync.Mutex // serialises Setup and shutdown
 )
 
 // Enabled reports whether a tracer provider installed by Setup is active.
-func Enabled() bool { return enabled.Load() }
+func Enabled() bool { return current.Load() != nil }
 
 // Setup installs a tracer provider exporting to cfg's endpoint and the W3C
 // trace-context propagator, and returns the function that flushes and
@@ -126,18 +140,22 @@ func Setup(ctx context.Context, cfg Config) (shutdown func(context.Context) erro
 	// No sampler option: the SDK then honours OTEL_TRACES_SAMPLER and
 	// defaults to parent-based always-on, so a caller's traceparent decides.
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sp), sdktrace.WithResource(res))
+	act := &active{tp: tp, tracer: tp.Tracer(ScopeName),
+		server: otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(propagator), otelgrpc.WithFilter(traced)),
+		client: otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(propagator), otelgrpc.WithFilter(traced)),
+	}
 	mu.Lock()
+	// The globals too, for any other instrumentation in the process.
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagator)
-	enabled.Store(true)
+	current.Store(act)
 	mu.Unlock()
 	var once sync.Once
 	return func(ctx context.Context) error {
 		var err error
 		once.Do(func() {
 			mu.Lock()
-			if otel.GetTracerProvider() == tp {
-				enabled.Store(false)
+			if current.CompareAndSwap(act, nil) {
 				otel.SetTracerProvider(noop.NewTracerProvider())
 			}
 			mu.Unlock()
@@ -181,10 +199,11 @@ func noEnd(error, ...attribute.KeyValue) {}
 // hooks open (placement, queue wait, boot, execute) have no children.
 // Without tracing it costs an atomic load.
 func Span(ctx context.Context, name string, attrs ...attribute.KeyValue) End {
-	if !enabled.Load() {
+	act := current.Load()
+	if act == nil {
 		return noEnd
 	}
-	_, sp := otel.Tracer(ScopeName).Start(ctx, name, trace.WithAttributes(attrs...))
+	_, sp := act.tracer.Start(ctx, name, trace.WithAttributes(attrs...))
 	return func(err error, attrs ...attribute.KeyValue) {
 		sp.SetAttributes(attrs...)
 		if err != nil {
@@ -202,10 +221,11 @@ func Span(ctx context.Context, name string, attrs ...attribute.KeyValue) End {
 // ending now. The agent measures these intervals anyway; laying them out
 // backwards from the end keeps the hook to one line after the work is done.
 func Invocation(ctx context.Context, start string, waitNs, startNs, execNs int64, errMsg string) {
-	if !enabled.Load() {
+	act := current.Load()
+	if act == nil {
 		return
 	}
-	tr := otel.Tracer(ScopeName)
+	tr := act.tracer
 	end := time.Now()
 	execFrom := end.Add(-time.Duration(execNs))
 	cold := start == "boot" || start == "restore"
