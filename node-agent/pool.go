@@ -94,17 +94,27 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (*instance, kilnv1.StartKi
 			a.mu.Unlock()
 			return in, kilnv1.StartKind_START_WARM, nil
 		}
+		full := false
 		if p.room(s) {
-			if err := a.reserveLocked(s.mem); err != nil {
+			err := a.reserveLocked(s.mem)
+			if err != nil {
 				victim := a.evictableLocked(s.mem)
-				a.mu.Unlock()
-				if victim == nil {
+				if victim != nil {
+					a.mu.Unlock()
+					victim.destroy()
+					a.m.evictions.Inc()
+					continue
+				}
+				if p.busy+p.starting == 0 || s.fresh {
+					a.mu.Unlock()
 					return nil, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
 				}
-				victim.destroy()
-				a.m.evictions.Inc()
-				continue
+				// The node is full of this function's own busy
+				// instances: queue for one of them, as at max_instances.
+				full = true
 			}
+		}
+		if p.room(s) && !full {
 			p.starting++
 			a.mu.Unlock()
 			in, kind, resp := a.startInstance(s, p)
@@ -117,7 +127,8 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (*instance, kilnv1.StartKi
 			a.mu.Unlock()
 			return in, kind, resp
 		}
-		// At max_instances: wait for one to come free.
+		// At max_instances, or the node full of its busy instances: wait
+		// for one to come free.
 		ch := make(chan *instance, 1)
 		p.waiters = append(p.waiters, ch)
 		busy := p.total()
@@ -139,7 +150,7 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (*instance, kilnv1.StartKi
 				}
 			default:
 			}
-			return nil, 0, fail(kilnv1.Outcome_OUTCOME_TIMEOUT, "deadline passed while all %d instances (max_instances) were busy", busy)
+			return nil, 0, fail(kilnv1.Outcome_OUTCOME_TIMEOUT, "deadline passed while all %d instances were busy (max_instances or the node's memory)", busy)
 		}
 	}
 }
