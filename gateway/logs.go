@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,12 +42,40 @@ type logCapture struct {
 	slots   chan struct{}
 	dropped *prometheus.CounterVec
 	log     *slog.Logger
+
+	mu       sync.Mutex                     // guards shutdown
+	shutdown map[*http.Server]chan struct{} // closed when that server shuts down
+}
+
+// shuttingDown is closed when the server serving r shuts down (nil when r
+// came some other way). http.Server.Shutdown waits for handlers to return
+// and cancels nothing, so a followed stream must end by itself.
+func (c *logCapture) shuttingDown(r *http.Request) <-chan struct{} {
+	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
+	if srv == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch, ok := c.shutdown[srv]
+	if !ok {
+		ch = make(chan struct{})
+		c.shutdown[srv] = ch
+		srv.RegisterOnShutdown(func() {
+			c.mu.Lock()
+			delete(c.shutdown, srv)
+			c.mu.Unlock()
+			close(ch)
+		})
+	}
+	return ch
 }
 
 // registerLogs sets up capture and the logs route; async results reach
 // the capture through the queue's hook.
 func (g *Gateway) registerLogs() {
 	c := &logCapture{store: g.cfg.Logs, slots: make(chan struct{}, logWriters), log: g.log,
+		shutdown: map[*http.Server]chan struct{}{},
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kiln_gateway_logs_dropped_total",
 			Help: "Invocation logs (stderr) not stored, by reason: queue_full (the store was slow) or store_error.",
@@ -176,6 +205,21 @@ func (g *Gateway) readLogs(w http.ResponseWriter, r *http.Request) {
 		g.logStoreError(w, name, err)
 		return
 	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	// Before the status goes out, so a caller who saw it and then stops
+	// the server cannot slip between.
+	if follow {
+		if down := g.logs.shuttingDown(r); down != nil {
+			go func() {
+				select {
+				case <-down:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+		}
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -193,8 +237,8 @@ func (g *Gateway) readLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for q.After = page.Cursor; ; q.After = page.Cursor {
-		page, err = g.cfg.Logs.Follow(r.Context(), name, q)
-		if r.Context().Err() != nil {
+		page, err = g.cfg.Logs.Follow(ctx, name, q)
+		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {

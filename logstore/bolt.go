@@ -47,6 +47,8 @@ type Bolt struct {
 
 	mu      sync.Mutex    // guards changed
 	changed chan struct{} // closed and replaced after every append
+	closed  chan struct{} // closed by Close: followers give up
+	once    sync.Once
 }
 
 // BoltOptions configures OpenBolt. Zero fields take defaults.
@@ -82,7 +84,8 @@ func OpenBolt(dataDir string, opts BoltOptions) (*Bolt, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Bolt{db: db, limits: opts.Limits.withDefaults(), now: opts.Now, changed: make(chan struct{})}, nil
+	return &Bolt{db: db, limits: opts.Limits.withDefaults(), now: opts.Now,
+		changed: make(chan struct{}), closed: make(chan struct{})}, nil
 }
 
 // boltEntry is an entry as stored: cursor and function are implied by
@@ -325,6 +328,8 @@ func (s *Bolt) Follow(ctx context.Context, function string, q Query) (Page, erro
 		}
 		select {
 		case <-changed:
+		case <-s.closed:
+			return Page{}, fmt.Errorf("%w: the log store was closed", ErrUnavailable)
 		case <-ctx.Done():
 			return Page{}, ctx.Err()
 		}
@@ -352,7 +357,11 @@ func (s *Bolt) Delete(ctx context.Context, function string) error {
 	return nil
 }
 
-// Close implements Store.
-func (s *Bolt) Close() error { return s.db.Close() }
+// Close implements Store. Followers waiting for new entries return
+// ErrUnavailable, so a stream being followed ends rather than hangs.
+func (s *Bolt) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return s.db.Close()
+}
 
 var _ Store = (*Bolt)(nil)

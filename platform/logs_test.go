@@ -204,3 +204,42 @@ func TestLogsThroughClusterRoles(t *testing.T) {
 		t.Fatalf("kiln:logs:logger: %d entries, %v", len(p.Entries), err)
 	}
 }
+
+// Stopping kiln up while someone follows a log ends their stream at once:
+// the gateway's Shutdown does not wait out its grace period for them.
+func TestCloseEndsFollowedLog(t *testing.T) {
+	prog := staticProgram(t)
+	p, err := platform.Up(context.Background(), platform.Config{
+		DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", KernelPath: prog, NoAgent: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	b, _ := os.ReadFile(prog)
+	if resp, body := httpDo(t, "POST", p.URL+"/system/functions?name=quiet&kind=exec", b); resp.StatusCode != 201 {
+		t.Fatalf("deploy: %d %s", resp.StatusCode, body)
+	}
+	resp, err := http.Get(p.URL + "/system/logs/quiet?follow=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("follow: %d", resp.StatusCode)
+	}
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, resp.Body); ended <- err }()
+	start := time.Now()
+	if err := p.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Close took %v with a follower (the gateway's grace period is 5 s)", d)
+	}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the followed stream is still open after Close")
+	}
+}

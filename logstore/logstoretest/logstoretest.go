@@ -40,6 +40,7 @@ func Run(t *testing.T, newStore NewStore, opts Options) {
 		{"Capped", testCapped},
 		{"Follow", testFollow},
 		{"FollowEnds", testFollowEnds},
+		{"CloseEndsFollow", testCloseEndsFollow},
 		{"Delete", testDelete},
 		{"HostileLines", testHostile},
 		{"BadInputChangesNothing", testBadInput},
@@ -341,6 +342,26 @@ func testFollowEnds(t *testing.T, newStore NewStore, _ Options) {
 	}
 	if d := time.Since(start); d > 8*time.Second {
 		t.Errorf("Follow took %v to notice its context ended", d)
+	}
+}
+
+// Closing the store ends a follower's wait with an error: a followed
+// stream ends when its gateway stops, instead of hanging.
+func testCloseEndsFollow(t *testing.T, newStore NewStore, _ Options) {
+	s := newStore(t, logstore.Limits{})
+	pages, errs, cancel := follow(s, "fn", logstore.Query{})
+	defer cancel()
+	time.Sleep(200 * time.Millisecond)
+	s.Close()
+	select {
+	case p := <-pages:
+		t.Fatalf("Follow on a closed store returned entries: %+v", p)
+	case err := <-errs:
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Follow waited out its context after Close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Follow still waiting 10 s after Close")
 	}
 }
 
