@@ -76,7 +76,10 @@ func (p *process) Run(ctx context.Context) (*vmm.Result, error) {
 		cmd.Args[0] = args[0]
 		cmd.Env = p.cfg.Env
 		cmd.Stdout, cmd.Stderr = p.cfg.Stdout, p.cfg.Stderr
-		cmd.WaitDelay = 100 * time.Millisecond
+		// After the process exits, its output may still be in flight in
+		// the copying goroutines (seconds on a loaded host); only then
+		// are pipes a grandchild holds open cut.
+		cmd.WaitDelay = 2 * time.Second
 		return cmd
 	}
 	cmd := newCmd()
