@@ -19,11 +19,11 @@ type SLAConfig struct {
 	// Ledger records invocations of functions with an SLA and backs
 	// /system/sla; nil: no ledger, /system/sla answers 503.
 	Ledger *slaledger.Recorder
-	// Nodes is the scheduler's view of the cluster when the scheduler runs
-	// in this process (kiln up): warm instances are counted from it. nil
-	// (a separate gateway, which the scheduler's gRPC API tells nothing
-	// of its pools): warm_instances is null.
-	Nodes func() []scheduler.Node
+	// Nodes is the scheduler's view of the cluster (in process in kiln up,
+	// the scheduler's ListNodes RPC for a separate gateway): warm
+	// instances are counted from it. nil, or an error: warm_instances is
+	// null (unknown).
+	Nodes func() ([]scheduler.Node, error)
 }
 
 // SLAReport is one function's entry of GET /system/sla (docs/SLA.md).
@@ -104,12 +104,14 @@ func (g *Gateway) slaReport(ctx context.Context, s slaledger.Store, f registry.F
 	}
 	rep := SLAReport{Function: f.Name, Version: f.Version, DeadlineMs: f.SLA.DeadlineMs, Target: f.SLA.Target, Summary: sum}
 	if g.cfg.SLA.Nodes != nil {
-		n := 0
-		for _, node := range g.cfg.SLA.Nodes() {
-			w := node.Warm[f.ImageDigest]
-			n += int(w.Idle) + int(w.Busy)
+		if nodes, err := g.cfg.SLA.Nodes(); err == nil {
+			n := 0
+			for _, node := range nodes {
+				w := node.Warm[f.ImageDigest]
+				n += int(w.Idle) + int(w.Busy)
+			}
+			rep.WarmInstances = &n
 		}
-		rep.WarmInstances = &n
 	}
 	return rep, nil
 }

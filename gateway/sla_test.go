@@ -144,7 +144,7 @@ func TestSLAWithoutLedger(t *testing.T) {
 func TestSLAWarmInstancesFromSchedulerView(t *testing.T) {
 	var nodes atomic.Pointer[[]scheduler.Node] // set by the test, read by the handler
 	nodes.Store(&[]scheduler.Node{})
-	e := start(t, gateway.Config{SLA: gateway.SLAConfig{Ledger: openLedger(t), Nodes: func() []scheduler.Node { return *nodes.Load() }}})
+	e := start(t, gateway.Config{SLA: gateway.SLAConfig{Ledger: openLedger(t), Nodes: func() ([]scheduler.Node, error) { return *nodes.Load(), nil }}})
 	d := mustDeploy(t, e, "name=fn&kind=exec&deadline=50ms&target=99.9", staticELF(t))
 	nodes.Store(&[]scheduler.Node{
 		{Name: "a", Warm: map[string]scheduler.Warm{d.Digest: {Idle: 2, Busy: 1}, "sha256:other": {Idle: 9}}},

@@ -241,7 +241,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	gw, err := gateway.New(gateway.Config{
 		Registry: reg, Images: images, Scheduler: schedClient, Kernel: kernel, Async: queue, Keys: keys,
 		Registerer: p.Metrics, Logger: log.With("role", "gateway"), Logs: logs,
-		SLA: gateway.SLAConfig{Ledger: slaRec, Nodes: sched.Nodes},
+		SLA: gateway.SLAConfig{Ledger: slaRec, Nodes: func() ([]scheduler.Node, error) { return sched.Nodes(), nil }},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)

@@ -625,7 +625,15 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 	gw, err := gateway.New(gateway.Config{
 		Registry: reg, Images: images, Scheduler: sched, Kernel: kernel, Async: queue, Keys: keys,
 		Registerer: r.Metrics, Logger: r.log, Logs: logs,
-		SLA: gateway.SLAConfig{Ledger: slaRec}, // the scheduler's pools are out of sight: warm_instances null
+		SLA: gateway.SLAConfig{Ledger: slaRec, Nodes: func() ([]scheduler.Node, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			r, err := sched.ListNodes(ctx, &kilnv1.ListNodesRequest{})
+			if err != nil {
+				return nil, err // warm_instances unknown (null), not 0
+			}
+			return scheduler.NodesFrom(r), nil
+		}},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)

@@ -247,3 +247,39 @@ func (s *Scheduler) wakeLocked() {
 	}
 	st.depth.Set(float64(st.queue.Len()))
 }
+
+// ListNodes implements kilnv1.SchedulerServer: every registered node as its
+// last capacity report said, for gateways that show warm instances.
+func (s *Scheduler) ListNodes(context.Context, *kilnv1.ListNodesRequest) (*kilnv1.ListNodesResponse, error) {
+	out := &kilnv1.ListNodesResponse{}
+	for _, n := range s.Nodes() {
+		c := &kilnv1.CapacityResponse{Node: n.Name, MemoryBytesTotal: n.MemoryTotal, MemoryBytesUsed: n.MemoryUsed, MemoryBytesIdle: n.MemoryIdle}
+		for d, w := range n.Warm {
+			c.Warm = append(c.Warm, &kilnv1.WarmInstances{ImageDigest: d, Idle: w.Idle, Busy: w.Busy})
+		}
+		slices.SortFunc(c.Warm, func(a, b *kilnv1.WarmInstances) int { return strings.Compare(a.ImageDigest, b.ImageDigest) })
+		for d := range n.Cached {
+			c.CachedImages = append(c.CachedImages, d)
+		}
+		slices.Sort(c.CachedImages)
+		out.Nodes = append(out.Nodes, c)
+	}
+	return out, nil
+}
+
+// NodesFrom turns a ListNodes answer back into the scheduler's Node view.
+func NodesFrom(r *kilnv1.ListNodesResponse) []Node {
+	var out []Node
+	for _, c := range r.GetNodes() {
+		n := Node{Name: c.Node, MemoryTotal: c.MemoryBytesTotal, MemoryUsed: c.MemoryBytesUsed, MemoryIdle: c.MemoryBytesIdle,
+			Warm: map[string]Warm{}, Cached: map[string]bool{}}
+		for _, w := range c.Warm {
+			n.Warm[w.ImageDigest] = Warm{Idle: w.Idle, Busy: w.Busy}
+		}
+		for _, d := range c.CachedImages {
+			n.Cached[d] = true
+		}
+		out = append(out, n)
+	}
+	return out
+}

@@ -155,3 +155,22 @@ func TestWarmTargetsReachNodes(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// ListNodes gives a separate gateway the scheduler's view: each node's
+// last report, warm instances included, and NodesFrom reads it back.
+func TestListNodes(t *testing.T) {
+	e := start(t, 500*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := e.connect(t, ctx, "a", "127.0.0.1:1", 1<<30)
+	heartbeat(t, st, 1<<30, 128<<20, &kilnv1.WarmInstances{ImageDigest: dA, Idle: 1, Busy: 1})
+	waitFor(t, "heartbeat", func() bool { return e.s.Nodes()[0].Warm[dA].Busy == 1 })
+	r, err := e.client.ListNodes(ctx, &kilnv1.ListNodesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := NodesFrom(r)
+	if len(nodes) != 1 || nodes[0].Name != "a" || nodes[0].Warm[dA] != (Warm{Idle: 1, Busy: 1}) || nodes[0].MemoryUsed != 128<<20 {
+		t.Fatalf("%+v", nodes)
+	}
+}

@@ -190,6 +190,86 @@ func (StartKind) EnumDescriptor() ([]byte, []int) {
 	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{2}
 }
 
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_kiln_v1_kiln_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_kiln_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{0}
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*CapacityResponse    `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_kiln_v1_kiln_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_kiln_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListNodesResponse) GetNodes() []*CapacityResponse {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 // FunctionSpec is everything a node needs to run one version of a function.
 type FunctionSpec struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -218,7 +298,7 @@ type FunctionSpec struct {
 
 func (x *FunctionSpec) Reset() {
 	*x = FunctionSpec{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[0]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +310,7 @@ func (x *FunctionSpec) String() string {
 func (*FunctionSpec) ProtoMessage() {}
 
 func (x *FunctionSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[0]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +323,7 @@ func (x *FunctionSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionSpec.ProtoReflect.Descriptor instead.
 func (*FunctionSpec) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{0}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *FunctionSpec) GetName() string {
@@ -354,7 +434,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[1]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +446,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[1]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +459,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Header) GetName() string {
@@ -412,7 +492,7 @@ type InvokeRequest struct {
 
 func (x *InvokeRequest) Reset() {
 	*x = InvokeRequest{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[2]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +504,7 @@ func (x *InvokeRequest) String() string {
 func (*InvokeRequest) ProtoMessage() {}
 
 func (x *InvokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[2]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +517,7 @@ func (x *InvokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeRequest.ProtoReflect.Descriptor instead.
 func (*InvokeRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InvokeRequest) GetInvocationId() string {
@@ -517,7 +597,7 @@ type InvokeResponse struct {
 
 func (x *InvokeResponse) Reset() {
 	*x = InvokeResponse{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[3]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +609,7 @@ func (x *InvokeResponse) String() string {
 func (*InvokeResponse) ProtoMessage() {}
 
 func (x *InvokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[3]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +622,7 @@ func (x *InvokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeResponse.ProtoReflect.Descriptor instead.
 func (*InvokeResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InvokeResponse) GetOutcome() Outcome {
@@ -644,7 +724,7 @@ type CapacityRequest struct {
 
 func (x *CapacityRequest) Reset() {
 	*x = CapacityRequest{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[4]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +736,7 @@ func (x *CapacityRequest) String() string {
 func (*CapacityRequest) ProtoMessage() {}
 
 func (x *CapacityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[4]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +749,7 @@ func (x *CapacityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapacityRequest.ProtoReflect.Descriptor instead.
 func (*CapacityRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{6}
 }
 
 type CapacityResponse struct {
@@ -690,7 +770,7 @@ type CapacityResponse struct {
 
 func (x *CapacityResponse) Reset() {
 	*x = CapacityResponse{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[5]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +782,7 @@ func (x *CapacityResponse) String() string {
 func (*CapacityResponse) ProtoMessage() {}
 
 func (x *CapacityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[5]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +795,7 @@ func (x *CapacityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapacityResponse.ProtoReflect.Descriptor instead.
 func (*CapacityResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CapacityResponse) GetNode() string {
@@ -771,7 +851,7 @@ type WarmInstances struct {
 
 func (x *WarmInstances) Reset() {
 	*x = WarmInstances{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[6]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +863,7 @@ func (x *WarmInstances) String() string {
 func (*WarmInstances) ProtoMessage() {}
 
 func (x *WarmInstances) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[6]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +876,7 @@ func (x *WarmInstances) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WarmInstances.ProtoReflect.Descriptor instead.
 func (*WarmInstances) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WarmInstances) GetImageDigest() string {
@@ -833,7 +913,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[7]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +925,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[7]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +938,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -913,7 +993,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[8]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1005,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[8]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1018,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Register) GetNode() string {
@@ -971,7 +1051,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[9]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1063,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[9]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1076,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Heartbeat) GetCapacity() *CapacityResponse {
@@ -1019,7 +1099,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[10]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1111,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[10]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1124,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -1100,7 +1180,7 @@ type WarmTargets struct {
 
 func (x *WarmTargets) Reset() {
 	*x = WarmTargets{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1192,7 @@ func (x *WarmTargets) String() string {
 func (*WarmTargets) ProtoMessage() {}
 
 func (x *WarmTargets) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[11]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1205,7 @@ func (x *WarmTargets) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WarmTargets.ProtoReflect.Descriptor instead.
 func (*WarmTargets) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WarmTargets) GetTargets() []*WarmTarget {
@@ -1145,7 +1225,7 @@ type WarmTarget struct {
 
 func (x *WarmTarget) Reset() {
 	*x = WarmTarget{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[12]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1237,7 @@ func (x *WarmTarget) String() string {
 func (*WarmTarget) ProtoMessage() {}
 
 func (x *WarmTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[12]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1250,7 @@ func (x *WarmTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WarmTarget.ProtoReflect.Descriptor instead.
 func (*WarmTarget) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WarmTarget) GetFunction() *FunctionSpec {
@@ -1196,7 +1276,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_kiln_v1_kiln_proto_msgTypes[13]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1288,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_kiln_proto_msgTypes[13]
+	mi := &file_kiln_v1_kiln_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1301,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_kiln_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Registered) GetHeartbeatIntervalMs() int64 {
@@ -1235,7 +1315,10 @@ var File_kiln_v1_kiln_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\n" +
-	"\x12kiln/v1/kiln.proto\x12\akiln.v1\"\xa4\x03\n" +
+	"\x12kiln/v1/kiln.proto\x12\akiln.v1\"\x12\n" +
+	"\x10ListNodesRequest\"D\n" +
+	"\x11ListNodesResponse\x12/\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x19.kiln.v1.CapacityResponseR\x05nodes\"\xa4\x03\n" +
 	"\fFunctionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12!\n" +
@@ -1339,10 +1422,11 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"START_WARM\x10\x01\x12\x11\n" +
 	"\rSTART_RESTORE\x10\x02\x12\x0e\n" +
 	"\n" +
-	"START_BOOT\x10\x032\x87\x01\n" +
+	"START_BOOT\x10\x032\xcb\x01\n" +
 	"\tScheduler\x129\n" +
 	"\x06Invoke\x12\x16.kiln.v1.InvokeRequest\x1a\x17.kiln.v1.InvokeResponse\x12?\n" +
-	"\aConnect\x12\x15.kiln.v1.AgentMessage\x1a\x19.kiln.v1.SchedulerMessage(\x010\x012\x83\x01\n" +
+	"\aConnect\x12\x15.kiln.v1.AgentMessage\x1a\x19.kiln.v1.SchedulerMessage(\x010\x01\x12B\n" +
+	"\tListNodes\x12\x19.kiln.v1.ListNodesRequest\x1a\x1a.kiln.v1.ListNodesResponse2\x83\x01\n" +
 	"\x05Agent\x129\n" +
 	"\x06Invoke\x12\x16.kiln.v1.InvokeRequest\x1a\x17.kiln.v1.InvokeResponse\x12?\n" +
 	"\bCapacity\x12\x18.kiln.v1.CapacityRequest\x1a\x19.kiln.v1.CapacityResponseB/Z-github.com/kilnfaas/kiln/proto/kiln/v1;kilnv1b\x06proto3"
@@ -1360,54 +1444,59 @@ func file_kiln_v1_kiln_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_kiln_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_kiln_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_kiln_v1_kiln_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_kiln_v1_kiln_proto_goTypes = []any{
-	(Kind)(0),                // 0: kiln.v1.Kind
-	(Outcome)(0),             // 1: kiln.v1.Outcome
-	(StartKind)(0),           // 2: kiln.v1.StartKind
-	(*FunctionSpec)(nil),     // 3: kiln.v1.FunctionSpec
-	(*Header)(nil),           // 4: kiln.v1.Header
-	(*InvokeRequest)(nil),    // 5: kiln.v1.InvokeRequest
-	(*InvokeResponse)(nil),   // 6: kiln.v1.InvokeResponse
-	(*CapacityRequest)(nil),  // 7: kiln.v1.CapacityRequest
-	(*CapacityResponse)(nil), // 8: kiln.v1.CapacityResponse
-	(*WarmInstances)(nil),    // 9: kiln.v1.WarmInstances
-	(*AgentMessage)(nil),     // 10: kiln.v1.AgentMessage
-	(*Register)(nil),         // 11: kiln.v1.Register
-	(*Heartbeat)(nil),        // 12: kiln.v1.Heartbeat
-	(*SchedulerMessage)(nil), // 13: kiln.v1.SchedulerMessage
-	(*WarmTargets)(nil),      // 14: kiln.v1.WarmTargets
-	(*WarmTarget)(nil),       // 15: kiln.v1.WarmTarget
-	(*Registered)(nil),       // 16: kiln.v1.Registered
+	(Kind)(0),                 // 0: kiln.v1.Kind
+	(Outcome)(0),              // 1: kiln.v1.Outcome
+	(StartKind)(0),            // 2: kiln.v1.StartKind
+	(*ListNodesRequest)(nil),  // 3: kiln.v1.ListNodesRequest
+	(*ListNodesResponse)(nil), // 4: kiln.v1.ListNodesResponse
+	(*FunctionSpec)(nil),      // 5: kiln.v1.FunctionSpec
+	(*Header)(nil),            // 6: kiln.v1.Header
+	(*InvokeRequest)(nil),     // 7: kiln.v1.InvokeRequest
+	(*InvokeResponse)(nil),    // 8: kiln.v1.InvokeResponse
+	(*CapacityRequest)(nil),   // 9: kiln.v1.CapacityRequest
+	(*CapacityResponse)(nil),  // 10: kiln.v1.CapacityResponse
+	(*WarmInstances)(nil),     // 11: kiln.v1.WarmInstances
+	(*AgentMessage)(nil),      // 12: kiln.v1.AgentMessage
+	(*Register)(nil),          // 13: kiln.v1.Register
+	(*Heartbeat)(nil),         // 14: kiln.v1.Heartbeat
+	(*SchedulerMessage)(nil),  // 15: kiln.v1.SchedulerMessage
+	(*WarmTargets)(nil),       // 16: kiln.v1.WarmTargets
+	(*WarmTarget)(nil),        // 17: kiln.v1.WarmTarget
+	(*Registered)(nil),        // 18: kiln.v1.Registered
 }
 var file_kiln_v1_kiln_proto_depIdxs = []int32{
-	0,  // 0: kiln.v1.FunctionSpec.kind:type_name -> kiln.v1.Kind
-	3,  // 1: kiln.v1.InvokeRequest.function:type_name -> kiln.v1.FunctionSpec
-	4,  // 2: kiln.v1.InvokeRequest.headers:type_name -> kiln.v1.Header
-	1,  // 3: kiln.v1.InvokeResponse.outcome:type_name -> kiln.v1.Outcome
-	4,  // 4: kiln.v1.InvokeResponse.headers:type_name -> kiln.v1.Header
-	2,  // 5: kiln.v1.InvokeResponse.start:type_name -> kiln.v1.StartKind
-	9,  // 6: kiln.v1.CapacityResponse.warm:type_name -> kiln.v1.WarmInstances
-	11, // 7: kiln.v1.AgentMessage.register:type_name -> kiln.v1.Register
-	12, // 8: kiln.v1.AgentMessage.heartbeat:type_name -> kiln.v1.Heartbeat
-	8,  // 9: kiln.v1.Heartbeat.capacity:type_name -> kiln.v1.CapacityResponse
-	16, // 10: kiln.v1.SchedulerMessage.registered:type_name -> kiln.v1.Registered
-	14, // 11: kiln.v1.SchedulerMessage.warm_targets:type_name -> kiln.v1.WarmTargets
-	15, // 12: kiln.v1.WarmTargets.targets:type_name -> kiln.v1.WarmTarget
-	3,  // 13: kiln.v1.WarmTarget.function:type_name -> kiln.v1.FunctionSpec
-	5,  // 14: kiln.v1.Scheduler.Invoke:input_type -> kiln.v1.InvokeRequest
-	10, // 15: kiln.v1.Scheduler.Connect:input_type -> kiln.v1.AgentMessage
-	5,  // 16: kiln.v1.Agent.Invoke:input_type -> kiln.v1.InvokeRequest
-	7,  // 17: kiln.v1.Agent.Capacity:input_type -> kiln.v1.CapacityRequest
-	6,  // 18: kiln.v1.Scheduler.Invoke:output_type -> kiln.v1.InvokeResponse
-	13, // 19: kiln.v1.Scheduler.Connect:output_type -> kiln.v1.SchedulerMessage
-	6,  // 20: kiln.v1.Agent.Invoke:output_type -> kiln.v1.InvokeResponse
-	8,  // 21: kiln.v1.Agent.Capacity:output_type -> kiln.v1.CapacityResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 0: kiln.v1.ListNodesResponse.nodes:type_name -> kiln.v1.CapacityResponse
+	0,  // 1: kiln.v1.FunctionSpec.kind:type_name -> kiln.v1.Kind
+	5,  // 2: kiln.v1.InvokeRequest.function:type_name -> kiln.v1.FunctionSpec
+	6,  // 3: kiln.v1.InvokeRequest.headers:type_name -> kiln.v1.Header
+	1,  // 4: kiln.v1.InvokeResponse.outcome:type_name -> kiln.v1.Outcome
+	6,  // 5: kiln.v1.InvokeResponse.headers:type_name -> kiln.v1.Header
+	2,  // 6: kiln.v1.InvokeResponse.start:type_name -> kiln.v1.StartKind
+	11, // 7: kiln.v1.CapacityResponse.warm:type_name -> kiln.v1.WarmInstances
+	13, // 8: kiln.v1.AgentMessage.register:type_name -> kiln.v1.Register
+	14, // 9: kiln.v1.AgentMessage.heartbeat:type_name -> kiln.v1.Heartbeat
+	10, // 10: kiln.v1.Heartbeat.capacity:type_name -> kiln.v1.CapacityResponse
+	18, // 11: kiln.v1.SchedulerMessage.registered:type_name -> kiln.v1.Registered
+	16, // 12: kiln.v1.SchedulerMessage.warm_targets:type_name -> kiln.v1.WarmTargets
+	17, // 13: kiln.v1.WarmTargets.targets:type_name -> kiln.v1.WarmTarget
+	5,  // 14: kiln.v1.WarmTarget.function:type_name -> kiln.v1.FunctionSpec
+	7,  // 15: kiln.v1.Scheduler.Invoke:input_type -> kiln.v1.InvokeRequest
+	12, // 16: kiln.v1.Scheduler.Connect:input_type -> kiln.v1.AgentMessage
+	3,  // 17: kiln.v1.Scheduler.ListNodes:input_type -> kiln.v1.ListNodesRequest
+	7,  // 18: kiln.v1.Agent.Invoke:input_type -> kiln.v1.InvokeRequest
+	9,  // 19: kiln.v1.Agent.Capacity:input_type -> kiln.v1.CapacityRequest
+	8,  // 20: kiln.v1.Scheduler.Invoke:output_type -> kiln.v1.InvokeResponse
+	15, // 21: kiln.v1.Scheduler.Connect:output_type -> kiln.v1.SchedulerMessage
+	4,  // 22: kiln.v1.Scheduler.ListNodes:output_type -> kiln.v1.ListNodesResponse
+	8,  // 23: kiln.v1.Agent.Invoke:output_type -> kiln.v1.InvokeResponse
+	10, // 24: kiln.v1.Agent.Capacity:output_type -> kiln.v1.CapacityResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_kiln_proto_init() }
@@ -1415,11 +1504,11 @@ func file_kiln_v1_kiln_proto_init() {
 	if File_kiln_v1_kiln_proto != nil {
 		return
 	}
-	file_kiln_v1_kiln_proto_msgTypes[7].OneofWrappers = []any{
+	file_kiln_v1_kiln_proto_msgTypes[9].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 	}
-	file_kiln_v1_kiln_proto_msgTypes[10].OneofWrappers = []any{
+	file_kiln_v1_kiln_proto_msgTypes[12].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_WarmTargets)(nil),
 	}
@@ -1429,7 +1518,7 @@ func file_kiln_v1_kiln_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_kiln_proto_rawDesc), len(file_kiln_v1_kiln_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

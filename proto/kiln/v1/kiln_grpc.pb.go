@@ -24,8 +24,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Scheduler_Invoke_FullMethodName  = "/kiln.v1.Scheduler/Invoke"
-	Scheduler_Connect_FullMethodName = "/kiln.v1.Scheduler/Connect"
+	Scheduler_Invoke_FullMethodName    = "/kiln.v1.Scheduler/Invoke"
+	Scheduler_Connect_FullMethodName   = "/kiln.v1.Scheduler/Connect"
+	Scheduler_ListNodes_FullMethodName = "/kiln.v1.Scheduler/ListNodes"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -40,6 +41,9 @@ type SchedulerClient interface {
 	// Connect: the agent sends Register first, then a Heartbeat at the
 	// interval the scheduler answers with. A closed stream is a gone node.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, SchedulerMessage], error)
+	// ListNodes is the scheduler's view of the cluster: each registered
+	// node's last capacity report (gateways show warm instances with it).
+	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 }
 
 type schedulerClient struct {
@@ -73,6 +77,16 @@ func (c *schedulerClient) Connect(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_ConnectClient = grpc.BidiStreamingClient[AgentMessage, SchedulerMessage]
 
+func (c *schedulerClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNodesResponse)
+	err := c.cc.Invoke(ctx, Scheduler_ListNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -85,6 +99,9 @@ type SchedulerServer interface {
 	// Connect: the agent sends Register first, then a Heartbeat at the
 	// interval the scheduler answers with. A closed stream is a gone node.
 	Connect(grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]) error
+	// ListNodes is the scheduler's view of the cluster: each registered
+	// node's last capacity report (gateways show warm instances with it).
+	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -100,6 +117,9 @@ func (UnimplementedSchedulerServer) Invoke(context.Context, *InvokeRequest) (*In
 }
 func (UnimplementedSchedulerServer) Connect(grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]) error {
 	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedSchedulerServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -147,6 +167,24 @@ func _Scheduler_Connect_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_ConnectServer = grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]
 
+func _Scheduler_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).ListNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_ListNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).ListNodes(ctx, req.(*ListNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -157,6 +195,10 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Invoke",
 			Handler:    _Scheduler_Invoke_Handler,
+		},
+		{
+			MethodName: "ListNodes",
+			Handler:    _Scheduler_ListNodes_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
