@@ -394,6 +394,8 @@ type AgentConfig struct {
 	DataDir   string // image cache (cache/) and process runtime files (run/); required
 	// MemoryBytes is the guest memory this node may hand out; 0 → half of RAM.
 	MemoryBytes uint64
+	// CacheBytes bounds the on-disk image cache; 0 → nodeagent.DefaultCacheBytes.
+	CacheBytes int64
 	// Runtime is RuntimeKVM ("" too) or RuntimeProcess, which must be asked
 	// for by name: it runs functions without any isolation.
 	Runtime string
@@ -467,7 +469,7 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 	}
 	agent, err := nodeagent.New(nodeagent.Config{
 		Node: cfg.Node, MemoryBytes: cfg.MemoryBytes, Kernel: kernel, Images: images,
-		CacheDir: filepath.Join(cfg.DataDir, "cache"), Registerer: r.Metrics, Logger: r.log, Boot: boot,
+		CacheDir: filepath.Join(cfg.DataDir, "cache"), CacheBytes: cfg.CacheBytes, Registerer: r.Metrics, Logger: r.log, Boot: boot,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)

@@ -135,7 +135,7 @@ See docs/CLUSTER.md.`,
 func (a *app) agentCmd() *cobra.Command {
 	var cfg platform.AgentConfig
 	var rf roleFlags
-	var mem string
+	var mem, cacheSize string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node-agent role: runs functions on this host for a Kiln cluster",
@@ -155,6 +155,13 @@ See docs/CLUSTER.md.`,
 					return &ExitError{Code: 2, Err: fmt.Errorf("agent: --mem: %w", err)}
 				}
 				cfg.MemoryBytes = m
+			}
+			if cacheSize != "" {
+				n, err := gateway.ParseMemory(cacheSize)
+				if err != nil {
+					return &ExitError{Code: 2, Err: fmt.Errorf("agent: --cache-size: %w", err)}
+				}
+				cfg.CacheBytes = int64(n)
 			}
 			if cfg.Runtime != platform.RuntimeKVM && cfg.Runtime != platform.RuntimeProcess {
 				return &ExitError{Code: 2, Err: fmt.Errorf("agent: --runtime %q: want %s (the default) or %s (no isolation, development only)",
@@ -179,6 +186,7 @@ See docs/CLUSTER.md.`,
 	fl.StringVar(&cfg.Node, "name", os.Getenv("KILN_NODE_NAME"), "this node's name in the cluster (default: the host name; $KILN_NODE_NAME)")
 	fl.StringVar(&mem, "mem", os.Getenv("KILN_NODE_MEMORY"), "guest memory this node may hand out, like 8G (default half of RAM; $KILN_NODE_MEMORY)")
 	fl.StringVar(&cfg.DataDir, "data", "", "image cache directory (default $KILN_DATA/agent, else ~/.kiln/agent)")
+	fl.StringVar(&cacheSize, "cache-size", os.Getenv("KILN_CACHE_SIZE"), "bound of the on-disk image cache, like 20G; least recently used images go first (default 10G; $KILN_CACHE_SIZE)")
 	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "boot this guest kernel instead of the one in each image (kernel development)")
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
