@@ -416,7 +416,12 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	if err := a.reserve(s.mem); err != nil {
 		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err), kilnv1.StartKind_START_UNSPECIFIED
 	}
-	defer a.releaseMem(s.mem)
+	handedOff := false // to the teardown goroutine, which releases the memory
+	defer func() {
+		if !handedOff {
+			a.releaseMem(s.mem)
+		}
+	}()
 	stdout := &capped{limit: wire.MaxBody}
 	stderr := newRing(StderrRing)
 	cfg := a.vmConfig(s)
@@ -447,8 +452,15 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 		m.Close()
 		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed), kind
 	}
-	defer a.untrackMachine(m)
 	res, runErr := m.Run(ctx)
+	// Tearing a VM down (unmapping its memory, closing its KVM objects)
+	// is not the caller's wait: the answer leaves first.
+	handedOff = true
+	go func() {
+		m.Close()
+		a.untrackMachine(m)
+		a.releaseMem(s.mem)
+	}()
 	done := a.now()
 	ready := done
 	if at := probe.first.Load(); at != 0 {
@@ -462,7 +474,6 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	if res != nil {
 		exits = res.Stats.Exits
 	}
-	m.Close()
 	outcome, msg := classify(res, runErr)
 	resp := &kilnv1.InvokeResponse{Outcome: outcome, Error: msg, StartNs: bootNS.Nanoseconds(), ExecNs: execNS.Nanoseconds(), VmExits: exits}
 	switch outcome {

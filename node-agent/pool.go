@@ -200,8 +200,11 @@ func (a *Agent) release(in *instance, ok bool) {
 	}
 	a.updateWarmLocked(p)
 	a.mu.Unlock()
-	in.destroy()
-	a.kickMaintain()
+	// The answer leaves first; tearing the VM down is not the caller's wait.
+	go func() {
+		in.destroy()
+		a.kickMaintain()
+	}()
 }
 
 // initFailed starts or extends p's backoff after an instance crashed
