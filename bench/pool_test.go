@@ -401,7 +401,8 @@ func TestDensityReport(t *testing.T) {
 func meminfo(t *testing.T, key string) uint64 {
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err) // not Fatal: the instances are still counted
+		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, key+":"); ok {

@@ -122,6 +122,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
+	raiseOpenFiles(a.log)
 	if cfg.Boot == nil && !cfg.NoSnapshots {
 		if a.snaps, err = newSnapStore(filepath.Join(cfg.CacheDir, "snapshots"), a.log); err != nil {
 			return nil, err

@@ -3,12 +3,14 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"github.com/kilnfaas/kiln/image"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
@@ -155,4 +157,20 @@ func TestPoolFollowsSLATarget(t *testing.T) {
 	}
 	h.a.setWarmTargets(context.Background(), nil)
 	waitFor(t, func() bool { return h.warm("sv", "idle") == 0 })
+}
+
+// An agent lifts its open-file limit: thousands of VMs need descriptors.
+func TestRaiseOpenFiles(t *testing.T) {
+	var before unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &before); err != nil {
+		t.Fatal(err)
+	}
+	got := raiseOpenFiles(slog.New(slog.DiscardHandler))
+	var after unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &after)
+	if got != after.Cur || after.Cur < before.Cur || after.Cur < before.Max {
+		t.Fatalf("limit %d → %d (hard %d → %d), reported %d", before.Cur, after.Cur, before.Max, after.Max, got)
+	}
+	// Raising the hard limit needs CAP_SYS_RESOURCE, which a container's
+	// root may lack: then the soft limit reaching the hard one is all.
 }
