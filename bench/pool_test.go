@@ -396,6 +396,20 @@ func TestDensityReport(t *testing.T) {
 	fmt.Printf("%-52s %12.2f MiB\n", "host memory per idle instance (MemAvailable drop)", float64(used)/float64(reached)/(1<<20))
 	fmt.Printf("%-52s %12.1f GiB of %.1f GiB\n", "host memory used by them", float64(used)/(1<<30), float64(memTotal(t))/(1<<30))
 	fmt.Printf("%-52s %12.0f\n", "instances per 24 GiB at that cost", 24*float64(1<<30)/(float64(used)/float64(reached)))
+	// Destroying thousands of VMs takes minutes here: say so, or the
+	// silence reads as a stalled emulator.
+	closed := make(chan struct{})
+	go func() { a.Close(); close(closed) }()
+	closing := time.Now()
+	for {
+		select {
+		case <-closed:
+			fmt.Fprintf(os.Stderr, "bench: %d instances destroyed in %v\n", reached, time.Since(closing).Round(time.Second))
+			return
+		case <-time.After(30 * time.Second):
+			fmt.Fprintf(os.Stderr, "bench: destroying %d instances (%v so far)\n", reached, time.Since(closing).Round(time.Second))
+		}
+	}
 }
 
 func meminfo(t *testing.T, key string) uint64 {
