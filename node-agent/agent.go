@@ -17,6 +17,7 @@ package nodeagent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -77,6 +78,7 @@ type Agent struct {
 	boot  Booter
 	m     metrics
 
+	kernelSum    string      // sha256 of Config.Kernel ("" when images boot their own)
 	registered   atomic.Bool // the Connect stream is up (Run)
 	maintainKick chan struct{}
 	stop         chan struct{}
@@ -123,6 +125,9 @@ func New(cfg Config) (*Agent, error) {
 		a.log = slog.New(slog.DiscardHandler)
 	}
 	raiseOpenFiles(a.log)
+	if len(cfg.Kernel) > 0 {
+		a.kernelSum = fmt.Sprintf("%x", sha256.Sum256(cfg.Kernel))
+	}
 	if cfg.Boot == nil && !cfg.NoSnapshots {
 		if a.snaps, err = newSnapStore(filepath.Join(cfg.CacheDir, "snapshots"), a.log); err != nil {
 			return nil, err
@@ -428,7 +433,7 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	cfg := a.vmConfig(s)
 	probe := &readProbe{r: bytes.NewReader(req.Body), now: a.now}
 	cfg.Stdin, cfg.Stdout, cfg.Stderr = probe, stdout, stderr
-	plan := a.plan(&cfg, func() string {
+	plan := a.plan(s, &cfg, func() string {
 		if stdout.buf.Len() > 0 {
 			return "it writes to stdout before it reads stdin, and a restore would not repeat that output"
 		}
@@ -522,11 +527,11 @@ func (p snapPlan) kind() kilnv1.StartKind {
 // plan picks a restore or a boot for cfg and sets cfg up for it. veto,
 // called once a snapshot is written, may say why this shape must never be
 // restored (and the snapshot is then removed).
-func (a *Agent) plan(cfg *vmm.Config, veto func() string) snapPlan {
+func (a *Agent) plan(s *spec, cfg *vmm.Config, veto func() string) snapPlan {
 	if a.snaps == nil {
 		return snapPlan{}
 	}
-	p := a.snaps.plan(cfg)
+	p := a.snaps.plan(snapKey(s.digest, a.kernelSum, cfg), cfg)
 	if p.corrupt != nil {
 		a.m.snapshots.WithLabelValues("corrupt").Inc()
 	}

@@ -125,7 +125,7 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 	}}
 	inst.probe = cfg.Stdin.(*readProbe)
 	cfg.Stdout, cfg.Stderr = outW, inst.stderr
-	plan := a.plan(&cfg, nil)
+	plan := a.plan(s, &cfg, nil)
 	inst.snap = plan.key
 	inst.kind = plan.kind()
 	m, err := a.boot(cfg)

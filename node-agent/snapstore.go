@@ -2,7 +2,6 @@ package nodeagent
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -44,19 +43,14 @@ func newSnapStore(dir string, log *slog.Logger) (*snapStore, error) {
 	return &snapStore{dir: dir, log: log, entries: map[string]*snapEntry{}}, nil
 }
 
-// snapKey digests what makes two boots of cfg interchangeable.
-func snapKey(cfg *vmm.Config) string {
+// snapKey digests what makes two boots interchangeable: the image (by its
+// content digest, which covers its kernel and program), the kernel that
+// overrides it if any (kernelSum, "" for none), and what the config adds.
+// It hashes no image bytes: a cold start pays for none.
+func snapKey(digest, kernelSum string, cfg *vmm.Config) string {
 	h := sha256.New()
-	put := func(b []byte) {
-		var n [8]byte
-		binary.LittleEndian.PutUint64(n[:], uint64(len(b)))
-		h.Write(n[:])
-		h.Write(b)
-	}
-	k, p := sha256.Sum256(cfg.Kernel), sha256.Sum256(cfg.Program)
-	put(k[:])
-	put(p[:])
-	put(fmt.Appendf(nil, "abi=%d mem=%d host=%q args=%q env=%q", abi.Version, cfg.MemSize, cfg.Hostname, cfg.Args, cfg.Env))
+	fmt.Fprintf(h, "image=%q kernel=%q abi=%d mem=%d host=%q args=%q env=%q",
+		digest, kernelSum, abi.Version, cfg.MemSize, cfg.Hostname, cfg.Args, cfg.Env)
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
@@ -81,8 +75,7 @@ type snapPlan struct {
 
 // plan decides between a restore and a boot for cfg. Only one boot at a time
 // takes a shape's snapshot; concurrent cold starts boot plainly meanwhile.
-func (st *snapStore) plan(cfg *vmm.Config) snapPlan {
-	key := snapKey(cfg)
+func (st *snapStore) plan(key string, cfg *vmm.Config) snapPlan {
 	e := st.entry(key)
 	e.mu.Lock()
 	defer e.mu.Unlock()
