@@ -3,14 +3,12 @@ package apikeys
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/kilnfaas/kiln/internal/boltfile"
 )
 
 // FileName is the embedded store's file inside the data directory, apart
@@ -48,26 +46,9 @@ var _ Store = (*Bolt)(nil)
 // OpenBolt opens (creating if needed) the store in dataDir/apikeys.db.
 // Only one process may hold it open: a second waits up to a second and fails.
 func OpenBolt(dataDir string) (*Bolt, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("apikeys: %w", err)
-	}
-	path := filepath.Join(dataDir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltfile.Open("apikeys", dataDir, FileName, false, bktKeys, bktHashes)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("apikeys: %s is locked by another process (is another `kiln up` using this data directory?)", path)
-		}
-		return nil, fmt.Errorf("apikeys: open %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bktKeys); err != nil {
-			return err
-		}
-		_, err := tx.CreateBucketIfNotExists(bktHashes)
-		return err
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("apikeys: %w", err)
+		return nil, err
 	}
 	return &Bolt{db: db}, nil
 }

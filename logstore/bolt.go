@@ -6,14 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/kilnfaas/kiln/internal/boltfile"
 )
 
 // FileName is the embedded log store's file inside the data directory. It
@@ -61,25 +61,11 @@ type BoltOptions struct {
 // OpenBolt opens (creating if needed) the log store in dataDir/logs.db.
 // Only one process may hold it open.
 func OpenBolt(dataDir string, opts BoltOptions) (*Bolt, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("logstore: %w", err)
-	}
-	path := filepath.Join(dataDir, FileName)
 	// Appends are batched (see Append), so a burst of invocations costs
 	// one disk flush, not one each.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoFreelistSync: true})
+	db, err := boltfile.Open("logstore", dataDir, FileName, true, bktFunctions)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("logstore: %s is locked by another process (is another `kiln up` using this data directory?)", path)
-		}
-		return nil, fmt.Errorf("logstore: open %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bktFunctions)
-		return err
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("logstore: %w", err)
+		return nil, err
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

@@ -7,12 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/kilnfaas/kiln/internal/boltfile"
 )
 
 // FileName is the registry's file inside the data directory.
@@ -41,23 +41,9 @@ type Bolt struct {
 // OpenBolt opens (creating if needed) the registry in dataDir/registry.db.
 // Only one process may hold it open: a second waits up to a second and fails.
 func OpenBolt(dataDir string) (*Bolt, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("registry: %w", err)
-	}
-	path := filepath.Join(dataDir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltfile.Open("registry", dataDir, FileName, false, bktFunctions)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("registry: %s is locked by another process (is another `kiln up` using this data directory?)", path)
-		}
-		return nil, fmt.Errorf("registry: open %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bktFunctions)
-		return err
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("registry: %w", err)
+		return nil, err
 	}
 	return &Bolt{db: db, now: time.Now}, nil
 }

@@ -3,14 +3,12 @@ package slaledger
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/kilnfaas/kiln/internal/boltfile"
 )
 
 // FileName is the ledger's file inside the data directory.
@@ -44,23 +42,9 @@ func OpenBoltClock(dataDir string, now func() time.Time) (*Bolt, error) {
 }
 
 func openBolt(dataDir string, now func() time.Time) (*Bolt, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("slaledger: %w", err)
-	}
-	path := filepath.Join(dataDir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := boltfile.Open("slaledger", dataDir, FileName, false, bktMinutes)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("slaledger: %s is locked by another process (is another `kiln up` using this data directory?)", path)
-		}
-		return nil, fmt.Errorf("slaledger: open %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bktMinutes)
-		return err
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("slaledger: %w", err)
+		return nil, err
 	}
 	return &Bolt{db: db, now: now}, nil
 }
