@@ -1,88 +1,17 @@
 package apikeys_test
 
 import (
-	"bytes"
-	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kilnfaas/kiln/apikeys"
+	"github.com/kilnfaas/kiln/internal/redistest"
 )
 
-// startRedis runs a real redis-server on a free 127.0.0.1 port for the
-// length of the test and returns its URL. Without the binary the test is
-// skipped loudly, unless KILN_REQUIRE_REDIS=1 (CI) makes that a failure.
-func startRedis(t testing.TB) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not found in PATH: the Redis key store is NOT tested (apt-get install -y redis-server)"
-		if os.Getenv("KILN_REQUIRE_REDIS") == "1" {
-			t.Fatal(msg + "; KILN_REQUIRE_REDIS=1 makes this a failure")
-		}
-		t.Skip("SKIPPING: " + msg)
-	}
-	var lastErr error
-	for range 3 { // another process may take the probed port first
-		url, err := tryStartRedis(t, bin)
-		if err == nil {
-			return url
-		}
-		lastErr = err
-	}
-	t.Fatalf("redis-server did not start: %v", lastErr)
-	return ""
-}
-
-func tryStartRedis(t testing.TB, bin string) (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
-	defer rdb.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if err := rdb.Ping(ctx).Err(); err == nil {
-			t.Cleanup(stop)
-			return fmt.Sprintf("redis://127.0.0.1:%d/0", port), nil
-		}
-		select {
-		case <-exited:
-			return "", fmt.Errorf("exited early: %s", out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return "", fmt.Errorf("no PONG within 10s; output: %s", out.String())
-		}
-	}
-}
+// startRedis runs a real redis-server for the test (redistest.Start).
+func startRedis(t testing.TB) string { return redistest.Start(t, "the Redis key store") }
 
 func TestRedisConformance(t *testing.T) {
 	url := startRedis(t)

@@ -1,20 +1,16 @@
 package slaledger_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/kilnfaas/kiln/internal/redistest"
 	"github.com/kilnfaas/kiln/slaledger"
 	"github.com/kilnfaas/kiln/slaledger/ledgertest"
 )
@@ -186,69 +182,5 @@ func TestRecorderCountsStoreFailures(t *testing.T) {
 	}
 }
 
-// startRedis runs a real redis-server on a free 127.0.0.1 port for the
-// test and returns its URL. Without the binary the test skips, unless
-// KILN_REQUIRE_REDIS=1 (CI) makes that a failure.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not found in PATH: the Redis SLA ledger is NOT tested (apt-get install -y redis-server)"
-		if os.Getenv("KILN_REQUIRE_REDIS") == "1" {
-			t.Fatal(msg + "; KILN_REQUIRE_REDIS=1 makes this a failure")
-		}
-		t.Skip("SKIPPING: " + msg)
-	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		var out bytes.Buffer
-		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			"--dir", t.TempDir())
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-		opts, _ := redis.ParseURL(url)
-		c := redis.NewClient(opts)
-		ready := false
-		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-			select {
-			case <-exited:
-				end = time.Now()
-				continue
-			default:
-			}
-			if c.Ping(context.Background()).Err() == nil {
-				ready = true
-				break
-			}
-		}
-		c.Close()
-		if ready {
-			t.Cleanup(func() {
-				cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-exited:
-				case <-time.After(5 * time.Second):
-					cmd.Process.Kill()
-					<-exited
-				}
-			})
-			return url
-		}
-		cmd.Process.Kill()
-		<-exited
-		lastErr = fmt.Errorf("redis-server on port %d: %s", port, out.String())
-	}
-	t.Fatalf("redis-server did not start: %v", lastErr)
-	return ""
-}
+// startRedis runs a real redis-server for the test (redistest.Start).
+func startRedis(t *testing.T) string { return redistest.Start(t, "the Redis SLA ledger") }

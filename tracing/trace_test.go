@@ -13,12 +13,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/redis/go-redis/v9"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -28,6 +26,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/internal/redistest"
 	"github.com/kilnfaas/kiln/platform"
 	"github.com/kilnfaas/kiln/tracing"
 )
@@ -381,56 +380,8 @@ int main(void){char b[256];size_t n=fread(b,1,sizeof b,stdin);printf("hello %.*s
 	return out
 }
 
-// startRedis runs a real redis-server on a free port; without the binary
-// the test skips, unless KILN_REQUIRE_REDIS=1 (CI) makes that a failure.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not found in PATH: tracing across the roles is NOT tested (apt-get install -y redis-server)"
-		if os.Getenv("KILN_REQUIRE_REDIS") == "1" {
-			t.Fatal(msg + "; KILN_REQUIRE_REDIS=1 makes this a failure")
-		}
-		t.Skip("SKIPPING: " + msg)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
-	defer rdb.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server not answering: %v\n%s", err, logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// startRedis runs a real redis-server for the test (redistest.Start).
+func startRedis(t *testing.T) string { return redistest.Start(t, "tracing across the roles") }
 
 // startNATS runs a real nats-server with JetStream in this process.
 func startNATS(t *testing.T) string {

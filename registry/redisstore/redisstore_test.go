@@ -1,106 +1,25 @@
 package redisstore_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"sort"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/kilnfaas/kiln/internal/redistest"
 	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/registry/redisstore"
 	"github.com/kilnfaas/kiln/registry/registrytest"
 )
 
-// startRedis runs a real redis-server on a free 127.0.0.1 port for the
-// length of the test and returns its URL. Without the binary the test is
-// skipped, unless KILN_REQUIRE_REDIS=1 (set in CI) makes that a failure, so
-// a CI image that lost redis-server cannot pass by skipping.
-func startRedis(t testing.TB) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not found in PATH: the Redis registry is NOT tested (apt-get install -y redis-server)"
-		if os.Getenv("KILN_REQUIRE_REDIS") == "1" {
-			t.Fatal(msg + "; KILN_REQUIRE_REDIS=1 makes this a failure")
-		}
-		t.Skip("SKIPPING: " + msg)
-	}
-	// Another process may take the port between our probe and the server's
-	// bind; a few attempts make that race harmless.
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		url, err := tryStartRedis(t, bin)
-		if err == nil {
-			return url
-		}
-		lastErr = err
-	}
-	t.Fatalf("redis-server did not start: %v", lastErr)
-	return ""
-}
-
-func tryStartRedis(t testing.TB, bin string) (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-
-	var out bytes.Buffer
-	cmd := exec.Command(bin,
-		"--port", fmt.Sprint(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
-
-	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			t.Cleanup(stop)
-			return url, nil
-		}
-		select {
-		case <-exited:
-			return "", fmt.Errorf("exited early: %s", out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return "", fmt.Errorf("no PONG within 10s: %v; output: %s", err, out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// startRedis runs a real redis-server for the test (redistest.Start).
+func startRedis(t testing.TB) string { return redistest.Start(t, "the Redis registry") }
 
 // newStore empties the database first: each conformance subtest wants an
 // empty registry and they share one server.

@@ -1,72 +1,25 @@
 package cli_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/internal/redistest"
 	"github.com/kilnfaas/kiln/platform"
 )
 
-// redisURL runs a real redis-server for the test. Without the binary the
-// test skips loudly, unless KILN_REQUIRE_REDIS=1 (CI) makes that a failure.
-func redisURL(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not found in PATH: kiln invoke against a cluster is NOT tested (apt-get install -y redis-server)"
-		if os.Getenv("KILN_REQUIRE_REDIS") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip("SKIPPING: " + msg)
-	}
-	addr := freeAddr(t)
-	_, port, _ := net.SplitHostPort(addr)
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer rdb.Close()
-	for end := time.Now().Add(10 * time.Second); rdb.Ping(context.Background()).Err() != nil; time.Sleep(20 * time.Millisecond) {
-		select {
-		case <-exited:
-			t.Fatalf("redis-server exited: %s", out.String())
-		default:
-		}
-		if time.Now().After(end) {
-			t.Fatalf("redis-server not answering after 10s: %s", out.String())
-		}
-	}
-	return "redis://" + addr + "/0"
-}
+// redisURL runs a real redis-server for the test (redistest.Start).
+func redisURL(t *testing.T) string { return redistest.Start(t, "kiln invoke against a cluster") }
 
 // cluster runs the three roles in this process on real parts — redis-server,
 // a NATS JetStream server, the scheduler's and agent's gRPC — with the

@@ -1,18 +1,15 @@
 package cli_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/internal/redistest"
 	"github.com/kilnfaas/kiln/platform"
 )
 
@@ -184,51 +182,5 @@ func startNATS(t *testing.T) string {
 	return srv.ClientURL()
 }
 
-// startRedis runs a real redis-server on a free 127.0.0.1 port for the
-// test. Without the binary the test skips, unless KILN_REQUIRE_REDIS=1
-// (CI) makes that a failure.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not found in PATH: `kiln sla` against a cluster is NOT tested (apt-get install -y redis-server)"
-		if os.Getenv("KILN_REQUIRE_REDIS") == "1" {
-			t.Fatal(msg + "; KILN_REQUIRE_REDIS=1 makes this a failure")
-		}
-		t.Skip("SKIPPING: " + msg)
-	}
-	addr := freeAddr(t)
-	_, port, _ := net.SplitHostPort(addr)
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	url := "redis://" + addr + "/0"
-	opts, _ := redis.ParseURL(url)
-	c := redis.NewClient(opts)
-	defer c.Close()
-	for end := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; time.Sleep(20 * time.Millisecond) {
-		select {
-		case <-exited:
-			t.Fatalf("redis-server exited: %s", out.String())
-		default:
-		}
-		if time.Now().After(end) {
-			t.Fatalf("redis-server did not answer: %s", out.String())
-		}
-	}
-	return url
-}
+// startRedis runs a real redis-server for the test (redistest.Start).
+func startRedis(t *testing.T) string { return redistest.Start(t, "`kiln sla` against a cluster") }
