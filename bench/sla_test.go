@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/kilnfaas/kiln/slapolicy"
@@ -34,13 +35,7 @@ func TestSLAPolicyReport(t *testing.T) {
 }
 
 func medianF(x []float64) float64 {
-	s := append([]float64(nil), x...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
+	s := slices.Clone(x)
+	slices.Sort(s)
 	return s[len(s)/2]
 }

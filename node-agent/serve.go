@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
@@ -38,10 +37,9 @@ type instance struct {
 
 	bootStart time.Time
 	bootNS    time.Duration // vmm.New alone
-	firstRead atomic.Int64  // unix ns of the guest's first read of stdin
 	ready     chan struct{} // closed at that first read
-	probe     *readProbe
-	idleSince time.Time // guarded by Agent.mu
+	probe     *readProbe    // its stdin: first holds the guest's first read (unix ns)
+	idleSince time.Time     // guarded by Agent.mu
 	destroyed sync.Once
 }
 
@@ -70,13 +68,13 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 	tracing.Invocation(ctx, startName(start), resp.WaitNs, resp.StartNs, resp.ExecNs, resp.Error)
 	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
 	switch {
-	case cold && !ok && inst.firstRead.Load() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
+	case cold && !ok && inst.probe.first.Load() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
 		// It never asked for input: its initialisation is broken.
 		a.initFailed(inst.pool, resp.Error+tailNote(resp.LogTail))
 	case cold && ok:
 		a.initSucceeded(inst.pool)
 	}
-	if !ok && inst.kind == kilnv1.StartKind_START_RESTORE && inst.firstRead.Load() == 0 {
+	if !ok && inst.kind == kilnv1.StartKind_START_RESTORE && inst.probe.first.Load() == 0 {
 		// A restore that never resumed may come from a bad snapshot:
 		// verify the file again before the next restore.
 		a.snaps.drop(inst.snap)
@@ -119,11 +117,8 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 	inst := &instance{a: a, pool: p, mem: s.mem, fresh: s.fresh, in: inW, resps: make(chan parsed, 1), exited: make(chan struct{}),
 		gone: make(chan struct{}), ready: make(chan struct{}), stderr: newRing(StderrRing), bootStart: a.now()}
 	cfg := a.vmConfig(s)
-	cfg.Stdin = &readProbe{r: inR, now: a.now, onFirst: func() {
-		inst.firstRead.Store(inst.probe.first.Load())
-		close(inst.ready)
-	}}
-	inst.probe = cfg.Stdin.(*readProbe)
+	inst.probe = &readProbe{r: inR, now: a.now, onFirst: func() { close(inst.ready) }}
+	cfg.Stdin = inst.probe
 	cfg.Stdout, cfg.Stderr = outW, inst.stderr
 	plan := a.plan(s, &cfg, nil)
 	inst.snap = plan.key
@@ -157,7 +152,7 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 		// Unblock both pumps: writes of requests fail, the parser sees EOF.
 		inR.CloseWithError(errExited)
 		outW.Close()
-		if plan.take != "" && inst.firstRead.Load() == 0 {
+		if plan.take != "" && inst.probe.first.Load() == 0 {
 			a.snaps.abandon(plan.key)
 		}
 	}()
@@ -186,7 +181,7 @@ func (in *instance) warmUp(s *spec) *kilnv1.InvokeResponse {
 	defer t.Stop()
 	select {
 	case <-in.ready:
-		in.bootNS = time.Unix(0, in.firstRead.Load()).Sub(in.bootStart)
+		in.bootNS = time.Unix(0, in.probe.first.Load()).Sub(in.bootStart)
 		in.a.observeStart(in.kind, in.bootNS)
 		in.a.initSucceeded(in.pool)
 		return nil
@@ -253,8 +248,8 @@ func (in *instance) invoke(ctx context.Context, frame []byte, cold bool) *kilnv1
 		done := in.a.now()
 		began := sent
 		if cold {
-			ready := time.Unix(0, in.firstRead.Load())
-			if in.firstRead.Load() == 0 || ready.After(done) {
+			ready := time.Unix(0, in.probe.first.Load())
+			if in.probe.first.Load() == 0 || ready.After(done) {
 				ready = sent
 			}
 			resp.StartNs = ready.Sub(in.bootStart).Nanoseconds()
