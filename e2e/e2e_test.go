@@ -12,10 +12,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,7 +38,16 @@ func up(t *testing.T) *kiln {
 	kvmtest.Artifact(t, "kernel/kiln-kernel.elf")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// The platform's log is printed only for a failed test: it says what
+	// the agent saw (a timed-out guest's registers, a crashed init).
+	logs := &lockedBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("platform log:\n%s", logs.String())
+		}
+	})
 	p, err := platform.Up(ctx, platform.Config{
+		Logger:      slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		DataDir:     t.TempDir(),
 		HTTPAddr:    "127.0.0.1:0",
 		MemoryBytes: 1 << 30,
@@ -52,6 +63,23 @@ func up(t *testing.T) *kiln {
 	k := &kiln{t: t, url: p.URL}
 	k.waitForNode()
 	return k
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // waitForNode waits until the agent has registered with the scheduler:

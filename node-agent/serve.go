@@ -80,7 +80,26 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 		a.snaps.drop(inst.snap)
 	}
 	a.release(inst, ok)
+	if resp.Outcome == kilnv1.Outcome_OUTCOME_TIMEOUT {
+		go a.logTimeout(inst, start)
+	}
 	return resp, start
+}
+
+// logTimeout tells the operator where a timed-out instance was once its
+// VM has stopped: whether it ever asked for input, how much it ran and
+// its registers — enough to tell a guest stuck in a loop (guest time close
+// to the timeout, few exits) from one waiting for what never came.
+func (a *Agent) logTimeout(in *instance, start kilnv1.StartKind) {
+	<-in.exited
+	st := in.m.Stats()
+	attrs := []any{"function", in.pool.name, "start", startName(start),
+		"asked_for_input", in.probe.first.Load() != 0, "exits", st.Exits, "input_waits", st.InputWaits,
+		"guest_time", st.GuestTime.Round(time.Millisecond), "alive", time.Since(in.bootStart).Round(time.Millisecond)}
+	if in.res != nil {
+		attrs = append(attrs, "ended", in.res.Message, "regs", in.res.Regs)
+	}
+	a.log.Warn("instance timed out", attrs...)
 }
 
 func tailNote(tail []byte) string {
