@@ -25,6 +25,7 @@ import (
 	"maps"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -61,6 +62,11 @@ type Config struct {
 	// MaintainEvery is how often idle instances are reaped and pools
 	// grown to min_warm; 0 → 250 ms.
 	MaintainEvery time.Duration
+	// MaxColdStarts bounds the starts (restores or boots) for live calls
+	// in flight on this node; calls beyond it queue for the first
+	// instance to come free or start slot to open. 0 → the number of CPUs,
+	// at least 2.
+	MaxColdStarts int
 	// NoSnapshots makes every cold start a boot. Snapshots need the KVM
 	// booter: with another Boot they are always off.
 	NoSnapshots bool
@@ -88,6 +94,8 @@ type Agent struct {
 	used       uint64                 // guest memory of live VMs
 	pools      map[string]*pool       // serve instances by spec.key()
 	prewarming int                    // min_warm starts in flight
+	coldStarts int                    // starts for live calls in flight (Config.MaxColdStarts)
+	startEnded chan struct{}          // closed and replaced when one of them ends
 	instances  map[*instance]struct{} // every serve instance alive
 	machines   map[Machine]struct{}   // exec VMs running now
 }
@@ -107,6 +115,7 @@ type metrics struct {
 	evictions   prometheus.Counter
 	reaped      prometheus.Counter
 	prewarmed   *prometheus.CounterVec
+	queued      *prometheus.CounterVec
 }
 
 // New returns an agent; it boots nothing until invoked.
@@ -136,6 +145,10 @@ func New(cfg Config) (*Agent, error) {
 	if a.cfg.KeepAlive <= 0 {
 		a.cfg.KeepAlive = DefaultKeepAlive
 	}
+	if a.cfg.MaxColdStarts <= 0 {
+		a.cfg.MaxColdStarts = max(2, runtime.NumCPU())
+	}
+	a.startEnded = make(chan struct{})
 	if a.cfg.MaintainEvery <= 0 {
 		a.cfg.MaintainEvery = 250 * time.Millisecond
 	}
@@ -174,6 +187,10 @@ func New(cfg Config) (*Agent, error) {
 		prewarmed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kiln_agent_prewarmed_total", Help: "Instances started ahead of demand for min_warm, by start kind.",
 		}, []string{"start"}),
+		queued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_queued_total",
+			Help: "Invocations queued for an instance to come free instead of starting one, by reason: busy_sooner (a busy instance was expected to free sooner than a start), start_limit (MaxColdStarts), max_instances, memory.",
+		}, []string{"reason"}),
 		memUsed:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_used", Help: "Guest memory of live VMs."}),
 		memBudget: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_budget", Help: "Guest memory this node may hand out."}),
 		exits:     prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_vm_exits_total", Help: "VM exits taken during invocations."}),
@@ -181,7 +198,7 @@ func New(cfg Config) (*Agent, error) {
 	a.m.memBudget.Set(float64(cfg.MemoryBytes))
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{a.m.invocations, a.m.boot, a.m.restore, a.m.exec, a.m.total, a.m.vms, a.m.warm,
-			a.m.memUsed, a.m.memBudget, a.m.exits, a.m.snapshots, a.m.evictions, a.m.reaped, a.m.prewarmed} {
+			a.m.memUsed, a.m.memBudget, a.m.exits, a.m.snapshots, a.m.evictions, a.m.reaped, a.m.prewarmed, a.m.queued} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("nodeagent: registering metrics: %w", err)
 			}

@@ -32,8 +32,9 @@ type pool struct {
 	spec              *spec // the newest invocation's: what replenishing starts
 	idle              []*instance
 	busy, starting    int
-	waiters           []chan *instance // invocations waiting for an instance at max_instances
+	waiters           []chan *instance // invocations queued for the next instance to come free
 	lastUsed          time.Time
+	startEst, holdEst time.Duration // how long a start takes, and a call holds an instance (EWMAs)
 
 	slaWarm     int       // the scheduler's SLA target for this node (0: none)
 	ready       bool      // an instance got through its init once: min_warm may start more
@@ -62,23 +63,33 @@ func (a *Agent) poolFor(s *spec) *pool {
 	return p
 }
 
-// acquire finds the instance an invocation runs on: an idle warm one, else a
-// new one (a snapshot restore, or a boot that takes the snapshot) while the
-// pool has room and the node has memory — evicting other functions' idle
-// instances for it if need be — else the first instance to come free, until
-// ctx ends. Fresh functions always get a new instance.
-func (a *Agent) acquire(ctx context.Context, s *spec) (*instance, kilnv1.StartKind, *kilnv1.InvokeResponse) {
+// acquire finds the instance an invocation runs on: an idle warm one; else
+// the first busy one to come free, when that is expected sooner than a
+// cold start takes; else a new one (a snapshot restore, or a boot that
+// takes the snapshot) while the pool has room, the node has memory —
+// evicting other functions' idle instances for it if need be — and fewer
+// than Config.MaxColdStarts starts are under way; else the first instance
+// to come free, until ctx ends. Fresh functions always get a new instance.
+// waited is the time the call spent queued before its instance was found
+// or its start began.
+//
+// Waiting instead of starting is what keeps a burst from becoming a
+// restore storm: a start costs far more CPU than the warm calls it would
+// overlap, and starting many at once slows every call on the node.
+func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1.StartKind, waited time.Duration, resp *kilnv1.InvokeResponse) {
+	from := a.now()
+	patient := true // may still wait for a busy instance rather than start
 	for {
 		a.mu.Lock()
 		if a.closed {
 			a.mu.Unlock()
-			return nil, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
+			return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
 		}
 		p := a.poolFor(s)
 		if now := a.now(); now.Before(p.failedUntil) {
 			msg := p.initErr
 			a.mu.Unlock()
-			return nil, 0, fail(kilnv1.Outcome_OUTCOME_CRASHED, "the function crashed during initialisation and is not restarted until %s: %s",
+			return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_CRASHED, "the function crashed during initialisation and is not restarted until %s: %s",
 				p.failedUntil.UTC().Format(time.RFC3339), msg)
 		}
 		if n := len(p.idle); n > 0 && !s.fresh {
@@ -92,14 +103,21 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (*instance, kilnv1.StartKi
 			p.busy++
 			a.updateWarmLocked(p)
 			a.mu.Unlock()
-			return in, kilnv1.StartKind_START_WARM, nil
+			return in, kilnv1.StartKind_START_WARM, a.now().Sub(from), nil
 		}
-		full := false
-		if p.room(s) {
-			err := a.reserveLocked(s.mem)
-			if err != nil {
-				victim := a.evictableLocked(s.mem)
-				if victim != nil {
+		var recheck time.Duration // wait at most this long, then decide again
+		var slot <-chan struct{}  // … or until a start ends
+		reason := ""
+		switch {
+		case !p.room(s):
+			reason = "max_instances"
+		case !s.fresh && patient && p.freeSoonerThanStart():
+			reason, recheck, patient = "busy_sooner", p.startEst, false
+		case a.coldStarts >= a.cfg.MaxColdStarts:
+			reason, slot = "start_limit", a.startEnded
+		default:
+			if err := a.reserveLocked(s.mem); err != nil {
+				if victim := a.evictableLocked(s.mem); victim != nil {
 					a.mu.Unlock()
 					victim.destroy()
 					a.m.evictions.Inc()
@@ -107,51 +125,108 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (*instance, kilnv1.StartKi
 				}
 				if p.busy+p.starting == 0 || s.fresh {
 					a.mu.Unlock()
-					return nil, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
+					return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
 				}
 				// The node is full of this function's own busy
 				// instances: queue for one of them, as at max_instances.
-				full = true
+				reason = "memory"
+				break
 			}
-		}
-		if p.room(s) && !full {
 			p.starting++
+			a.coldStarts++
 			a.mu.Unlock()
+			waited = a.now().Sub(from)
 			in, kind, resp := a.startInstance(s, p)
 			a.mu.Lock()
 			p.starting--
+			a.coldStarts--
+			close(a.startEnded)
+			a.startEnded = make(chan struct{})
 			if resp == nil {
 				p.busy++
 			}
 			a.updateWarmLocked(p)
 			a.mu.Unlock()
-			return in, kind, resp
+			return in, kind, waited, resp
 		}
-		// At max_instances, or the node full of its busy instances: wait
-		// for one to come free.
 		ch := make(chan *instance, 1)
 		p.waiters = append(p.waiters, ch)
 		busy := p.total()
+		a.m.queued.WithLabelValues(reason).Inc()
 		a.mu.Unlock()
+		var timer <-chan time.Time
+		if recheck > 0 {
+			t := time.NewTimer(recheck)
+			defer t.Stop()
+			timer = t.C
+		}
 		select {
 		case in := <-ch:
 			if in == nil { // the agent is closing
-				return nil, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
+				return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
 			}
-			return in, kilnv1.StartKind_START_WARM, nil
+			return in, kilnv1.StartKind_START_WARM, a.now().Sub(from), nil
+		case <-timer:
+		case <-slot:
 		case <-ctx.Done():
-			a.mu.Lock()
-			p.waiters = slices.DeleteFunc(p.waiters, func(c chan *instance) bool { return c == ch })
-			a.mu.Unlock()
-			select {
-			case in := <-ch: // handed over just as the deadline passed
-				if in != nil {
-					a.release(in, true)
-				}
-			default:
-			}
-			return nil, 0, fail(kilnv1.Outcome_OUTCOME_TIMEOUT, "deadline passed while all %d instances were busy (max_instances or the node's memory)", busy)
 		}
+		if in, handed := a.leaveQueue(p, ch); handed {
+			if ctx.Err() == nil {
+				return in, kilnv1.StartKind_START_WARM, a.now().Sub(from), nil
+			}
+			a.release(in, true)
+		}
+		if ctx.Err() != nil {
+			return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_TIMEOUT, "deadline passed while all %d instances were busy (max_instances or the node's memory)", busy)
+		}
+	}
+}
+
+// leaveQueue takes ch off p's waiters. When release has already picked it,
+// the instance is on its way (or there: release sends after unlocking)
+// and is returned; nil means the agent is closing.
+func (a *Agent) leaveQueue(p *pool, ch chan *instance) (*instance, bool) {
+	a.mu.Lock()
+	n := len(p.waiters)
+	p.waiters = slices.DeleteFunc(p.waiters, func(c chan *instance) bool { return c == ch })
+	picked := len(p.waiters) == n
+	a.mu.Unlock()
+	if !picked {
+		return nil, false
+	}
+	in := <-ch
+	return in, in != nil
+}
+
+// freeSoonerThanStart says whether a busy instance of p is expected to
+// come free for one more waiter sooner than a cold start would be ready:
+// the waiters ahead are served round by round, one call per busy instance
+// each, a round lasting about one call. Until p has seen both a start and
+// a call it does not guess.
+func (p *pool) freeSoonerThanStart() bool {
+	if p.busy == 0 || p.holdEst == 0 || p.startEst == 0 {
+		return false
+	}
+	rounds := len(p.waiters)/p.busy + 1
+	return time.Duration(rounds)*p.holdEst < p.startEst
+}
+
+// observe folds one invocation's start (0: it was warm) and the time it
+// held its instance into p's estimates.
+func (a *Agent) observe(p *pool, start, hold time.Duration) {
+	ewma := func(old, x time.Duration) time.Duration {
+		if old == 0 {
+			return x
+		}
+		return old + (x-old)/4
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if start > 0 {
+		p.startEst = ewma(p.startEst, start)
+	}
+	if hold > 0 {
+		p.holdEst = ewma(p.holdEst, hold)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kilnfaas/kiln/image"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
 
 func (h *harness) warm(name, state string) int {
@@ -24,8 +26,7 @@ func (h *harness) warm(name, state string) int {
 // keeps min_warm through keep_alive, and instances above it are reaped
 // once idle for keep_alive.
 func TestPoolGrowsToMinWarmAndShrinks(t *testing.T) {
-	h := newHarness(t, 1<<30, nil)
-	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, Boot: ProcessBooter(t.TempDir()), MaintainEvery: 20 * time.Millisecond})
 	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
 	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, MinWarm: 3, KeepAliveMs: 1500}
 	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
@@ -67,8 +68,7 @@ func TestPoolGrowsToMinWarmAndShrinks(t *testing.T) {
 // Without min_warm, an idle instance lives keep_alive and then goes, with
 // its memory.
 func TestPoolKeepAliveReapsToZero(t *testing.T) {
-	h := newHarness(t, 1<<30, nil)
-	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, Boot: ProcessBooter(t.TempDir()), MaintainEvery: 20 * time.Millisecond})
 	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
 	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, KeepAliveMs: 200}
 	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
@@ -95,8 +95,7 @@ func TestPoolFresh(t *testing.T) {
 // A call that times out destroys its instance only: the pool's other
 // instances keep serving, warm, and the pool refills to min_warm.
 func TestPoolTimeoutLeavesPoolHealthy(t *testing.T) {
-	h := newHarness(t, 1<<30, nil)
-	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, Boot: ProcessBooter(t.TempDir()), MaintainEvery: 20 * time.Millisecond})
 	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 500*time.Millisecond)
 	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, MinWarm: 2}
 	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
@@ -144,8 +143,7 @@ func TestImageCacheBound(t *testing.T) {
 // The scheduler's SLA target grows a pool this node runs beyond min_warm;
 // when the target goes, the extra instances are reaped after keep_alive.
 func TestPoolFollowsSLATarget(t *testing.T) {
-	h := newHarness(t, 1<<30, nil)
-	h.a.cfg.MaintainEvery = 20 * time.Millisecond
+	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, Boot: ProcessBooter(t.TempDir()), MaintainEvery: 20 * time.Millisecond})
 	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 5*time.Second)
 	fn := &kilnv1.FunctionSpec{Name: "sv", ImageDigest: d, KeepAliveMs: 300}
 	expect(t, h.invokeFn(t, fn, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
@@ -173,4 +171,78 @@ func TestRaiseOpenFiles(t *testing.T) {
 	}
 	// Raising the hard limit needs CAP_SYS_RESOURCE, which a container's
 	// root may lack: then the soft limit reaching the hard one is all.
+}
+
+// slowBooter delays every start by delay (a restore that costs more than a
+// warm call, as on a busy node) and records how many ran at once.
+type slowBooter struct {
+	boot      Booter
+	delay     time.Duration
+	mu        sync.Mutex
+	now, most int
+	starts    int
+}
+
+func (b *slowBooter) Boot(cfg vmm.Config) (Machine, error) {
+	b.mu.Lock()
+	b.now++
+	b.starts++
+	b.most = max(b.most, b.now)
+	b.mu.Unlock()
+	time.Sleep(b.delay)
+	b.mu.Lock()
+	b.now--
+	b.mu.Unlock()
+	return b.boot(cfg)
+}
+
+// A burst of short calls against one busy instance whose calls are far
+// shorter than a start queues for it instead of starting an instance per
+// call: the restore storm that made the open-loop bench collapse.
+func TestBurstQueuesForBusyInstance(t *testing.T) {
+	b := &slowBooter{boot: ProcessBooter(t.TempDir()), delay: 500 * time.Millisecond}
+	h := newHarness(t, 1<<30, b.Boot)
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 10*time.Second)
+	expect(t, h.invoke(t, "sv", d, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	expect(t, h.invoke(t, "sv", d, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_WARM)
+	resps := make(chan *kilnv1.InvokeResponse, 6)
+	for range 6 {
+		go func() { resps <- h.invoke(t, "sv", d, "/p", "") }()
+	}
+	for range 6 {
+		if r := <-resps; r.Outcome != kilnv1.Outcome_OUTCOME_OK || r.Start != kilnv1.StartKind_START_WARM {
+			t.Errorf("got %v/%v (%s), want OK/WARM", r.Outcome, r.Start, r.Error)
+		}
+	}
+	if b.starts != 1 || h.warm("sv", "idle") != 1 {
+		t.Fatalf("%d starts, %d idle instances after the burst; want the one instance to have served it", b.starts, h.warm("sv", "idle"))
+	}
+	if n := testutil.ToFloat64(h.a.m.queued.WithLabelValues("busy_sooner")); n < 1 {
+		t.Fatalf("kiln_agent_queued_total{reason=busy_sooner} = %v, want the burst counted", n)
+	}
+}
+
+// Starts for live calls never exceed MaxColdStarts; a call over the limit
+// waits for a start to end and then starts its own instance when no busy
+// one is expected to free sooner (here none has finished a call yet: each
+// /hold lasts 300 ms, each start 100 ms).
+func TestColdStartLimit(t *testing.T) {
+	b := &slowBooter{boot: ProcessBooter(t.TempDir()), delay: 100 * time.Millisecond}
+	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, Boot: b.Boot, MaxColdStarts: 1})
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 10*time.Second)
+	resps := make(chan *kilnv1.InvokeResponse, 3)
+	for range 3 {
+		go func() { resps <- h.invoke(t, "sv", d, "/hold", "") }()
+	}
+	for range 3 {
+		if r := <-resps; r.Outcome != kilnv1.Outcome_OUTCOME_OK || r.Start != kilnv1.StartKind_START_BOOT {
+			t.Errorf("got %v/%v (%s), want OK/BOOT", r.Outcome, r.Start, r.Error)
+		}
+	}
+	if b.most != 1 || b.starts != 3 {
+		t.Fatalf("%d starts, at most %d at once; want 3 one at a time", b.starts, b.most)
+	}
+	if n := testutil.ToFloat64(h.a.m.queued.WithLabelValues("start_limit")); n < 2 {
+		t.Fatalf("kiln_agent_queued_total{reason=start_limit} = %v, want at least 2", n)
+	}
 }

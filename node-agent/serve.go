@@ -53,18 +53,16 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 	if err != nil {
 		return fail(kilnv1.Outcome_OUTCOME_CRASHED, "request cannot be framed: %v", err), kilnv1.StartKind_START_UNSPECIFIED
 	}
-	waitFrom := a.now()
-	inst, start, resp := a.acquire(ctx, s)
+	inst, start, wait, resp := a.acquire(ctx, s)
 	if resp != nil {
 		return resp, start
 	}
-	wait := a.now().Sub(waitFrom)
 	cold := start != kilnv1.StartKind_START_WARM
-	if cold {
-		wait = 0 // starting it is the cold start, not a queue
-	}
 	resp = inst.invoke(ctx, frame, cold)
 	resp.WaitNs = wait.Nanoseconds()
+	if resp.Outcome == kilnv1.Outcome_OUTCOME_OK {
+		a.observe(inst.pool, time.Duration(resp.StartNs), time.Duration(resp.ExecNs))
+	}
 	tracing.Invocation(ctx, startName(start), resp.WaitNs, resp.StartNs, resp.ExecNs, resp.Error)
 	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
 	switch {
@@ -202,6 +200,7 @@ func (in *instance) warmUp(s *spec) *kilnv1.InvokeResponse {
 	case <-in.ready:
 		in.bootNS = time.Unix(0, in.probe.first.Load()).Sub(in.bootStart)
 		in.a.observeStart(in.kind, in.bootNS)
+		in.a.observe(in.pool, in.bootNS, 0)
 		in.a.initSucceeded(in.pool)
 		return nil
 	case <-in.exited:
