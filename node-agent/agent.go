@@ -662,12 +662,26 @@ func (a *Agent) Close() error {
 		machines = append(machines, m)
 	}
 	a.mu.Unlock()
+	// In parallel: closing a VM waits in the host kernel (unregistering
+	// its MMU notifier waits out an SRCU grace period), and thousands of
+	// idle instances closed one after another took minutes.
+	var wg sync.WaitGroup
+	work := make(chan func())
+	for range min(16, len(machines)+len(insts)) {
+		wg.Go(func() {
+			for f := range work {
+				f()
+			}
+		})
+	}
 	for _, m := range machines {
-		m.Close()
+		work <- func() { m.Close() }
 	}
 	for _, in := range insts {
-		in.destroy()
+		work <- in.destroy
 	}
+	close(work)
+	wg.Wait()
 	if a.snaps != nil {
 		a.snaps.close()
 	}
