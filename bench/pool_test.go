@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -141,7 +142,7 @@ func TestPoolReport(t *testing.T) {
 
 	// 3. Open-loop load through the gateway.
 	fmt.Fprintln(os.Stderr, "bench: open-loop load through the gateway")
-	capacity, opens := openLoop(t, prog, 3)
+	capacity, opens := openLoop(t, prog, 5)
 
 	sort.Slice(exits, func(i, j int) bool { return exits[i] < exits[j] })
 	fmt.Printf("\n== Warm pools and restores: hello-go, 64 MiB (%d cold starts each, %d warm calls; medians) ==\n", n, calls)
@@ -158,8 +159,9 @@ func TestPoolReport(t *testing.T) {
 	fmt.Printf("%-60s %12.0f/s\n", "gateway capacity (closed loop, 4 callers)", capacity)
 	fmt.Printf("%-60s %12.0f/s for %v, %d rounds\n", "open-loop rate (50% of capacity)", opens[0].rate, opens[0].span, len(opens))
 	for i, open := range opens {
-		fmt.Printf("%-60s %12v  p99 %v  p99.9 %v  (%d calls, %d failed)\n", fmt.Sprintf("open loop round %d, from intended send time: p50", i+1),
-			open.p50, open.p99, open.p999, open.calls, open.failed)
+		fmt.Printf("%-60s %12v  p99 %v  p99.9 %v  (%d calls, %d failed; node: %.0f cold starts, %.0f prewarmed, %.0f queued)\n",
+			fmt.Sprintf("open loop round %d, from intended send time: p50", i+1),
+			open.p50, open.p99, open.p999, open.calls, open.failed, open.coldStarts, open.prewarmed, open.queued)
 	}
 }
 
@@ -239,6 +241,41 @@ type openLoopFigures struct {
 	span           time.Duration
 	p50, p99, p999 time.Duration
 	calls, failed  int
+	// What the node did meanwhile: instances started for calls and for
+	// warm pools, and calls that queued for an instance instead.
+	coldStarts, prewarmed, queued float64
+}
+
+// counterSum adds up every series of the counter name in reg whose labels
+// include want (name=value pairs).
+func counterSum(t *testing.T, reg prometheus.Gatherer, name string, want ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(want); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					if l.GetName() == want[i] && l.GetValue() == want[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }
 
 // openLoop brings up the embedded platform (kiln up), deploys hello-go with
@@ -300,9 +337,18 @@ func openLoop(t *testing.T, prog []byte, rounds int) (float64, []openLoopFigures
 	wg.Wait()
 	capacity := float64(done.Load()) / span.Seconds()
 
+	node := func() (cold, pre, queued float64) {
+		cold = counterSum(t, p.Metrics, "kiln_agent_invocations_total", "start", "restore") +
+			counterSum(t, p.Metrics, "kiln_agent_invocations_total", "start", "boot")
+		return cold, counterSum(t, p.Metrics, "kiln_agent_prewarmed_total"), counterSum(t, p.Metrics, "kiln_agent_queued_total")
+	}
 	var out []openLoopFigures
 	for range rounds {
-		out = append(out, offer(capacity/2, 10*time.Second, call))
+		c0, p0, q0 := node()
+		f := offer(capacity/2, 10*time.Second, call)
+		c1, p1, q1 := node()
+		f.coldStarts, f.prewarmed, f.queued = c1-c0, p1-p0, q1-q0
+		out = append(out, f)
 		time.Sleep(time.Second)
 	}
 	return capacity, out
