@@ -547,7 +547,10 @@ func (o outcome) result(bodyLimit int) *Result {
 	if !o.ok {
 		r.Log = tail(o.resp.GetLogTail(), 20)
 	}
-	r.Node, r.Start = o.resp.GetNode(), startLabel(o.resp.GetStart())
+	r.Node = o.resp.GetNode()
+	if s := o.resp.GetStart(); s != kilnv1.StartKind_START_UNSPECIFIED {
+		r.Start = s.Label()
+	}
 	return r
 }
 
@@ -589,18 +592,6 @@ func responseHeaders(hs []*kilnv1.Header) http.Header {
 		h.Add(k, hd.GetValue())
 	}
 	return h
-}
-
-func startLabel(s kilnv1.StartKind) string {
-	switch s {
-	case kilnv1.StartKind_START_WARM:
-		return "warm"
-	case kilnv1.StartKind_START_RESTORE:
-		return "restore"
-	case kilnv1.StartKind_START_BOOT:
-		return "boot"
-	}
-	return ""
 }
 
 func suffix(s string) string {

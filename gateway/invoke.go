@@ -97,7 +97,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	startKind := startLabel(resp.GetStart())
+	startKind := resp.GetStart().Label()
 	h := w.Header()
 	h.Set(HeaderStart, startKind)
 	if resp.GetNode() != "" {
@@ -252,19 +252,6 @@ func outcomeLabel(o kilnv1.Outcome) string {
 		return "bad_image"
 	default:
 		return "unknown"
-	}
-}
-
-func startLabel(s kilnv1.StartKind) string {
-	switch s {
-	case kilnv1.StartKind_START_WARM:
-		return "warm"
-	case kilnv1.StartKind_START_RESTORE:
-		return "restore"
-	case kilnv1.StartKind_START_BOOT:
-		return "boot"
-	default:
-		return "none"
 	}
 }
 

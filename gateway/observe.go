@@ -24,7 +24,7 @@ func (g *Gateway) finished(inv *invocation) {
 	if inv.Err != nil {
 		outcome = outcomeFromGRPC(inv.Err)
 	} else {
-		start, outcome = startLabel(inv.Resp.GetStart()), outcomeLabel(inv.Resp.GetOutcome())
+		start, outcome = inv.Resp.GetStart().Label(), outcomeLabel(inv.Resp.GetOutcome())
 	}
 	g.metrics.record(inv, start, outcome)
 	g.recordSLA(inv)

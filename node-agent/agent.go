@@ -286,7 +286,7 @@ func (a *Agent) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.
 	resp.Node = a.cfg.Node
 	resp.Start = start
 	outcome := strings.ToLower(strings.TrimPrefix(resp.Outcome.String(), "OUTCOME_"))
-	startLabel := strings.ToLower(strings.TrimPrefix(start.String(), "START_"))
+	startLabel := start.Label()
 	a.m.invocations.WithLabelValues(name, startLabel, outcome).Inc()
 	a.m.total.WithLabelValues(startLabel).Observe(float64(resp.WaitNs+resp.StartNs+resp.ExecNs) / 1e9)
 	if resp.ExecNs > 0 {
@@ -513,7 +513,7 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 		resp.LogTail = stderr.tail(TailLines, 0)
 	}
 	resp.Stderr = stderr.since(0)
-	tracing.Invocation(ctx, startName(kind), 0, resp.StartNs, resp.ExecNs, resp.Error)
+	tracing.Invocation(ctx, kind.Label(), 0, resp.StartNs, resp.ExecNs, resp.Error)
 	return resp, kind
 }
 

@@ -404,7 +404,7 @@ func (a *Agent) prewarm(p *pool, s *spec) {
 	}
 	p.busy++ // release moves it to idle (or to a waiter)
 	a.mu.Unlock()
-	a.m.prewarmed.WithLabelValues(startName(kind)).Inc()
+	a.m.prewarmed.WithLabelValues(kind.Label()).Inc()
 	a.release(in, true)
 	a.kickMaintain()
 }
@@ -419,18 +419,6 @@ func (a *Agent) closePoolsLocked() {
 		}
 		p.waiters = nil
 	}
-}
-
-func startName(k kilnv1.StartKind) string {
-	switch k {
-	case kilnv1.StartKind_START_WARM:
-		return "warm"
-	case kilnv1.StartKind_START_RESTORE:
-		return "restore"
-	case kilnv1.StartKind_START_BOOT:
-		return "boot"
-	}
-	return "none"
 }
 
 // setWarmTargets applies the scheduler's SLA targets: the pools named get

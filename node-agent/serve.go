@@ -63,7 +63,7 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 	if resp.Outcome == kilnv1.Outcome_OUTCOME_OK {
 		a.observe(inst.pool, time.Duration(resp.StartNs), time.Duration(resp.ExecNs))
 	}
-	tracing.Invocation(ctx, startName(start), resp.WaitNs, resp.StartNs, resp.ExecNs, resp.Error)
+	tracing.Invocation(ctx, start.Label(), resp.WaitNs, resp.StartNs, resp.ExecNs, resp.Error)
 	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
 	switch {
 	case cold && !ok && inst.probe.first.Load() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
@@ -91,7 +91,7 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 func (a *Agent) logTimeout(in *instance, start kilnv1.StartKind) {
 	<-in.exited
 	st := in.m.Stats()
-	attrs := []any{"function", in.pool.name, "start", startName(start),
+	attrs := []any{"function", in.pool.name, "start", start.Label(),
 		"asked_for_input", in.probe.first.Load() != 0, "exits", st.Exits, "input_waits", st.InputWaits,
 		"guest_time", st.GuestTime.Round(time.Millisecond), "alive", time.Since(in.bootStart).Round(time.Millisecond)}
 	if in.res != nil {
