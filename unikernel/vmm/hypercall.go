@@ -213,6 +213,12 @@ func (vm *VM) hcIO(ctx context.Context, gpa uint64) *Result {
 func (vm *VM) completeWait(ctx context.Context, gpa uint64, a abi.HCIOArgs) *Result {
 	var n int
 	var eof bool
+	if a.InCap > 0 && a.Flags&abi.IOWaitInput != 0 && !vm.waited {
+		vm.waited = true
+		if vm.cfg.OnFirstWait != nil {
+			vm.cfg.OnFirstWait()
+		}
+	}
 	switch {
 	case a.InCap > 0:
 		in, bad := guestRange(vm.mem, "HC_IO in", a.InGPA, a.InCap)

@@ -102,6 +102,9 @@ func (s *Snapshot) MemSize() uint64 { return s.hdr.MemSize }
 // Pages is the number of non-zero 4 KiB pages the file holds.
 func (s *Snapshot) Pages() uint64 { return s.hdr.Pages }
 
+// Path is the file the snapshot was opened from.
+func (s *Snapshot) Path() string { return s.f.Name() }
+
 // Close releases the file; VMs already restored from it keep running.
 func (s *Snapshot) Close() error { return s.f.Close() }
 

@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,8 +124,10 @@ func bootAndSnapshot(t *testing.T, cfg vmm.Config, body string) (string, string)
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fn.snap")
 	snapErr := make(chan error, 1)
+	var waits []string // OnFirstWait and OnSnapshot, in the order they came
 	cfg.SnapshotPath = path
-	cfg.OnSnapshot = func(err error) { snapErr <- err }
+	cfg.OnSnapshot = func(err error) { waits = append(waits, "snapshot"); snapErr <- err }
+	cfg.OnFirstWait = func() { waits = append(waits, "first wait") }
 	s := startServed(t, cfg)
 	first := s.call(1, body)
 	select {
@@ -134,7 +138,11 @@ func bootAndSnapshot(t *testing.T, cfg vmm.Config, body string) (string, string)
 	default:
 		t.Fatal("the VM answered without taking its snapshot")
 	}
+	s.call(2, body)
 	s.end()
+	if fmt.Sprint(waits) != "[snapshot first wait]" {
+		t.Errorf("callbacks %v: want the snapshot, then one first wait", waits)
+	}
 	return path, first
 }
 
@@ -162,6 +170,8 @@ func TestSnapshotRestore(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		rc := cfg
 		rc.Snapshot = snap
+		var firstWaits atomic.Int32
+		rc.OnFirstWait = func() { firstWaits.Add(1) }
 		start := time.Now()
 		s := startServed(t, rc)
 		sent := time.Now()
@@ -186,6 +196,9 @@ func TestSnapshotRestore(t *testing.T) {
 			t.Errorf("restore %d: second answer served=%s, want 2", i, second["served"])
 		}
 		r := s.end()
+		if n := firstWaits.Load(); n != 1 {
+			t.Errorf("restore %d: OnFirstWait called %d times, want once (as it resumed in its wait)", i, n)
+		}
 		t.Logf("restore %d: first answer %v after New; exits %d, syscalls %d", i, recv.Sub(start), r.Stats.Exits, r.Syscalls)
 	}
 }

@@ -44,6 +44,11 @@ type Config struct {
 	// hears how that went (on the vCPU thread, before the wait is served).
 	SnapshotPath string
 	OnSnapshot   func(error)
+	// OnFirstWait, if set, is called once, on the goroutine serving the
+	// VM, when the guest first blocks waiting for input — its init is
+	// done (a restored guest: as it resumes in that wait) — after any
+	// snapshot is taken and before the wait is served.
+	OnFirstWait func()
 	// Snapshot, when set, makes New restore this snapshot instead of
 	// booting: Kernel, Program, Args, Env and Hostname are the snapshot's
 	// (check them first with Snapshot.Matches), MemSize must be 0 or
@@ -117,6 +122,7 @@ type VM struct {
 	bootTime time.Time
 
 	snapshotted bool // the first input wait was seen (SnapshotPath)
+	waited      bool // … and reported (OnFirstWait)
 
 	mu      sync.Mutex // guards the fields below
 	ran     bool
