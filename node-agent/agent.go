@@ -20,7 +20,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -448,8 +447,9 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	stdout := &capped{limit: wire.MaxBody}
 	stderr := newRing(StderrRing)
 	cfg := a.vmConfig(s)
-	probe := &readProbe{r: bytes.NewReader(req.Body), now: a.now}
-	cfg.Stdin, cfg.Stdout, cfg.Stderr = probe, stdout, stderr
+	var first firstWait
+	cfg.OnFirstWait = func() { first.stamp(a.now()) }
+	cfg.Stdin, cfg.Stdout, cfg.Stderr = bytes.NewReader(req.Body), stdout, stderr
 	plan := a.plan(s, &cfg, func() string {
 		if stdout.buf.Len() > 0 {
 			return "it writes to stdout before it reads stdin, and a restore would not repeat that output"
@@ -486,7 +486,7 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	}()
 	done := a.now()
 	ready := done
-	if at := probe.first.Load(); at != 0 {
+	if at := first.at(); at != 0 {
 		ready = time.Unix(0, at)
 	} else if plan.take != "" {
 		a.snaps.abandon(plan.key) // it never asked for input
@@ -515,22 +515,6 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	resp.Stderr = stderr.since(0)
 	tracing.Invocation(ctx, kind.Label(), 0, resp.StartNs, resp.ExecNs, resp.Error)
 	return resp, kind
-}
-
-// readProbe notes when the guest first asks for input: the end of its
-// start (boot or restore), the start of the invocation proper.
-type readProbe struct {
-	r       io.Reader
-	now     func() time.Time
-	first   atomic.Int64 // unix ns
-	onFirst func()
-}
-
-func (p *readProbe) Read(b []byte) (int, error) {
-	if p.first.Load() == 0 && p.first.CompareAndSwap(0, p.now().UnixNano()) && p.onFirst != nil {
-		p.onFirst()
-	}
-	return p.r.Read(b)
 }
 
 // kind is the start a plan makes.

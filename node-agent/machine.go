@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -92,7 +93,7 @@ func (p *process) Run(ctx context.Context) (*vmm.Result, error) {
 			return &vmm.Result{Reason: vmm.ReasonInternal, Message: err.Error()}, fmt.Errorf("%w: %v", vmm.ErrGuest, err)
 		}
 		go func() {
-			io.Copy(w, p.cfg.Stdin)
+			io.Copy(w, &firstRead{r: p.cfg.Stdin, f: p.cfg.OnFirstWait})
 			w.Close()
 		}()
 		defer r.Close()
@@ -129,6 +130,21 @@ func (p *process) Run(ctx context.Context) (*vmm.Result, error) {
 		return &vmm.Result{Reason: vmm.ReasonInternal, Message: err.Error()}, fmt.Errorf("%w: %v", vmm.ErrGuest, err)
 	}
 	return &vmm.Result{Reason: vmm.ReasonExited}, nil
+}
+
+// firstRead stands in for vmm's OnFirstWait: a host process cannot say
+// when it blocks on stdin, so its first read of it is taken as that.
+type firstRead struct {
+	r    io.Reader
+	f    func()
+	once sync.Once
+}
+
+func (fr *firstRead) Read(b []byte) (int, error) {
+	if fr.f != nil {
+		fr.once.Do(fr.f)
+	}
+	return fr.r.Read(b)
 }
 
 func (p *process) Stats() vmm.Stats { return vmm.Stats{} }

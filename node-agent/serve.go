@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
@@ -26,7 +28,7 @@ type instance struct {
 	fresh  bool             // destroyed after one invocation
 	mem    uint64
 	cancel context.CancelFunc
-	in     *io.PipeWriter
+	in     *os.File // the write end of the VM's stdin pipe
 	resps  chan parsed
 	exited chan struct{} // closed once Run returned; res/runErr set before
 	gone   chan struct{} // closed by destroy: nobody reads resps any more
@@ -37,8 +39,8 @@ type instance struct {
 
 	bootStart time.Time
 	bootNS    time.Duration // vmm.New alone
-	ready     chan struct{} // closed at that first read
-	probe     *readProbe    // its stdin: first holds the guest's first read (unix ns)
+	ready     chan struct{} // closed when the guest first waits for input
+	firstWait firstWait     // … and when that was
 	idleSince time.Time     // guarded by Agent.mu
 	destroyed sync.Once
 }
@@ -66,13 +68,13 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 	tracing.Invocation(ctx, start.Label(), resp.WaitNs, resp.StartNs, resp.ExecNs, resp.Error)
 	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
 	switch {
-	case cold && !ok && inst.probe.first.Load() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
+	case cold && !ok && inst.firstWait.at() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
 		// It never asked for input: its initialisation is broken.
 		a.initFailed(inst.pool, resp.Error+tailNote(resp.LogTail))
 	case cold && ok:
 		a.initSucceeded(inst.pool)
 	}
-	if !ok && inst.kind == kilnv1.StartKind_START_RESTORE && inst.probe.first.Load() == 0 {
+	if !ok && inst.kind == kilnv1.StartKind_START_RESTORE && inst.firstWait.at() == 0 {
 		// A restore that never resumed may come from a bad snapshot:
 		// verify the file again before the next restore.
 		a.snaps.drop(inst.snap)
@@ -92,7 +94,7 @@ func (a *Agent) logTimeout(in *instance, start kilnv1.StartKind) {
 	<-in.exited
 	st := in.m.Stats()
 	attrs := []any{"function", in.pool.name, "start", start.Label(),
-		"asked_for_input", in.probe.first.Load() != 0, "exits", st.Exits, "input_waits", st.InputWaits,
+		"asked_for_input", in.firstWait.at() != 0, "exits", st.Exits, "input_waits", st.InputWaits,
 		"guest_time", st.GuestTime.Round(time.Millisecond), "alive", time.Since(in.bootStart).Round(time.Millisecond)}
 	if in.res != nil {
 		attrs = append(attrs, "ended", in.res.Message, "regs", in.res.Regs)
@@ -129,14 +131,25 @@ func requestFrame(req *kilnv1.InvokeRequest) ([]byte, error) {
 // snapshot, or booting and taking it — with its memory already reserved;
 // on failure the reservation is released.
 func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *kilnv1.InvokeResponse) {
-	inR, inW := io.Pipe()
-	outR, outW := io.Pipe()
+	// OS pipes, not io.Pipe: a VM run in a vmhost worker gets their
+	// descriptors and reads and writes them directly.
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		a.releaseMem(s.mem)
+		return nil, kilnv1.StartKind_START_UNSPECIFIED, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "stdin pipe: %v", err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		a.releaseMem(s.mem)
+		return nil, kilnv1.StartKind_START_UNSPECIFIED, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "stdout pipe: %v", err)
+	}
 	inst := &instance{a: a, pool: p, mem: s.mem, fresh: s.fresh, in: inW, resps: make(chan parsed, 1), exited: make(chan struct{}),
 		gone: make(chan struct{}), ready: make(chan struct{}), stderr: newRing(StderrRing), bootStart: a.now()}
 	cfg := a.vmConfig(s)
-	inst.probe = &readProbe{r: inR, now: a.now, onFirst: func() { close(inst.ready) }}
-	cfg.Stdin = inst.probe
-	cfg.Stdout, cfg.Stderr = outW, inst.stderr
+	cfg.OnFirstWait = func() { inst.firstWait.stamp(a.now()); close(inst.ready) }
+	cfg.Stdin, cfg.Stdout, cfg.Stderr = inR, outW, inst.stderr
 	plan := a.plan(s, &cfg, nil)
 	inst.snap = plan.key
 	inst.kind = plan.kind()
@@ -154,6 +167,9 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 		if plan.take != "" {
 			a.snaps.abandon(plan.key)
 		}
+		for _, f := range []*os.File{inR, inW, outR, outW} {
+			f.Close()
+		}
 		a.releaseMem(s.mem)
 		return nil, inst.kind, bootOutcome(err)
 	}
@@ -166,10 +182,12 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 		res, err := m.Run(ctx)
 		inst.res, inst.runErr = res, err
 		close(inst.exited)
-		// Unblock both pumps: writes of requests fail, the parser sees EOF.
-		inR.CloseWithError(errExited)
+		// Unblock both pumps: writes of requests fail, the parser sees
+		// EOF. (A VM in a vmhost worker had these closed here already.)
+		inR.Close()
+		inW.Close()
 		outW.Close()
-		if plan.take != "" && inst.probe.first.Load() == 0 {
+		if plan.take != "" && inst.firstWait.at() == 0 {
 			a.snaps.abandon(plan.key)
 		}
 	}()
@@ -179,11 +197,11 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 			select {
 			case inst.resps <- parsed{r, err}:
 			case <-inst.gone:
-				outR.CloseWithError(errExited)
+				outR.Close()
 				return
 			}
 			if err != nil {
-				outR.CloseWithError(err)
+				outR.Close()
 				return
 			}
 		}
@@ -198,7 +216,7 @@ func (in *instance) warmUp(s *spec) *kilnv1.InvokeResponse {
 	defer t.Stop()
 	select {
 	case <-in.ready:
-		in.bootNS = time.Unix(0, in.probe.first.Load()).Sub(in.bootStart)
+		in.bootNS = time.Unix(0, in.firstWait.at()).Sub(in.bootStart)
 		in.a.observeStart(in.kind, in.bootNS)
 		in.a.observe(in.pool, in.bootNS, 0)
 		in.a.initSucceeded(in.pool)
@@ -221,7 +239,13 @@ func endedBy(res *vmm.Result, err error) string {
 	return msg
 }
 
-var errExited = errors.New("function instance has exited")
+// firstWait records when a guest first waited for input (its init done).
+type firstWait struct{ ns atomic.Int64 }
+
+func (f *firstWait) stamp(t time.Time) { f.ns.CompareAndSwap(0, t.UnixNano()) }
+
+// at is that time in unix ns; 0: not yet.
+func (f *firstWait) at() int64 { return f.ns.Load() }
 
 func (in *instance) dead() bool {
 	select {
@@ -266,8 +290,8 @@ func (in *instance) invoke(ctx context.Context, frame []byte, cold bool) *kilnv1
 		done := in.a.now()
 		began := sent
 		if cold {
-			ready := time.Unix(0, in.probe.first.Load())
-			if in.probe.first.Load() == 0 || ready.After(done) {
+			ready := time.Unix(0, in.firstWait.at())
+			if in.firstWait.at() == 0 || ready.After(done) {
 				ready = sent
 			}
 			resp.StartNs = ready.Sub(in.bootStart).Nanoseconds()
