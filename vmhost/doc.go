@@ -1,0 +1,33 @@
+// Package vmhost runs a node's VMs in a few worker processes instead of the
+// agent's own: a Host places each VM in a worker (up to PerWorker VMs each,
+// up to MaxWorkers workers), and its VM behaves as *vmm.VM.
+//
+// Why: each KVM VM registers an MMU notifier on its process's address
+// space, and every invalidation there (munmap, a copy-on-write fault) calls
+// every VM's notifier. Measured in kvmbox (bench/restorescale_test.go),
+// with all VMs in one process the kernel CPU per snapshot restore grew with
+// the live VMs: 10 ms at 0, 46 ms at 1,000, ~90 ms at 1,750 (restores/s
+// 75 → 10), and closing 2,000 VMs took minutes. Firecracker runs one
+// process per VM; we shard, ~256 VMs per process, so the per-process cost
+// stays flat. A VMM crash also takes down only its worker's VMs, never the
+// agent: their Runs end with ErrWorker and the next Boot starts a new
+// worker.
+//
+// A worker is the same executable re-executed with KILN_VMHOST_WORKER=1
+// and its control socket as fd 3; this package's init sees the variable,
+// runs the worker loop and exits, so any binary that imports vmhost can be
+// a worker. It dies with the agent (Pdeathsig, and the socket's EOF).
+//
+// Protocol: one SOCK_SEQPACKET socketpair per worker, one reader goroutine
+// per side dispatching by VM id, writes serialized. A message is a 17-byte
+// header (type, VM id, tag) and a body: boot is JSON (the vmm.Config less
+// its images, streams and callbacks) with descriptors attached as
+// SCM_RIGHTS — the kernel and program in a memfd (none for a restore:
+// the worker opens Snapshot.Path() itself and caches opened snapshots),
+// stdin/stdout/stderr as the caller's own file or a pipe this side copies.
+// Then run, cancel (Run's context ended), stats (64 bytes back), close
+// (answered once freed); the worker reports booted, OnSnapshot and
+// OnFirstWait (it holds the guest until the agent's callback returned,
+// as in process), the first read of a copied stdin, and the result with
+// its error's vmm sentinels, which the agent's side wraps again.
+package vmhost

@@ -1,0 +1,404 @@
+package vmhost
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kilnfaas/kiln/unikernel/vmm"
+)
+
+// Config sizes a Host.
+type Config struct {
+	PerWorker  int          // VMs a worker holds before the next worker is used; 0 → 256
+	MaxWorkers int          // 0 → 64; beyond PerWorker*MaxWorkers, VMs go to the least loaded worker
+	Exe        string       // worker executable; "" → os.Executable()
+	Logger     *slog.Logger // nil → discard
+}
+
+// Host runs VMs in worker processes. Its methods are safe for concurrent
+// use.
+type Host struct {
+	per, max int
+	exe      string
+	log      *slog.Logger
+	ids      atomic.Uint64
+
+	spawnc chan spawnReq
+	done   chan struct{} // closed by Close
+
+	mu      sync.Mutex // guards the fields below and every worker's load
+	workers []*worker  // live or starting, in start order
+	closed  bool
+}
+
+// New returns a Host; workers start with the first Boot.
+func New(cfg Config) (*Host, error) {
+	h := &Host{per: cfg.PerWorker, max: cfg.MaxWorkers, exe: cfg.Exe, log: cfg.Logger,
+		spawnc: make(chan spawnReq), done: make(chan struct{})}
+	if h.per <= 0 {
+		h.per = 256
+	}
+	if h.max <= 0 {
+		h.max = 64
+	}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("vmhost: the worker executable: %w", err)
+		}
+		h.exe = exe
+	}
+	if _, err := os.Stat(h.exe); err != nil {
+		return nil, fmt.Errorf("vmhost: the worker executable: %w", err)
+	}
+	go h.spawner()
+	return h, nil
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// spawner starts every worker from one goroutine locked to its OS thread.
+// Pdeathsig fires when the thread that forked the child exits, not the
+// process; Go ends a thread when a goroutine locked to it returns, so
+// workers forked from arbitrary goroutines could be killed under a live
+// agent. This thread lives until Close.
+func (h *Host) spawner() {
+	runtime.LockOSThread()
+	for {
+		select {
+		case req := <-h.spawnc:
+			req.done <- req.cmd.Start()
+		case <-h.done:
+			return // still locked: the thread exits, which is fine, every worker is being killed
+		}
+	}
+}
+
+// Boot creates a VM in a worker: the same contract as vmm.New, restores
+// included (the worker opens cfg.Snapshot.Path() itself). Errors wrap the
+// same vmm sentinels, or ErrWorker when the worker died before answering.
+func (h *Host) Boot(cfg vmm.Config) (*VM, error) {
+	restore := ""
+	if cfg.Snapshot != nil {
+		restore = cfg.Snapshot.Path()
+	}
+	return h.boot(cfg, restore)
+}
+
+func (h *Host) boot(cfg vmm.Config, restore string) (*VM, error) {
+	w, err := h.pick()
+	if err != nil {
+		return nil, err
+	}
+	v, err := w.boot(h.ids.Add(1), cfg, restore)
+	if err != nil {
+		h.unload(w)
+		return nil, err
+	}
+	return v, nil
+}
+
+// pick chooses the worker for one more VM and counts it there: the first
+// with room, else a new one, else the least loaded.
+func (h *Host) pick() (*worker, error) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("%w: the host is closed", ErrWorker)
+	}
+	var w *worker
+	for _, c := range h.workers {
+		if c.load < h.per {
+			w = c
+			break
+		}
+	}
+	start := false
+	if w == nil && len(h.workers) < h.max {
+		w = &worker{h: h, ready: make(chan struct{}), dead: make(chan struct{}),
+			vms: map[uint64]*VM{}, stats: map[uint64]chan statsReply{}}
+		h.workers = append(h.workers, w)
+		start = true
+	}
+	if w == nil {
+		for _, c := range h.workers {
+			if w == nil || c.load < w.load {
+				w = c
+			}
+		}
+	}
+	w.load++
+	h.mu.Unlock()
+	if start {
+		w.startErr = w.start()
+		if w.startErr != nil {
+			h.drop(w)
+		}
+		close(w.ready)
+	}
+	<-w.ready
+	if w.startErr != nil {
+		return nil, w.startErr
+	}
+	return w, nil
+}
+
+// unload uncounts a VM that left w.
+func (h *Host) unload(w *worker) {
+	h.mu.Lock()
+	w.load--
+	h.mu.Unlock()
+}
+
+// drop forgets a worker that is gone: no more VMs go to it.
+func (h *Host) drop(w *worker) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, c := range h.workers {
+		if c == w {
+			h.workers = append(h.workers[:i], h.workers[i+1:]...)
+			return
+		}
+	}
+}
+
+// Close ends every worker; their VMs die with them (their Runs return
+// ErrWorker). Boot fails afterwards.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	ws := append([]*worker(nil), h.workers...)
+	h.mu.Unlock()
+	for _, w := range ws {
+		<-w.ready
+		if w.startErr == nil {
+			w.closing.Store(true)
+			w.cmd.Process.Kill()
+		}
+	}
+	for _, w := range ws {
+		<-w.dead
+	}
+	close(h.done)
+	return nil
+}
+
+// workers' pids, oldest first (tests, diagnostics).
+func (h *Host) pids() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var p []int
+	for _, w := range h.workers {
+		select {
+		case <-w.ready:
+			if w.startErr == nil {
+				p = append(p, w.pid)
+			}
+		default:
+		}
+	}
+	return p
+}
+
+// worker is the agent's side of one worker process.
+type worker struct {
+	h     *Host
+	load  int           // VMs placed here and not yet freed; guarded by h.mu
+	ready chan struct{} // closed once started (or failed to)
+
+	// Set before ready is closed.
+	startErr error
+	cmd      *exec.Cmd
+	pid      int
+	c        *conn
+
+	closing atomic.Bool   // Host.Close killed it
+	dead    chan struct{} // closed once its reader stopped: every wait on it gives up
+	why     string        // how it ended; set before dead is closed
+
+	mu    sync.Mutex // guards the fields below
+	vms   map[uint64]*VM
+	stats map[uint64]chan statsReply // pending Stats requests by tag
+	tag   uint64
+}
+
+// start runs the worker process with its control socket as fd 3.
+func (w *worker) start() error {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		close(w.dead)
+		return fmt.Errorf("%w: socketpair: %w", ErrWorker, err)
+	}
+	ours, theirs := os.NewFile(uintptr(pair[0]), "vmhost-control"), os.NewFile(uintptr(pair[1]), "vmhost-control")
+	logR, logW, err := os.Pipe()
+	if err != nil {
+		ours.Close()
+		theirs.Close()
+		close(w.dead)
+		return fmt.Errorf("%w: %w", ErrWorker, err)
+	}
+	cmd := exec.Command(w.h.exe)
+	cmd.Env = append(os.Environ(), workerEnv+"=1")
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stdout, cmd.Stderr = logW, logW
+	// SIGKILL when the agent dies, in case the worker does not notice its
+	// control socket closing (stopped, or stuck in a VM).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	req := spawnReq{cmd: cmd, done: make(chan error, 1)}
+	select {
+	case w.h.spawnc <- req:
+		err = <-req.done
+	case <-w.h.done:
+		err = errors.New("the host is closed")
+	}
+	theirs.Close()
+	logW.Close()
+	if err != nil {
+		ours.Close()
+		logR.Close()
+		close(w.dead)
+		return fmt.Errorf("%w: starting %s: %w", ErrWorker, w.h.exe, err)
+	}
+	w.cmd, w.pid = cmd, cmd.Process.Pid
+	if w.c, err = newConn(ours); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logR.Close()
+		close(w.dead)
+		return fmt.Errorf("%w: %w", ErrWorker, err)
+	}
+	go w.logLines(logR)
+	go w.read()
+	w.h.log.Debug("vmhost: worker started", "pid", w.pid)
+	return nil
+}
+
+// logLines passes what a worker prints (a panic, a vmm warning) to the log.
+func (w *worker) logLines(r io.ReadCloser) {
+	defer r.Close()
+	s := bufio.NewScanner(r)
+	s.Buffer(make([]byte, 4096), 1<<20)
+	for s.Scan() {
+		w.h.log.Warn("vmhost: worker output", "pid", w.pid, "line", s.Text())
+	}
+}
+
+// read dispatches the worker's messages until its socket ends, then reaps
+// the process and fails what waited on it.
+func (w *worker) read() {
+	var failure error
+	for {
+		m, err := w.c.recv()
+		if err != nil {
+			if !errors.Is(err, errEOF) && !errors.Is(err, io.EOF) && !w.closing.Load() {
+				failure = err
+			}
+			break
+		}
+		m.closeFDs()
+		w.dispatch(m)
+	}
+	// A worker whose socket failed or closed is of no use: make sure it
+	// is gone before saying how it ended.
+	w.cmd.Process.Kill()
+	waitErr := w.cmd.Wait()
+	w.c.close()
+	switch {
+	case w.closing.Load():
+		w.why = "the host was closed"
+	case failure != nil:
+		w.why = fmt.Sprintf("%v (control socket: %v)", waitErr, failure)
+	case waitErr != nil:
+		w.why = waitErr.Error()
+	default:
+		w.why = "exit status 0"
+	}
+	w.h.drop(w)
+	w.mu.Lock()
+	n := len(w.vms)
+	w.mu.Unlock()
+	if w.closing.Load() {
+		w.h.log.Debug("vmhost: worker ended", "pid", w.pid, "vms", n)
+	} else {
+		w.h.log.Error("vmhost: worker exited; its VMs are gone", "pid", w.pid, "vms", n, "why", w.why)
+	}
+	close(w.dead)
+}
+
+func (w *worker) dispatch(m message) {
+	if m.typ == mStats {
+		w.mu.Lock()
+		ch := w.stats[m.tag]
+		delete(w.stats, m.tag)
+		w.mu.Unlock()
+		if ch != nil {
+			s, ok := decodeStats(m.body)
+			ch <- statsReply{s, ok}
+		}
+		return
+	}
+	w.mu.Lock()
+	v := w.vms[m.id]
+	w.mu.Unlock()
+	if v == nil {
+		return
+	}
+	switch m.typ {
+	case mBooted:
+		select {
+		case v.booted <- decodeErr(m.body):
+		default:
+		}
+	case mSnapshot, mFirstWait, mResult:
+		// At most one of each per VM: the queue never fills, and the
+		// reader must never wait on one VM.
+		select {
+		case v.events <- m:
+		default:
+			w.h.log.Error("vmhost: a worker sent more events than a VM has", "pid", w.pid, "type", m.typ)
+		}
+	case mStdin:
+		v.startStdin()
+	case mClosed:
+		if s, ok := decodeStats(m.body); ok {
+			v.setLast(s)
+		}
+		close(v.freed)
+	}
+}
+
+// gone is how a VM on a dead worker ended.
+func (w *worker) gone() (*vmm.Result, error) {
+	msg := "the VM's host process exited: " + w.why
+	return &vmm.Result{Reason: vmm.ReasonInternal, Status: -1, Message: msg}, fmt.Errorf("%w: %s", ErrWorker, msg)
+}
+
+func (w *worker) isDead() bool {
+	select {
+	case <-w.dead:
+		return true
+	default:
+		return false
+	}
+}

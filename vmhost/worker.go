@@ -1,0 +1,364 @@
+package vmhost
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kilnfaas/kiln/unikernel/vmm"
+)
+
+// workerEnv marks a process started by a Host as a worker; its control
+// socket is fd 3.
+const workerEnv = "KILN_VMHOST_WORKER"
+
+// snapIdle is how long a worker keeps a snapshot no VM uses.
+const snapIdle = time.Minute
+
+// machine is what a worker runs: *vmm.VM, or a test's stand-in.
+type machine interface {
+	Run(ctx context.Context) (*vmm.Result, error)
+	Stats() vmm.Stats
+	Close() error
+}
+
+// newMachine creates a worker's VMs. Only tests replace it (from the test
+// binary, which is also their worker's executable).
+var newMachine = func(cfg vmm.Config) (machine, error) {
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// init turns any binary that links this package into a worker when a Host
+// started it so: no hook in main or TestMain is needed.
+func init() {
+	if os.Getenv(workerEnv) != "1" {
+		return
+	}
+	os.Exit(serveWorker(os.NewFile(3, "vmhost-control")))
+}
+
+// serveWorker runs the worker loop until the control socket closes (the
+// agent exited or closed the Host); the VMs end with the process.
+func serveWorker(ctl *os.File) int {
+	os.Unsetenv(workerEnv)
+	c, err := newConn(ctl)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
+		return 2
+	}
+	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshot, snapIdle)}
+	go func() {
+		for range time.Tick(snapIdle / 4) {
+			w.snaps.sweep()
+		}
+	}()
+	for {
+		m, err := c.recv()
+		if err != nil {
+			if errors.Is(err, errEOF) || errors.Is(err, io.EOF) {
+				return 0
+			}
+			fmt.Fprintln(os.Stderr, "vmhost worker:", err)
+			return 2
+		}
+		w.handle(m)
+	}
+}
+
+type workerLoop struct {
+	c     *conn
+	snaps *snapCache[*vmm.Snapshot]
+
+	mu  sync.Mutex // guards vms
+	vms map[uint64]*hostedVM
+}
+
+// hostedVM is one VM in a worker.
+type hostedVM struct {
+	id      uint64
+	acks    chan struct{} // the agent ran a callback
+	closing chan struct{} // closed when the agent asked to close it: stop waiting for acks
+
+	mu      sync.Mutex         // guards the fields below
+	m       machine            // nil until booted
+	files   []*os.File         // its stdin/stdout/stderr, closed when it can no longer use them
+	release func()             // its snapshot's cache reference, if restored
+	cancel  context.CancelFunc // ends the Run in progress
+	runDone chan struct{}      // closed once Run's result is sent
+}
+
+func (v *hostedVM) machine() machine {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.m
+}
+
+func (w *workerLoop) get(id uint64) *hostedVM {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.vms[id]
+}
+
+func (w *workerLoop) handle(m message) {
+	if m.typ == mBoot {
+		v := &hostedVM{id: m.id, acks: make(chan struct{}, 1), closing: make(chan struct{})}
+		w.mu.Lock()
+		w.vms[m.id] = v
+		w.mu.Unlock()
+		go w.boot(v, m)
+		return
+	}
+	m.closeFDs()
+	v := w.get(m.id)
+	if v == nil {
+		// A VM already freed: a late cancel or ack, or a Stats racing
+		// Close, which must still hear back.
+		if m.typ == mStats {
+			w.c.send(mStats, m.id, m.tag, nil)
+		}
+		return
+	}
+	switch m.typ {
+	case mRun:
+		v.mu.Lock()
+		if v.m != nil && v.runDone == nil {
+			ctx, cancel := context.WithCancel(context.Background())
+			v.cancel, v.runDone = cancel, make(chan struct{})
+			go w.run(ctx, v, v.m, cancel, v.runDone)
+		}
+		v.mu.Unlock()
+	case mCancel:
+		v.mu.Lock()
+		if v.cancel != nil {
+			v.cancel()
+		}
+		v.mu.Unlock()
+	case mClose:
+		go w.close(v)
+	case mStats:
+		var s vmm.Stats
+		if mach := v.machine(); mach != nil {
+			s = mach.Stats()
+		}
+		w.c.send(mStats, v.id, m.tag, encodeStats(s))
+	case mAck:
+		select {
+		case v.acks <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// boot builds the vmm.Config the agent described and creates the VM.
+func (w *workerLoop) boot(v *hostedVM, m message) {
+	err := w.create(v, &m)
+	m.closeFDs()
+	if err != nil {
+		v.closeFiles()
+		w.mu.Lock()
+		delete(w.vms, v.id)
+		w.mu.Unlock()
+	}
+	w.c.send(mBooted, v.id, 0, encodeErr(err))
+}
+
+func (w *workerLoop) create(v *hostedVM, m *message) error {
+	take := func(i int) *os.File {
+		if i < 0 || i >= len(m.fds) || m.fds[i] < 0 {
+			return nil
+		}
+		f := os.NewFile(uintptr(m.fds[i]), fmt.Sprintf("vm%d-fd%d", v.id, i))
+		m.fds[i] = -1
+		return f
+	}
+	if len(m.body) < 1 {
+		return fmt.Errorf("%w: vmhost: empty boot message", vmm.ErrConfig)
+	}
+	var bm bootMsg
+	var image *os.File
+	var off int64
+	switch m.body[0] {
+	case bootInline:
+		if err := json.Unmarshal(m.body[1:], &bm); err != nil {
+			return fmt.Errorf("%w: vmhost: boot message: %w", vmm.ErrConfig, err)
+		}
+		image = take(bm.Image)
+	case bootInImage:
+		// The configuration opens the memfd, which is the last descriptor.
+		if len(m.body) != 5 || len(m.fds) == 0 {
+			return fmt.Errorf("%w: vmhost: bad boot message", vmm.ErrConfig)
+		}
+		n := int64(binary.LittleEndian.Uint32(m.body[1:]))
+		image = take(len(m.fds) - 1)
+		if image == nil {
+			return fmt.Errorf("%w: vmhost: boot message without its memfd", vmm.ErrConfig)
+		}
+		b := make([]byte, n)
+		if _, err := image.ReadAt(b, 0); err != nil {
+			image.Close()
+			return fmt.Errorf("%w: vmhost: reading the configuration: %w", vmm.ErrConfig, err)
+		}
+		if err := json.Unmarshal(b, &bm); err != nil {
+			image.Close()
+			return fmt.Errorf("%w: vmhost: boot message: %w", vmm.ErrConfig, err)
+		}
+		off = n
+	default:
+		return fmt.Errorf("%w: vmhost: unknown boot encoding %d", vmm.ErrConfig, m.body[0])
+	}
+	cfg := vmm.Config{Args: bm.Args, Env: bm.Env, MemSize: bm.MemSize, Hostname: bm.Hostname,
+		TraceSyscalls: bm.TraceSyscalls, PortIO: bm.PortIO, SnapshotPath: bm.SnapshotPath}
+	if image != nil {
+		cfg.Kernel = make([]byte, bm.KernelLen)
+		cfg.Program = make([]byte, bm.ProgramLen)
+		_, err := image.ReadAt(cfg.Kernel, off)
+		if err == nil {
+			_, err = image.ReadAt(cfg.Program, off+int64(bm.KernelLen))
+		}
+		image.Close()
+		if err != nil {
+			return fmt.Errorf("%w: vmhost: reading the images: %w", vmm.ErrConfig, err)
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if f := take(bm.Stdin); f != nil {
+		v.files = append(v.files, f)
+		cfg.Stdin = f
+		if bm.StdinNotify {
+			cfg.Stdin = &notifyReader{f: f, first: func() { w.c.send(mStdin, v.id, 0, nil) }}
+		}
+	}
+	if f := take(bm.Stdout); f != nil {
+		v.files = append(v.files, f)
+		cfg.Stdout = f
+	}
+	if f := take(bm.Stderr); f != nil {
+		v.files = append(v.files, f)
+		cfg.Stderr = f
+	}
+	if bm.OnSnapshot {
+		cfg.OnSnapshot = func(err error) { w.callback(v, mSnapshot, encodeErr(err)) }
+	}
+	if bm.OnFirstWait {
+		cfg.OnFirstWait = func() { w.callback(v, mFirstWait, nil) }
+	}
+	if bm.Restore != "" {
+		snap, release, err := w.snaps.get(bm.Restore)
+		if err != nil {
+			if !errors.Is(err, vmm.ErrSnapshot) {
+				err = fmt.Errorf("%w: %w", vmm.ErrSnapshot, err)
+			}
+			return err
+		}
+		cfg.Snapshot = snap
+		v.release = release
+	}
+	mach, err := newMachine(cfg)
+	if err != nil {
+		if v.release != nil {
+			v.release()
+		}
+		return err
+	}
+	v.m = mach
+	return nil
+}
+
+// callback tells the agent of a vmm callback and, like the in-process
+// callback, lets the guest go on only once the agent's returned (or the
+// VM is being closed).
+func (w *workerLoop) callback(v *hostedVM, typ byte, body []byte) {
+	if w.c.send(typ, v.id, 0, body) != nil {
+		return
+	}
+	select {
+	case <-v.acks:
+	case <-v.closing:
+	}
+}
+
+func (w *workerLoop) run(ctx context.Context, v *hostedVM, mach machine, cancel context.CancelFunc, done chan struct{}) {
+	r, err := mach.Run(ctx)
+	cancel()
+	// The guest can no longer read or write: closing our copies lets the
+	// agent's pumps see EOF, so its Run returns with all the output.
+	v.closeFiles()
+	body, _ := json.Marshal(resultMsg{Result: r, Err: toWire(err)})
+	w.c.send(mResult, v.id, 0, body)
+	close(done)
+}
+
+func (w *workerLoop) close(v *hostedVM) {
+	close(v.closing)
+	var final vmm.Stats
+	if mach := v.machine(); mach != nil {
+		mach.Close()
+		final = mach.Stats()
+	}
+	v.mu.Lock()
+	done, release := v.runDone, v.release
+	v.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+	v.closeFiles()
+	if release != nil {
+		release()
+	}
+	w.mu.Lock()
+	delete(w.vms, v.id)
+	w.mu.Unlock()
+	w.c.send(mClosed, v.id, 0, encodeStats(final))
+}
+
+func (v *hostedVM) closeFiles() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, f := range v.files {
+		f.Close()
+	}
+	v.files = nil
+}
+
+// notifyReader is a VM's stdin when the agent feeds it from a plain
+// reader: the agent starts copying at the guest's first read, so a VM
+// that never reads never consumes its input, as in process.
+type notifyReader struct {
+	f     *os.File
+	once  sync.Once
+	first func()
+}
+
+func (r *notifyReader) Read(p []byte) (int, error) {
+	r.once.Do(r.first)
+	return r.f.Read(p)
+}
+
+// memfd makes an anonymous file holding the parts, in order.
+func memfd(parts ...[]byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate("kiln-vm-image", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "kiln-vm-image")
+	for _, p := range parts {
+		if _, err := f.Write(p); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("memfd: %w", err)
+		}
+	}
+	return f, nil
+}
