@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -232,6 +233,7 @@ type worker struct {
 	cmd      *exec.Cmd
 	pid      int
 	c        *conn
+	logsDone chan struct{} // closed when its output ended
 
 	closing atomic.Bool   // Host.Close killed it
 	dead    chan struct{} // closed once its reader stopped: every wait on it gives up
@@ -288,6 +290,7 @@ func (w *worker) start() error {
 		close(w.dead)
 		return fmt.Errorf("%w: %w", ErrWorker, err)
 	}
+	w.logsDone = make(chan struct{})
 	go w.logLines(logR)
 	go w.read()
 	w.h.log.Debug("vmhost: worker started", "pid", w.pid)
@@ -296,6 +299,7 @@ func (w *worker) start() error {
 
 // logLines passes what a worker prints (a panic, a vmm warning) to the log.
 func (w *worker) logLines(r io.ReadCloser) {
+	defer close(w.logsDone)
 	defer r.Close()
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 4096), 1<<20)
@@ -324,6 +328,11 @@ func (w *worker) read() {
 	w.cmd.Process.Kill()
 	waitErr := w.cmd.Wait()
 	w.c.close()
+	// Its last words (a panic) are logged before its death is.
+	select {
+	case <-w.logsDone:
+	case <-time.After(time.Second):
+	}
 	switch {
 	case w.closing.Load():
 		w.why = "the host was closed"

@@ -70,6 +70,9 @@ type echoVM struct {
 }
 
 func newEchoVM(cfg vmm.Config) (machine, error) {
+	if cfg.Hostname == "crash" {
+		os.Exit(9)
+	}
 	if cfg.Hostname == "refuse" {
 		return nil, fmt.Errorf("%w: the stand-in refuses hostname %q", vmm.ErrMemSize, cfg.Hostname)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -27,8 +28,14 @@ import (
 
 // newHost returns a Host closed at the end of the test, which then checks
 // that none of its worker processes is left.
+// A data race found in a worker (a test binary built with -race) fails the
+// test too.
 func newHost(t *testing.T, cfg Config) *Host {
 	t.Helper()
+	logs := &logRecorder{}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(logs)
+	}
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -41,8 +48,55 @@ func newHost(t *testing.T, cfg Config) *Host {
 				t.Errorf("worker %d still exists after Host.Close", p)
 			}
 		}
+		if logs.contains("DATA RACE") {
+			t.Error("a worker reported a data race (see its output above)")
+		}
 	})
 	return h
+}
+
+// logRecorder keeps the Host's log lines and echoes them to stderr.
+type logRecorder struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler            { return l }
+func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	line := r.Message
+	r.Attrs(func(a slog.Attr) bool { line += " " + a.String(); return true })
+	if r.Level >= slog.LevelWarn {
+		fmt.Fprintln(os.Stderr, line)
+	}
+	l.mu.Lock()
+	l.lines = append(l.lines, line)
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *logRecorder) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *logRecorder) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
 }
 
 // alive says whether pid exists (a zombie counts: it was not reaped).
@@ -82,7 +136,8 @@ func TestStreamsReadersWriters(t *testing.T) {
 	in = append(in, "!stderr to the log\n"...)
 	var out, errb bytes.Buffer
 	cfg := echoCfg()
-	cfg.Stdin, cfg.Stdout, cfg.Stderr = bytes.NewReader(in), &out, &errb
+	// A slow writer: the worker is done long before its output is.
+	cfg.Stdin, cfg.Stdout, cfg.Stderr = bytes.NewReader(in), slowWriter{&out}, &errb
 	v, err := h.Boot(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -214,6 +269,46 @@ func TestStdinReadLazily(t *testing.T) {
 		t.Fatal("stdin never read")
 	}
 	v.Close()
+}
+
+// As in process, the guest goes on only once the agent's callback
+// returned: nothing is echoed before OnFirstWait is done.
+func TestCallbacksHoldTheGuest(t *testing.T) {
+	h := newHost(t, Config{})
+	var returned atomic.Int64
+	var firstByte atomic.Int64
+	cfg := echoCfg()
+	cfg.Stdin = strings.NewReader("x\n")
+	cfg.Stdout = writerFunc(func(p []byte) (int, error) {
+		firstByte.CompareAndSwap(0, time.Now().UnixNano())
+		return len(p), nil
+	})
+	cfg.OnFirstWait = func() {
+		time.Sleep(200 * time.Millisecond)
+		returned.Store(time.Now().UnixNano())
+	}
+	v, err := h.Boot(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if _, err := run(t, v, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if f, r := firstByte.Load(), returned.Load(); f == 0 || f < r {
+		t.Fatalf("output at %d, OnFirstWait returned at %d", f, r)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+type slowWriter struct{ w io.Writer }
+
+func (s slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(5 * time.Millisecond)
+	return s.w.Write(p)
 }
 
 type readerFunc func([]byte) (int, error)
@@ -424,7 +519,8 @@ func TestErrorSentinels(t *testing.T) {
 // A worker that dies ends every VM on it with ErrWorker; the next Boot
 // starts a new worker.
 func TestWorkerCrash(t *testing.T) {
-	h := newHost(t, Config{})
+	logs := &logRecorder{}
+	h := newHost(t, Config{Logger: slog.New(logs)})
 	var vms []*VM
 	var ins []*os.File
 	for range 3 {
@@ -490,6 +586,21 @@ func TestWorkerCrash(t *testing.T) {
 	if p := h.pids(); len(p) != 1 || p[0] == pids[0] {
 		t.Fatalf("workers %v after the crash of %d", p, pids[0])
 	}
+	if n := logs.count("worker exited"); n != 1 {
+		t.Fatalf("the crash was logged %d times", n)
+	}
+
+	// A VM whose boot kills its worker: Boot says so, the next one works.
+	cfg = echoCfg()
+	cfg.Hostname = "crash"
+	if _, err := h.Boot(cfg); !errors.Is(err, ErrWorker) || !strings.Contains(err.Error(), "exit status 9") {
+		t.Fatalf("boot that crashed its worker: %v", err)
+	}
+	v, err = h.Boot(echoCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
 }
 
 // PerWorker VMs fill a worker before the next starts; past MaxWorkers the
