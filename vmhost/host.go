@@ -393,7 +393,11 @@ func (w *worker) dispatch(m message) {
 		if s, ok := decodeStats(m.body); ok {
 			v.setLast(s)
 		}
-		close(v.freed)
+		select {
+		case <-v.freed:
+		default:
+			close(v.freed)
+		}
 	}
 }
 

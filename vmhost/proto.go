@@ -200,11 +200,22 @@ var sentinels = []error{
 	vmm.ErrConfig, vmm.ErrNoKernel, vmm.ErrSnapshot, fs.ErrNotExist, fs.ErrPermission, ErrWorker,
 }
 
+// maxText bounds a message or register dump sent across, so that a
+// result always fits one control message.
+const maxText = 16 << 10
+
+func clip(s string) string {
+	if len(s) > maxText {
+		return s[:maxText] + " …[truncated]"
+	}
+	return s
+}
+
 func toWire(err error) *wireErr {
 	if err == nil {
 		return nil
 	}
-	w := &wireErr{Msg: err.Error()}
+	w := &wireErr{Msg: clip(err.Error())}
 	for i, s := range sentinels {
 		if errors.Is(err, s) {
 			w.Kinds |= 1 << i
@@ -234,6 +245,19 @@ func (w *wireErr) err() error {
 		}
 	}
 	return e
+}
+
+// encodeResult is Run's answer, cut down to one control message if need
+// be (a vmm.Result's text is small, but nothing bounds it).
+func encodeResult(r *vmm.Result, err error) []byte {
+	b, _ := json.Marshal(resultMsg{Result: r, Err: toWire(err)})
+	if len(b) <= maxMsg-headerLen || r == nil {
+		return b
+	}
+	c := *r
+	c.Message, c.Regs, c.EnosysByNr = clip(c.Message), clip(c.Regs), nil
+	b, _ = json.Marshal(resultMsg{Result: &c, Err: toWire(err)})
+	return b
 }
 
 func encodeErr(err error) []byte {

@@ -87,9 +87,10 @@ type workerLoop struct {
 
 // hostedVM is one VM in a worker.
 type hostedVM struct {
-	id      uint64
-	acks    chan struct{} // the agent ran a callback
-	closing chan struct{} // closed when the agent asked to close it: stop waiting for acks
+	id        uint64
+	acks      chan struct{} // the agent ran a callback
+	closing   chan struct{} // closed when the agent asked to close it: stop waiting for acks
+	closeOnce sync.Once
 
 	mu      sync.Mutex         // guards the fields below
 	m       machine            // nil until booted
@@ -296,12 +297,16 @@ func (w *workerLoop) run(ctx context.Context, v *hostedVM, mach machine, cancel 
 	// The guest can no longer read or write: closing our copies lets the
 	// agent's pumps see EOF, so its Run returns with all the output.
 	v.closeFiles()
-	body, _ := json.Marshal(resultMsg{Result: r, Err: toWire(err)})
-	w.c.send(mResult, v.id, 0, body)
+	w.c.send(mResult, v.id, 0, encodeResult(r, err))
 	close(done)
 }
 
 func (w *workerLoop) close(v *hostedVM) {
+	first := false
+	v.closeOnce.Do(func() { first = true })
+	if !first {
+		return
+	}
 	close(v.closing)
 	var final vmm.Stats
 	if mach := v.machine(); mach != nil {
