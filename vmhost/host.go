@@ -23,7 +23,7 @@ import (
 type Config struct {
 	PerWorker  int          // VMs a worker holds before the next worker is used; 0 → 256
 	MaxWorkers int          // 0 → 64; beyond PerWorker*MaxWorkers, VMs go to the least loaded worker
-	Exe        string       // worker executable; "" → os.Executable()
+	Exe        string       // worker executable; "" → this one (/proc/self/exe, else os.Executable())
 	Logger     *slog.Logger // nil → discard
 }
 
@@ -57,11 +57,16 @@ func New(cfg Config) (*Host, error) {
 		h.log = slog.New(slog.DiscardHandler)
 	}
 	if h.exe == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("vmhost: the worker executable: %w", err)
+		// The running binary itself, even once an upgrade replaced the
+		// file: a worker must speak this agent's protocol.
+		h.exe = "/proc/self/exe"
+		if _, err := os.Stat(h.exe); err != nil {
+			exe, err := os.Executable()
+			if err != nil {
+				return nil, fmt.Errorf("vmhost: the worker executable: %w", err)
+			}
+			h.exe = exe
 		}
-		h.exe = exe
 	}
 	if _, err := os.Stat(h.exe); err != nil {
 		return nil, fmt.Errorf("vmhost: the worker executable: %w", err)
@@ -265,8 +270,10 @@ func (w *worker) start() error {
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Stdout, cmd.Stderr = logW, logW
 	// SIGKILL when the agent dies, in case the worker does not notice its
-	// control socket closing (stopped, or stuck in a VM).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// control socket closing (stopped, or stuck in a VM). Its own process
+	// group keeps a terminal's ^C, meant for the agent's orderly shutdown,
+	// from killing the VMs under it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	req := spawnReq{cmd: cmd, done: make(chan error, 1)}
 	select {
 	case w.h.spawnc <- req:

@@ -769,3 +769,58 @@ func TestManyVMs(t *testing.T) {
 	wg.Wait()
 	t.Logf("VMs per worker: %v", perWorker)
 }
+
+// gone says whether pid has exited: no such process, or a zombie nobody
+// reaped yet (an orphan's reaper may be slow or absent in a container).
+func gone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
+}
+
+// An agent killed outright takes its workers with it (Pdeathsig and the
+// control socket's EOF), and workers sit in their own process group, away
+// from a terminal's ^C.
+func TestAgentDeathEndsWorkers(t *testing.T) {
+	if os.Getenv("KILN_VMHOST_TEST_AGENT") == "1" {
+		h, err := New(Config{})
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		if _, err := h.Boot(echoCfg()); err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println("worker", h.pids()[0])
+		select {}
+	}
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, "-test.run=^TestAgentDeathEndsWorkers$")
+	cmd.Env = append(os.Environ(), "KILN_VMHOST_TEST_AGENT=1")
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var pid int
+	if _, err := fmt.Fscanf(out, "worker %d\n", &pid); err != nil {
+		t.Fatalf("helper agent: %v", err)
+	}
+	if pg, err := unix.Getpgid(pid); err != nil || pg != pid {
+		t.Fatalf("worker %d in process group %d (%v), want its own", pid, pg, err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for !gone(pid) {
+		if time.Now().After(deadline) {
+			unix.Kill(pid, unix.SIGKILL)
+			t.Fatalf("worker %d outlived its agent", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
