@@ -16,7 +16,10 @@
 // A worker is the same executable re-executed with KILN_VMHOST_WORKER=1
 // and its control socket as fd 3; this package's init sees the variable,
 // runs the worker loop and exits, so any binary that imports vmhost can be
-// a worker. It dies with the agent (Pdeathsig, and the socket's EOF).
+// a worker. It is started from /proc/self/exe (the agent's own build even
+// after an upgrade replaced the file), in its own process group (a
+// terminal's ^C is the agent's to handle), and dies with the agent
+// (Pdeathsig, and its control socket's EOF).
 //
 // Protocol: one SOCK_SEQPACKET socketpair per worker, one reader goroutine
 // per side dispatching by VM id, writes serialized. A message is a 17-byte

@@ -134,10 +134,14 @@ func (w *workerLoop) handle(m message) {
 	switch m.typ {
 	case mRun:
 		v.mu.Lock()
-		if v.m != nil && v.runDone == nil {
+		switch {
+		case v.m != nil && v.runDone == nil:
 			ctx, cancel := context.WithCancel(context.Background())
 			v.cancel, v.runDone = cancel, make(chan struct{})
 			go w.run(ctx, v, v.m, cancel, v.runDone)
+		case v.runDone == nil:
+			// Not the agent's protocol; answer rather than leave Run waiting.
+			w.c.send(mResult, v.id, 0, encodeResult(nil, fmt.Errorf("%w: vmhost: Run before the VM booted", vmm.ErrConfig)))
 		}
 		v.mu.Unlock()
 	case mCancel:
@@ -222,6 +226,10 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 	cfg := vmm.Config{Args: bm.Args, Env: bm.Env, MemSize: bm.MemSize, Hostname: bm.Hostname,
 		TraceSyscalls: bm.TraceSyscalls, PortIO: bm.PortIO, SnapshotPath: bm.SnapshotPath}
 	if image != nil {
+		if bm.KernelLen < 0 || bm.ProgramLen < 0 {
+			image.Close()
+			return fmt.Errorf("%w: vmhost: image lengths %d, %d", vmm.ErrConfig, bm.KernelLen, bm.ProgramLen)
+		}
 		cfg.Kernel = make([]byte, bm.KernelLen)
 		cfg.Program = make([]byte, bm.ProgramLen)
 		_, err := image.ReadAt(cfg.Kernel, off)
@@ -233,21 +241,24 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 			return fmt.Errorf("%w: vmhost: reading the images: %w", vmm.ErrConfig, err)
 		}
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if f := take(bm.Stdin); f != nil {
+	keep := func(f *os.File) {
+		v.mu.Lock()
 		v.files = append(v.files, f)
+		v.mu.Unlock()
+	}
+	if f := take(bm.Stdin); f != nil {
+		keep(f)
 		cfg.Stdin = f
 		if bm.StdinNotify {
 			cfg.Stdin = &notifyReader{f: f, first: func() { w.c.send(mStdin, v.id, 0, nil) }}
 		}
 	}
 	if f := take(bm.Stdout); f != nil {
-		v.files = append(v.files, f)
+		keep(f)
 		cfg.Stdout = f
 	}
 	if f := take(bm.Stderr); f != nil {
-		v.files = append(v.files, f)
+		keep(f)
 		cfg.Stderr = f
 	}
 	if bm.OnSnapshot {
@@ -256,25 +267,29 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 	if bm.OnFirstWait {
 		cfg.OnFirstWait = func() { w.callback(v, mFirstWait, nil) }
 	}
+	var release func()
 	if bm.Restore != "" {
-		snap, release, err := w.snaps.get(bm.Restore)
+		snap, rel, err := w.snaps.get(bm.Restore)
 		if err != nil {
 			if !errors.Is(err, vmm.ErrSnapshot) {
 				err = fmt.Errorf("%w: %w", vmm.ErrSnapshot, err)
 			}
 			return err
 		}
-		cfg.Snapshot = snap
-		v.release = release
+		cfg.Snapshot, release = snap, rel
+		defer func() {
+			if v.machine() == nil {
+				release()
+			}
+		}()
 	}
 	mach, err := newMachine(cfg)
 	if err != nil {
-		if v.release != nil {
-			v.release()
-		}
 		return err
 	}
-	v.m = mach
+	v.mu.Lock()
+	v.m, v.release = mach, release
+	v.mu.Unlock()
 	return nil
 }
 
