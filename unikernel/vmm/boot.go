@@ -246,16 +246,42 @@ func setupVCPU(c *vcpu, f cpuFeatures, entry, lstar uint64) (fsgsbase bool, err 
 // stampClock writes the (TSC, wall clock) pair into the boot info just
 // before the first instruction; the guest's clocks start from it.
 func (vm *VM) stampClock() error {
-	tsc, err := vm.cpu.getMSR(msrTSC)
+	var tsc uint64
+	now, err := atHostTime(func() (err error) {
+		tsc, err = vm.cpu.getMSR(msrTSC)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	now := time.Now()
 	vm.bootTSC, vm.bootTime = tsc, now
 	vm.bootInfo.BootTSC = tsc
 	vm.bootInfo.BootWallNs = uint64(now.UnixNano())
 	vm.bootInfo.TSCkHz = vm.tscKHz
 	return writeBootInfo(vm.mem, vm.bootInfo)
+}
+
+// atHostTime runs op — an ioctl that reads or sets the guest's TSC — and
+// returns the host time it took effect at: the midpoint of two clock reads
+// around it. A try whose reads are far apart (the thread was preempted:
+// hundreds of milliseconds under emulation) is repeated, because the pair
+// anchors every guest deadline and wall-clock reading: a gap between the
+// ioctl and the clock read shifts all of them by the same amount (once,
+// under a loaded emulator, every sleep of a guest ran ~280 ms late).
+func atHostTime(op func() error) (time.Time, error) {
+	var at time.Time
+	for try := 0; try < 5; try++ {
+		t0 := time.Now()
+		if err := op(); err != nil {
+			return time.Time{}, err
+		}
+		t1 := time.Now()
+		at = t0.Add(t1.Sub(t0) / 2)
+		if t1.Sub(t0) < time.Millisecond {
+			break
+		}
+	}
+	return at, nil
 }
 
 // boot runs the recipe for vm.cfg. On error the caller closes vm.

@@ -474,10 +474,11 @@ func (vm *VM) resume(ctx context.Context) *Result {
 	}
 	m := kvmMSRs{NMSRs: 1}
 	m.Entries[0] = kvmMSREntry{Index: msrTSC, Data: tsc}
-	if err := vm.cpu.setMSRs(&m); err != nil {
+	// The last set is the one that counts: the guest's TSC reads tsc then.
+	now, err := atHostTime(func() error { return vm.cpu.setMSRs(&m) })
+	if err != nil {
 		return vm.internal(err)
 	}
-	now := time.Now()
 	since := time.Duration(0)
 	if tsc > st.BootTSC {
 		since = tscDuration(tsc-st.BootTSC, vm.tscKHz)
