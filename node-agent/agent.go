@@ -40,6 +40,7 @@ import (
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/tracing"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
+	"github.com/kilnfaas/kiln/vmhost"
 	"github.com/kilnfaas/kiln/wire"
 )
 
@@ -53,7 +54,7 @@ type Config struct {
 	CacheBytes  int64                 // bound of the on-disk image cache; 0 → DefaultCacheBytes
 	Registerer  prometheus.Registerer // nil: metrics are kept but not exported
 	Logger      *slog.Logger          // nil: discard
-	Boot        Booter                // nil: BootVM (KVM)
+	Boot        Booter                // nil: KVM, in vmhost worker processes (VMsPerWorker)
 	Clock       func() time.Time      // nil: time.Now
 	// KeepAlive is how long an idle instance above min_warm lives when the
 	// function names none; 0 → DefaultKeepAlive.
@@ -61,6 +62,12 @@ type Config struct {
 	// MaintainEvery is how often idle instances are reaped and pools
 	// grown to min_warm; 0 → 250 ms.
 	MaintainEvery time.Duration
+	// VMsPerWorker is how many VMs each vmhost worker process holds
+	// before the next is used (0 → vmhost's default). A process's VMs
+	// slow each other's restores and teardowns down (BENCHMARKS.md), and a
+	// worker that crashes takes only its own VMs. -1 runs the VMs in the
+	// agent's own process. Only with Boot nil.
+	VMsPerWorker int
 	// MaxColdStarts bounds the starts (restores or boots) for live calls
 	// in flight on this node; calls beyond it queue for the first
 	// instance to come free or start slot to open. 0 → the number of CPUs,
@@ -83,8 +90,9 @@ type Agent struct {
 	boot  Booter
 	m     metrics
 
-	kernelSum    string      // sha256 of Config.Kernel ("" when images boot their own)
-	registered   atomic.Bool // the Connect stream is up (Run)
+	vmhost       *vmhost.Host // nil: VMs run in this process (or Config.Boot)
+	kernelSum    string       // sha256 of Config.Kernel ("" when images boot their own)
+	registered   atomic.Bool  // the Connect stream is up (Run)
 	maintainKick chan struct{}
 	stop         chan struct{}
 
@@ -153,6 +161,20 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if a.now == nil {
 		a.now = time.Now
+	}
+	if a.boot == nil && cfg.VMsPerWorker >= 0 {
+		h, err := vmhost.New(vmhost.Config{PerWorker: cfg.VMsPerWorker, Logger: a.log.With("part", "vmhost")})
+		if err != nil {
+			return nil, err
+		}
+		a.vmhost = h
+		a.boot = func(c vmm.Config) (Machine, error) {
+			vm, err := h.Boot(c)
+			if err != nil {
+				return nil, err
+			}
+			return vm, nil
+		}
 	}
 	if a.boot == nil {
 		a.boot = BootVM
@@ -666,6 +688,9 @@ func (a *Agent) Close() error {
 	}
 	close(work)
 	wg.Wait()
+	if a.vmhost != nil {
+		a.vmhost.Close()
+	}
 	if a.snaps != nil {
 		a.snaps.close()
 	}

@@ -400,7 +400,10 @@ type AgentConfig struct {
 	// for by name: it runs functions without any isolation.
 	Runtime string
 	// KernelPath, when set, overrides every image's guest kernel.
-	KernelPath   string
+	KernelPath string
+	// VMsPerWorker: VMs per vmhost worker process (nodeagent.Config); 0 →
+	// the default, -1 → VMs in the agent's own process.
+	VMsPerWorker int
 	OTLPEndpoint string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
 	Logger       *slog.Logger
 }
@@ -470,6 +473,7 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 	agent, err := nodeagent.New(nodeagent.Config{
 		Node: cfg.Node, MemoryBytes: cfg.MemoryBytes, Kernel: kernel, Images: images,
 		CacheDir: filepath.Join(cfg.DataDir, "cache"), CacheBytes: cfg.CacheBytes, Registerer: r.Metrics, Logger: r.log, Boot: boot,
+		VMsPerWorker: cfg.VMsPerWorker,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)

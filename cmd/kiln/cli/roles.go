@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -135,7 +136,7 @@ See docs/CLUSTER.md.`,
 func (a *app) agentCmd() *cobra.Command {
 	var cfg platform.AgentConfig
 	var rf roleFlags
-	var mem, cacheSize string
+	var mem, cacheSize, perWorker string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node-agent role: runs functions on this host for a Kiln cluster",
@@ -163,6 +164,13 @@ See docs/CLUSTER.md.`,
 				}
 				cfg.CacheBytes = int64(n)
 			}
+			if perWorker != "" {
+				n, err := strconv.Atoi(perWorker)
+				if err != nil || n < -1 {
+					return &ExitError{Code: 2, Err: fmt.Errorf("agent: --vms-per-worker %q: want a count of VMs, or -1 to run them in the agent process", perWorker)}
+				}
+				cfg.VMsPerWorker = n
+			}
 			if cfg.Runtime != platform.RuntimeKVM && cfg.Runtime != platform.RuntimeProcess {
 				return &ExitError{Code: 2, Err: fmt.Errorf("agent: --runtime %q: want %s (the default) or %s (no isolation, development only)",
 					cfg.Runtime, platform.RuntimeKVM, platform.RuntimeProcess)}
@@ -189,6 +197,7 @@ See docs/CLUSTER.md.`,
 	fl.StringVar(&cacheSize, "cache-size", os.Getenv("KILN_CACHE_SIZE"), "bound of the on-disk image cache, like 20G; least recently used images go first (default 10G; $KILN_CACHE_SIZE)")
 	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "boot this guest kernel instead of the one in each image (kernel development)")
+	fl.StringVar(&perWorker, "vms-per-worker", os.Getenv("KILN_VMS_PER_WORKER"), "VMs each VM host process holds before another is started (default 256; -1: run VMs inside the agent process; $KILN_VMS_PER_WORKER)")
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)
 	return cmd
