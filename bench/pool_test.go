@@ -44,14 +44,19 @@ func (m images) Fetch(_ context.Context, digest string) ([]byte, error) {
 
 // benchAgent is a KVM node-agent holding one hello-go image.
 func benchAgent(t *testing.T, kernel, prog []byte, budget uint64, noSnapshots bool) (*nodeagent.Agent, string) {
+	return benchAgentConfig(t, kernel, prog, nodeagent.Config{MemoryBytes: budget, NoSnapshots: noSnapshots})
+}
+
+// benchAgentConfig is benchAgent with the rest of cfg as given.
+func benchAgentConfig(t *testing.T, kernel, prog []byte, cfg nodeagent.Config) (*nodeagent.Agent, string) {
 	t.Helper()
 	data, digest, err := image.Build(image.Manifest{ABIVersion: abi.Version, Name: "hello-go", Kind: image.KindServe,
 		MemoryBytes: 64 << 20, TimeoutMS: 60_000}, kernel, prog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := nodeagent.New(nodeagent.Config{Node: "bench", MemoryBytes: budget, Images: images{digest: data},
-		CacheDir: t.TempDir(), NoSnapshots: noSnapshots})
+	cfg.Node, cfg.Images, cfg.CacheDir = "bench", images{digest: data}, t.TempDir()
+	a, err := nodeagent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +120,24 @@ func TestPoolReport(t *testing.T) {
 	defer conn.Close()
 	client := kilnv1.NewAgentClient(conn)
 	warmFn := &kilnv1.FunctionSpec{Name: "hello-go", ImageDigest: snapD}
+	// The same calls to an agent whose VMs run in its own process: what
+	// vmhost's worker processes cost a warm call.
+	inA, inD := benchAgentConfig(t, kernel, prog, nodeagent.Config{MemoryBytes: 8 << 30, VMsPerWorker: -1})
+	inAddr := serve(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, inA) })
+	inConn, err := grpc.NewClient(inAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inConn.Close()
+	inClient := kilnv1.NewAgentClient(inConn)
+	inFn := &kilnv1.FunctionSpec{Name: "hello-go", ImageDigest: inD}
+	for range 5 { // its first call boots and takes the snapshot
+		if _, err := inClient.Invoke(context.Background(), &kilnv1.InvokeRequest{InvocationId: "w", Function: inFn, Method: "POST", Path: "/", Body: []byte("world")}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	calls := 50 * n
-	var warm, baseline []time.Duration
+	var warm, baseline, inProcess []time.Duration
 	var exits []uint64
 	for i := range calls + 5 {
 		start := time.Now()
@@ -137,6 +158,12 @@ func TestPoolReport(t *testing.T) {
 			t.Fatal(err)
 		}
 		baseline = append(baseline, time.Since(start))
+		start = time.Now()
+		r, err = inClient.Invoke(context.Background(), &kilnv1.InvokeRequest{InvocationId: "w", Function: inFn, Method: "POST", Path: "/", Body: []byte("world")})
+		if err != nil || r.Outcome != kilnv1.Outcome_OUTCOME_OK || r.Start != kilnv1.StartKind_START_WARM {
+			t.Fatalf("warm, in-process agent: %v %v %v", err, r.GetError(), r.GetStart())
+		}
+		inProcess = append(inProcess, time.Since(start))
 	}
 	per := perWarmCall(t, kernel, prog, 20*n)
 
@@ -153,6 +180,7 @@ func TestPoolReport(t *testing.T) {
 	fmt.Printf("%-60s %12.1fx\n", "ratio: restore / native", float64(median(restoreWall))/float64(median(native)))
 	fmt.Printf("%-60s %12v  p99 %v\n", "warm call through the agent's gRPC: p50", median(warm), quantile(warm, 0.99))
 	fmt.Printf("%-60s %12v  p99 %v\n", "baseline: gRPC Capacity round trip (no VM): p50", median(baseline), quantile(baseline, 0.99))
+	fmt.Printf("%-60s %12v  p99 %v\n", "same warm call, VMs in the agent's process (no vmhost): p50", median(inProcess), quantile(inProcess, 0.99))
 	fmt.Printf("%-60s %12d  max %d\n", "VM exits per warm call: median", exits[len(exits)/2], exits[len(exits)-1])
 	fmt.Printf("%-60s %12.1f\n", "guest syscalls per warm call (VMM level)", per.syscalls)
 	fmt.Printf("%-60s %12v  (in KVM_RUN %v, VMM and pipes %v)\n", "warm call at the VMM: p50", per.p50, per.guest, per.p50-per.guest)
