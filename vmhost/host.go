@@ -248,6 +248,50 @@ type worker struct {
 	vms   map[uint64]*VM
 	stats map[uint64]chan statsReply // pending Stats requests by tag
 	tag   uint64
+	slots []int // free slots of statsMem
+
+	// statsMem is shared with the worker (a memfd both map): one
+	// vmm.StatsSize slot per VM, where its VM keeps its counters, so that
+	// Stats — once per warm call — reads memory instead of asking.
+	statsMu  sync.RWMutex // guards statsMem: unmapped once the worker is dead
+	statsMem []byte
+}
+
+// statsSlots is how many VMs of one worker get a stats slot; the rest (a
+// host past PerWorker*MaxWorkers) ask for their counters instead.
+func (w *worker) statsSlots() int { return 4 * w.h.per }
+
+// takeSlot reserves a stats slot; -1: none left.
+func (w *worker) takeSlot() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := len(w.slots)
+	if n == 0 {
+		return -1
+	}
+	s := w.slots[n-1]
+	w.slots = w.slots[:n-1]
+	return s
+}
+
+// putSlot returns a slot once the worker no longer uses it.
+func (w *worker) putSlot(s int) {
+	if s < 0 {
+		return
+	}
+	w.mu.Lock()
+	w.slots = append(w.slots, s)
+	w.mu.Unlock()
+}
+
+// readSlot reads the counters a VM keeps in slot s.
+func (w *worker) readSlot(s int) (vmm.Stats, bool) {
+	w.statsMu.RLock()
+	defer w.statsMu.RUnlock()
+	if s < 0 || w.statsMem == nil {
+		return vmm.Stats{}, false
+	}
+	return vmm.ReadStats(w.statsMem[s*vmm.StatsSize : (s+1)*vmm.StatsSize]), true
 }
 
 // start runs the worker process with its control socket as fd 3.
@@ -265,9 +309,31 @@ func (w *worker) start() error {
 		close(w.dead)
 		return fmt.Errorf("%w: %w", ErrWorker, err)
 	}
+	statsFile, err := memfd()
+	if err == nil {
+		err = statsFile.Truncate(int64(w.statsSlots() * vmm.StatsSize))
+	}
+	if err == nil {
+		w.statsMem, err = unix.Mmap(int(statsFile.Fd()), 0, w.statsSlots()*vmm.StatsSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	}
+	if err != nil {
+		if statsFile != nil {
+			statsFile.Close()
+		}
+		ours.Close()
+		theirs.Close()
+		logR.Close()
+		logW.Close()
+		close(w.dead)
+		return fmt.Errorf("%w: stats memory: %w", ErrWorker, err)
+	}
+	defer statsFile.Close() // the mappings on both sides keep it
+	for s := w.statsSlots() - 1; s >= 0; s-- {
+		w.slots = append(w.slots, s)
+	}
 	cmd := exec.Command(w.h.exe)
 	cmd.Env = append(os.Environ(), workerEnv+"=1")
-	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.ExtraFiles = []*os.File{theirs, statsFile} // fds 3 and 4
 	cmd.Stdout, cmd.Stderr = logW, logW
 	// SIGKILL when the agent dies, in case the worker does not notice its
 	// control socket closing (stopped, or stuck in a VM). Its own process
@@ -286,6 +352,7 @@ func (w *worker) start() error {
 	if err != nil {
 		ours.Close()
 		logR.Close()
+		w.unmapStats()
 		close(w.dead)
 		return fmt.Errorf("%w: starting %s: %w", ErrWorker, w.h.exe, err)
 	}
@@ -294,6 +361,7 @@ func (w *worker) start() error {
 		cmd.Process.Kill()
 		cmd.Wait()
 		logR.Close()
+		w.unmapStats()
 		close(w.dead)
 		return fmt.Errorf("%w: %w", ErrWorker, err)
 	}
@@ -359,7 +427,18 @@ func (w *worker) read() {
 	} else {
 		w.h.log.Error("vmhost: worker exited; its VMs are gone", "pid", w.pid, "vms", n, "why", w.why)
 	}
+	w.unmapStats()
 	close(w.dead)
+}
+
+// unmapStats lets the stats memory go once nothing can write it.
+func (w *worker) unmapStats() {
+	w.statsMu.Lock()
+	defer w.statsMu.Unlock()
+	if w.statsMem != nil {
+		unix.Munmap(w.statsMem)
+		w.statsMem = nil
+	}
 }
 
 func (w *worker) dispatch(m message) {
@@ -382,6 +461,7 @@ func (w *worker) dispatch(m message) {
 	}
 	switch m.typ {
 	case mBooted:
+		v.shared.Store(m.tag == 1)
 		select {
 		case v.booted <- decodeErr(m.body):
 		default:
@@ -404,6 +484,7 @@ func (w *worker) dispatch(m message) {
 		case <-v.freed:
 		default:
 			close(v.freed)
+			w.putSlot(v.slot) // once: a repeated closed message must not free it twice
 		}
 	}
 }

@@ -64,12 +64,19 @@ func TestKVMHelloGoBootAndRestore(t *testing.T) {
 		default:
 			t.Fatal("answered without OnFirstWait")
 		}
-		if s := v.Stats(); s.InputWaits == 0 || s.Exits == 0 {
+		s := v.Stats()
+		if s.InputWaits == 0 || s.Exits == 0 {
 			t.Fatalf("stats %+v", s)
+		}
+		if !v.shared.Load() {
+			t.Fatal("the VM's counters are not in the memory shared with its worker: Stats asked")
 		}
 		v.Close() // a serve function waits for its next request: Close ends it
 		if err := <-done; res.Reason != vmm.ReasonTimeout {
 			t.Fatalf("after Close: %+v, %v", res, err)
+		}
+		if res.Stats.Exits < s.Exits || res.Stats.InputWaits < s.InputWaits {
+			t.Fatalf("counters read from shared memory %+v ahead of the final ones %+v", s, res.Stats)
 		}
 		return resp
 	}

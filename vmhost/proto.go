@@ -161,6 +161,7 @@ type bootMsg struct {
 	OnSnapshot    bool     `json:"on_snap,omitempty"`
 	OnFirstWait   bool     `json:"on_wait,omitempty"`
 	Restore       string   `json:"restore,omitempty"` // Snapshot.Path()
+	StatsSlot     int      `json:"stats_slot"`        // where in the shared stats memory; -1: none
 	// Indexes into the message's descriptors; -1: none.
 	Image  int `json:"image"`
 	Stdin  int `json:"stdin"`

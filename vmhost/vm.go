@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -18,9 +19,12 @@ import (
 // Stats at any time, Close to free it. Its methods are safe for concurrent
 // use.
 type VM struct {
-	h  *Host
-	w  *worker
-	id uint64
+	h    *Host
+	w    *worker
+	id   uint64
+	slot int // its counters in w.statsMem; -1: none (Stats asks)
+	// shared: the worker said its VM keeps its counters in slot.
+	shared atomic.Bool
 
 	onSnapshot  func(error)
 	onFirstWait func()
@@ -46,11 +50,11 @@ type VM struct {
 // this side copies), the configuration as JSON.
 func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 	v := &VM{h: w.h, w: w, id: id, onSnapshot: cfg.OnSnapshot, onFirstWait: cfg.OnFirstWait,
-		booted: make(chan error, 1), events: make(chan message, 8), freed: make(chan struct{})}
+		booted: make(chan error, 1), events: make(chan message, 8), freed: make(chan struct{}), slot: w.takeSlot()}
 	bm := bootMsg{Args: cfg.Args, Env: cfg.Env, MemSize: cfg.MemSize, Hostname: cfg.Hostname,
 		TraceSyscalls: cfg.TraceSyscalls, PortIO: cfg.PortIO, SnapshotPath: cfg.SnapshotPath,
 		OnSnapshot: cfg.OnSnapshot != nil, OnFirstWait: cfg.OnFirstWait != nil, Restore: restore,
-		Image: -1, Stdin: -1, Stdout: -1, Stderr: -1}
+		StatsSlot: v.slot, Image: -1, Stdin: -1, Stdout: -1, Stderr: -1}
 
 	var fds []int         // sent, then closed: each a dup of ours or the worker's end of a pipe
 	var theirs []*os.File // the worker's ends of our pipes, closed once sent
@@ -64,6 +68,8 @@ func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 	}()
 	fail := func(err error) (*VM, error) {
 		v.releaseStreams()
+		// The worker never holds a VM it did not boot: its slot is free.
+		w.putSlot(v.slot)
 		return nil, err
 	}
 	add := func(f *os.File) (int, error) {
@@ -341,10 +347,19 @@ func (v *VM) event(m message) (*vmm.Result, error, bool) {
 // Stats returns the VM's counters: one small request to its worker; the
 // last ones seen once the VM is freed or its worker is gone.
 func (v *VM) Stats() vmm.Stats {
+	w := v.w
 	v.mu.Lock()
 	closed := v.closed
+	if !closed && v.slot >= 0 && v.shared.Load() && !w.isDead() {
+		// Under v.mu: Close marks the VM closed before its slot can be
+		// freed and handed to another VM.
+		if s, ok := w.readSlot(v.slot); ok {
+			v.last = s
+			v.mu.Unlock()
+			return s
+		}
+	}
 	v.mu.Unlock()
-	w := v.w
 	if closed || w.isDead() {
 		return v.lastStats()
 	}

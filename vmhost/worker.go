@@ -58,7 +58,7 @@ func serveWorker(ctl *os.File) int {
 		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
 		return 2
 	}
-	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshot, snapIdle)}
+	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshot, snapIdle), stats: mapStats(os.NewFile(4, "vmhost-stats"))}
 	go func() {
 		for range time.Tick(snapIdle / 4) {
 			w.snaps.sweep()
@@ -80,6 +80,7 @@ func serveWorker(ctl *os.File) int {
 type workerLoop struct {
 	c     *conn
 	snaps *snapCache[*vmm.Snapshot]
+	stats []byte // the memory shared with the agent for VMs' counters; nil: none
 
 	mu  sync.Mutex // guards vms
 	vms map[uint64]*hostedVM
@@ -168,7 +169,7 @@ func (w *workerLoop) handle(m message) {
 
 // boot builds the vmm.Config the agent described and creates the VM.
 func (w *workerLoop) boot(v *hostedVM, m message) {
-	err := w.create(v, &m)
+	shared, err := w.create(v, &m)
 	m.closeFDs()
 	if err != nil {
 		v.closeFiles()
@@ -176,10 +177,14 @@ func (w *workerLoop) boot(v *hostedVM, m message) {
 		delete(w.vms, v.id)
 		w.mu.Unlock()
 	}
-	w.c.send(mBooted, v.id, 0, encodeErr(err))
+	var tag uint64 // 1: its counters are in its stats slot
+	if shared {
+		tag = 1
+	}
+	w.c.send(mBooted, v.id, tag, encodeErr(err))
 }
 
-func (w *workerLoop) create(v *hostedVM, m *message) error {
+func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
 	take := func(i int) *os.File {
 		if i < 0 || i >= len(m.fds) || m.fds[i] < 0 {
 			return nil
@@ -189,7 +194,7 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 		return f
 	}
 	if len(m.body) < 1 {
-		return fmt.Errorf("%w: vmhost: empty boot message", vmm.ErrConfig)
+		return false, fmt.Errorf("%w: vmhost: empty boot message", vmm.ErrConfig)
 	}
 	var bm bootMsg
 	var image *os.File
@@ -197,38 +202,41 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 	switch m.body[0] {
 	case bootInline:
 		if err := json.Unmarshal(m.body[1:], &bm); err != nil {
-			return fmt.Errorf("%w: vmhost: boot message: %w", vmm.ErrConfig, err)
+			return false, fmt.Errorf("%w: vmhost: boot message: %w", vmm.ErrConfig, err)
 		}
 		image = take(bm.Image)
 	case bootInImage:
 		// The configuration opens the memfd, which is the last descriptor.
 		if len(m.body) != 5 || len(m.fds) == 0 {
-			return fmt.Errorf("%w: vmhost: bad boot message", vmm.ErrConfig)
+			return false, fmt.Errorf("%w: vmhost: bad boot message", vmm.ErrConfig)
 		}
 		n := int64(binary.LittleEndian.Uint32(m.body[1:]))
 		image = take(len(m.fds) - 1)
 		if image == nil {
-			return fmt.Errorf("%w: vmhost: boot message without its memfd", vmm.ErrConfig)
+			return false, fmt.Errorf("%w: vmhost: boot message without its memfd", vmm.ErrConfig)
 		}
 		b := make([]byte, n)
 		if _, err := image.ReadAt(b, 0); err != nil {
 			image.Close()
-			return fmt.Errorf("%w: vmhost: reading the configuration: %w", vmm.ErrConfig, err)
+			return false, fmt.Errorf("%w: vmhost: reading the configuration: %w", vmm.ErrConfig, err)
 		}
 		if err := json.Unmarshal(b, &bm); err != nil {
 			image.Close()
-			return fmt.Errorf("%w: vmhost: boot message: %w", vmm.ErrConfig, err)
+			return false, fmt.Errorf("%w: vmhost: boot message: %w", vmm.ErrConfig, err)
 		}
 		off = n
 	default:
-		return fmt.Errorf("%w: vmhost: unknown boot encoding %d", vmm.ErrConfig, m.body[0])
+		return false, fmt.Errorf("%w: vmhost: unknown boot encoding %d", vmm.ErrConfig, m.body[0])
 	}
 	cfg := vmm.Config{Args: bm.Args, Env: bm.Env, MemSize: bm.MemSize, Hostname: bm.Hostname,
 		TraceSyscalls: bm.TraceSyscalls, PortIO: bm.PortIO, SnapshotPath: bm.SnapshotPath}
+	if s := bm.StatsSlot; s >= 0 && (s+1)*vmm.StatsSize <= len(w.stats) {
+		cfg.StatsPage = w.stats[s*vmm.StatsSize : (s+1)*vmm.StatsSize]
+	}
 	if image != nil {
 		if bm.KernelLen < 0 || bm.ProgramLen < 0 {
 			image.Close()
-			return fmt.Errorf("%w: vmhost: image lengths %d, %d", vmm.ErrConfig, bm.KernelLen, bm.ProgramLen)
+			return false, fmt.Errorf("%w: vmhost: image lengths %d, %d", vmm.ErrConfig, bm.KernelLen, bm.ProgramLen)
 		}
 		cfg.Kernel = make([]byte, bm.KernelLen)
 		cfg.Program = make([]byte, bm.ProgramLen)
@@ -238,7 +246,7 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 		}
 		image.Close()
 		if err != nil {
-			return fmt.Errorf("%w: vmhost: reading the images: %w", vmm.ErrConfig, err)
+			return false, fmt.Errorf("%w: vmhost: reading the images: %w", vmm.ErrConfig, err)
 		}
 	}
 	keep := func(f *os.File) {
@@ -274,7 +282,7 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 			if !errors.Is(err, vmm.ErrSnapshot) {
 				err = fmt.Errorf("%w: %w", vmm.ErrSnapshot, err)
 			}
-			return err
+			return false, err
 		}
 		cfg.Snapshot, release = snap, rel
 		defer func() {
@@ -285,12 +293,15 @@ func (w *workerLoop) create(v *hostedVM, m *message) error {
 	}
 	mach, err := newMachine(cfg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	v.mu.Lock()
 	v.m, v.release = mach, release
 	v.mu.Unlock()
-	return nil
+	// Only a real VM keeps its counters in the page (a test's stand-in
+	// answers Stats requests instead).
+	_, real := mach.(*vmm.VM)
+	return real && cfg.StatsPage != nil, nil
 }
 
 // callback tells the agent of a vmm callback and, like the in-process
@@ -365,6 +376,22 @@ type notifyReader struct {
 func (r *notifyReader) Read(p []byte) (int, error) {
 	r.once.Do(r.first)
 	return r.f.Read(p)
+}
+
+// mapStats maps the stats memory the agent passed as f (fd 4); nil when
+// there is none, and VMs then keep their counters to themselves.
+func mapStats(f *os.File) []byte {
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Size <= 0 {
+		return nil
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vmhost worker: stats memory:", err)
+		return nil
+	}
+	return mem
 }
 
 // memfd makes an anonymous file holding the parts, in order.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // A try interrupted for a long time is repeated: the anchor comes from a
@@ -31,5 +32,29 @@ func TestAtHostTimeRetriesAPreemptedTry(t *testing.T) {
 	boom := errors.New("ioctl failed")
 	if _, err := atHostTime(func() error { return boom }); !errors.Is(err, boom) {
 		t.Fatalf("error %v, want the op's", err)
+	}
+}
+
+// A StatsPage that cannot hold the counters is refused before anything
+// else happens; one that can is where they go.
+func TestStatsPage(t *testing.T) {
+	if _, err := New(Config{StatsPage: make([]byte, 3)}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("a 3-byte StatsPage: %v, want ErrConfig", err)
+	}
+	words := make([]uint64, StatsSize/8)
+	page := unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), StatsSize)
+	s, err := statsIn(page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.exits.Add(3)
+	s.inputWaits.Add(2)
+	if got := ReadStats(page); got.Exits != 3 || got.InputWaits != 2 {
+		t.Fatalf("ReadStats %+v", got)
+	}
+	wider := make([]uint64, StatsSize/8+1)
+	odd := unsafe.Slice((*byte)(unsafe.Pointer(&wider[0])), StatsSize+8)[1 : StatsSize+1]
+	if _, err := statsIn(odd); err == nil {
+		t.Fatal("a misaligned StatsPage was accepted")
 	}
 }

@@ -192,3 +192,24 @@ func (c *vcpu) setImmediateExit() {
 		}
 	}
 }
+
+// StatsSize is the size of a Config.StatsPage.
+const StatsSize = int(unsafe.Sizeof(stats{}))
+
+// statsIn places the counters in page, which outlives the VM.
+func statsIn(page []byte) (*stats, error) {
+	if len(page) < StatsSize || uintptr(unsafe.Pointer(&page[0]))%8 != 0 {
+		return nil, fmt.Errorf("%w: a StatsPage must be %d bytes, 8-byte aligned", ErrConfig, StatsSize)
+	}
+	return (*stats)(unsafe.Pointer(&page[0])), nil
+}
+
+// ReadStats reads the counters a VM keeps in page (its Config.StatsPage),
+// from any process that maps the same memory.
+func ReadStats(page []byte) Stats {
+	s, err := statsIn(page)
+	if err != nil {
+		return Stats{}
+	}
+	return s.snapshot()
+}

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/kilnfaas/kiln/internal/kvmtest"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
@@ -172,6 +173,10 @@ func TestSnapshotRestore(t *testing.T) {
 		rc.Snapshot = snap
 		var firstWaits atomic.Int32
 		rc.OnFirstWait = func() { firstWaits.Add(1) }
+		// Its counters in memory of ours, as vmhost shares them.
+		words := make([]uint64, vmm.StatsSize/8)
+		page := unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), vmm.StatsSize)
+		rc.StatsPage = page
 		start := time.Now()
 		s := startServed(t, rc)
 		sent := time.Now()
@@ -196,6 +201,9 @@ func TestSnapshotRestore(t *testing.T) {
 			t.Errorf("restore %d: second answer served=%s, want 2", i, second["served"])
 		}
 		r := s.end()
+		if got := vmm.ReadStats(page); got != r.Stats {
+			t.Errorf("restore %d: counters in the StatsPage %+v, Run reported %+v", i, got, r.Stats)
+		}
 		if n := firstWaits.Load(); n != 1 {
 			t.Errorf("restore %d: OnFirstWait called %d times, want once (as it resumed in its wait)", i, n)
 		}

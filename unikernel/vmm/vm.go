@@ -49,6 +49,11 @@ type Config struct {
 	// done (a restored guest: as it resumes in that wait) — after any
 	// snapshot is taken and before the wait is served.
 	OnFirstWait func()
+	// StatsPage, if set, is where the VM keeps the counters behind Stats:
+	// StatsSize bytes, 8-byte aligned, zeroed by New. Memory shared with
+	// another process lets it read them (ReadStats) without asking —
+	// vmhost's agent side does, once per warm call.
+	StatsPage []byte
 	// Snapshot, when set, makes New restore this snapshot instead of
 	// booting: Kernel, Program, Args, Env and Hostname are the snapshot's
 	// (check them first with Snapshot.Matches), MemSize must be 0 or
@@ -113,7 +118,7 @@ type VM struct {
 	cpu   *vcpu
 	mem   *Memory
 	input *inputPump
-	stats stats
+	stats *stats // its own, or in Config.StatsPage
 	kick  kicker
 
 	bootInfo *abi.BootInfo
@@ -135,7 +140,15 @@ type VM struct {
 // including, the first instruction. Errors wrap ErrConfig, ErrMemSize,
 // ErrBadELF or ErrNoKVM when one of them is the cause.
 func New(cfg Config) (*VM, error) {
-	vm := &VM{cfg: cfg, input: newInputPump(cfg.Stdin)}
+	vm := &VM{cfg: cfg, input: newInputPump(cfg.Stdin), stats: &stats{}}
+	if cfg.StatsPage != nil {
+		s, err := statsIn(cfg.StatsPage)
+		if err != nil {
+			return nil, err
+		}
+		clear(cfg.StatsPage[:StatsSize])
+		vm.stats = s
+	}
 	if cfg.Snapshot != nil {
 		if err := vm.restore(); err != nil {
 			vm.release()
