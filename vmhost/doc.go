@@ -33,4 +33,11 @@
 // OnFirstWait (it holds the guest until the agent's callback returned,
 // as in process), the first read of a copied stdin, and the result with
 // its error's vmm sentinels, which the agent's side wraps again.
+//
+// Counters: the agent reads a VM's vmm.Stats once per warm call, and a
+// round trip to the worker for it cost about 2 ms per call under
+// emulation. So each worker shares a memfd with the agent (fd 4), one
+// vmm.StatsSize slot per VM, and its VMs keep their counters there
+// (vmm.Config.StatsPage); Stats reads the slot. The stats message remains
+// for VMs without a slot (past 4×PerWorker on one worker).
 package vmhost
