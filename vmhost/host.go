@@ -332,7 +332,7 @@ func (w *worker) start() error {
 		w.slots = append(w.slots, s)
 	}
 	cmd := exec.Command(w.h.exe)
-	cmd.Env = append(os.Environ(), workerEnv+"=1")
+	cmd.Env = append(os.Environ(), workerEnv+"=1", statsEnv+"=4")
 	cmd.ExtraFiles = []*os.File{theirs, statsFile} // fds 3 and 4
 	cmd.Stdout, cmd.Stderr = logW, logW
 	// SIGKILL when the agent dies, in case the worker does not notice its

@@ -20,6 +20,9 @@ import (
 // socket is fd 3.
 const workerEnv = "KILN_VMHOST_WORKER"
 
+// statsEnv says the stats memory is fd 4.
+const statsEnv = "KILN_VMHOST_STATS_FD"
+
 // snapIdle is how long a worker keeps a snapshot no VM uses.
 const snapIdle = time.Minute
 
@@ -58,7 +61,7 @@ func serveWorker(ctl *os.File) int {
 		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
 		return 2
 	}
-	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshot, snapIdle), stats: mapStats(os.NewFile(4, "vmhost-stats"))}
+	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshot, snapIdle), stats: mapStats()}
 	go func() {
 		for range time.Tick(snapIdle / 4) {
 			w.snaps.sweep()
@@ -378,9 +381,15 @@ func (r *notifyReader) Read(p []byte) (int, error) {
 	return r.f.Read(p)
 }
 
-// mapStats maps the stats memory the agent passed as f (fd 4); nil when
-// there is none, and VMs then keep their counters to themselves.
-func mapStats(f *os.File) []byte {
+// mapStats maps the stats memory the agent passed as fd 4; nil when it
+// passed none (statsEnv unset: fd 4 may then be anything, the runtime's
+// own poller included), and VMs then keep their counters to themselves.
+func mapStats() []byte {
+	if os.Getenv(statsEnv) != "4" {
+		return nil
+	}
+	os.Unsetenv(statsEnv)
+	f := os.NewFile(4, "vmhost-stats")
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Size <= 0 {

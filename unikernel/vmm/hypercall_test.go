@@ -119,7 +119,7 @@ func TestDiscardZeroes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.close()
-	vm := &VM{mem: mem}
+	vm := &VM{mem: mem, stats: &stats{}}
 	s, _ := mem.Slice(0x600000, 0x4000)
 	for i := range s {
 		s[i] = 0xa5
