@@ -35,6 +35,7 @@ type pool struct {
 	waiters           []chan *instance // invocations queued for the next instance to come free
 	lastUsed          time.Time
 	startEst, holdEst time.Duration // how long a start takes, and a call holds an instance (EWMAs)
+	freed             uint64        // instances that came free after a call: the queue's progress
 
 	slaWarm     int       // the scheduler's SLA target for this node (0: none)
 	ready       bool      // an instance got through its init once: min_warm may start more
@@ -112,7 +113,7 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 		case !p.room(s):
 			reason = "max_instances"
 		case !s.fresh && patient && p.freeSoonerThanStart():
-			reason, recheck, patient = "busy_sooner", p.startEst, false
+			reason, recheck = "busy_sooner", p.startEst
 		case a.coldStarts >= a.cfg.MaxColdStarts:
 			reason, slot = "start_limit", a.startEnded
 		default:
@@ -153,22 +154,41 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 		p.waiters = append(p.waiters, ch)
 		busy := p.total()
 		a.m.queued.WithLabelValues(reason).Inc()
+		freedAt := p.freed
 		a.mu.Unlock()
 		var timer <-chan time.Time
+		var t *time.Timer
 		if recheck > 0 {
-			t := time.NewTimer(recheck)
+			t = time.NewTimer(recheck)
 			defer t.Stop()
 			timer = t.C
 		}
-		select {
-		case in := <-ch:
-			if in == nil { // the agent is closing
-				return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
+	wait:
+		for {
+			select {
+			case in := <-ch:
+				if in == nil { // the agent is closing
+					return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
+				}
+				return in, kilnv1.StartKind_START_WARM, a.now().Sub(from), nil
+			case <-timer:
+				// A start's time has passed. While instances keep coming
+				// free the queue is only long, and starting one more
+				// would take CPU from them: keep this place in it. If
+				// none came free, they are held by long calls: start.
+				a.mu.Lock()
+				progress := p.freed != freedAt
+				freedAt = p.freed
+				a.mu.Unlock()
+				if progress {
+					t.Reset(recheck)
+					continue
+				}
+				patient = false
+			case <-slot:
+			case <-ctx.Done():
 			}
-			return in, kilnv1.StartKind_START_WARM, a.now().Sub(from), nil
-		case <-timer:
-		case <-slot:
-		case <-ctx.Done():
+			break wait
 		}
 		if in, handed := a.leaveQueue(p, ch); handed {
 			if ctx.Err() == nil {
@@ -259,6 +279,7 @@ func (a *Agent) release(in *instance, ok bool) {
 	p := in.pool
 	p.busy--
 	if ok && !in.fresh && !a.closed {
+		p.freed++
 		if len(p.waiters) > 0 {
 			ch := p.waiters[0]
 			p.waiters = p.waiters[1:]

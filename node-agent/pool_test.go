@@ -246,3 +246,30 @@ func TestColdStartLimit(t *testing.T) {
 		t.Fatalf("kiln_agent_queued_total{reason=start_limit} = %v, want at least 2", n)
 	}
 }
+
+// Calls that take longer than the pool expected make its queue outlast a
+// start's time; while the busy instance keeps coming free, the waiters keep
+// their places instead of each starting an instance of its own.
+func TestQueueKeepsWaitingWhileItMoves(t *testing.T) {
+	b := &slowBooter{boot: ProcessBooter(t.TempDir()), delay: 300 * time.Millisecond}
+	h := newHarness(t, 1<<30, b.Boot)
+	d := h.add(t, "sv", image.KindServe, []byte("kernel"), fnProgram(t), 10*time.Second)
+	expect(t, h.invoke(t, "sv", d, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
+	for range 3 { // the pool learns that a call takes a few ms
+		expect(t, h.invoke(t, "sv", d, "/p", ""), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_WARM)
+	}
+	// Twenty calls of 20 ms each: 400 ms of queue on the one instance,
+	// past the 300 ms a start takes.
+	resps := make(chan *kilnv1.InvokeResponse, 20)
+	for range 20 {
+		go func() { resps <- h.invoke(t, "sv", d, "/hold20", "") }()
+	}
+	for range 20 {
+		if r := <-resps; r.Outcome != kilnv1.Outcome_OUTCOME_OK || r.Start != kilnv1.StartKind_START_WARM {
+			t.Errorf("got %v/%v (%s), want OK/WARM", r.Outcome, r.Start, r.Error)
+		}
+	}
+	if b.starts != 1 {
+		t.Fatalf("%d starts: waiters started instances while the queue was moving", b.starts)
+	}
+}

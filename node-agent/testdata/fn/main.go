@@ -40,6 +40,8 @@ func main() {
 			time.Sleep(time.Minute)
 		case "/hold":
 			time.Sleep(300 * time.Millisecond)
+		case "/hold20":
+			time.Sleep(20 * time.Millisecond)
 		case "/garbage":
 			os.Stdout.Write([]byte("this is not a frame at all, not at all"))
 			time.Sleep(time.Minute)
