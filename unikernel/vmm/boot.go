@@ -266,8 +266,7 @@ func (vm *VM) stampClock() error {
 // around it. A try whose reads are far apart (the thread was preempted:
 // hundreds of milliseconds under emulation) is repeated, because the pair
 // anchors every guest deadline and wall-clock reading: a gap between the
-// ioctl and the clock read shifts all of them by the same amount (once,
-// under a loaded emulator, every sleep of a guest ran ~280 ms late).
+// ioctl and the clock read would shift all of them by the same amount.
 func atHostTime(op func() error) (time.Time, error) {
 	var at time.Time
 	for try := 0; try < 5; try++ {
