@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kilnfaas/kiln/internal/kvmtest"
+	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
 
@@ -314,7 +316,7 @@ func TestRestoreScalingReport(t *testing.T) {
 		return
 	}
 	n := envInt("KILN_RESTORE_N", 2000)
-	raiseNoFile(t, n)
+	raiseNoFile(n)
 	cfg := scaleConfig(t)
 
 	fmt.Fprintln(os.Stderr, "bench: restore scaling: boot hello-go and take its snapshot")
@@ -385,7 +387,7 @@ func restoreScaleChild(t *testing.T, spec string) {
 	if _, err := fmt.Sscanf(spec, "%d,%d,%d", &proc, &share, &batches); err != nil || batches < 1 {
 		t.Fatalf("%s=%q: want index,restores,batches (%v)", scaleChildEnv, spec, err)
 	}
-	raiseNoFile(t, share)
+	raiseNoFile(share)
 	snap, err := vmm.OpenSnapshot(os.Getenv(scaleSnapEnv))
 	if err != nil {
 		t.Fatal(err)
@@ -589,24 +591,12 @@ func describeEnd(restored, n int, wall time.Duration, stop string) string {
 	return s
 }
 
-// raiseNoFile lifts the open-file limit for vms VMs: each holds three
-// descriptors (/dev/kvm, its VM, its vCPU), so 2,000 pass the usual 4096.
-func raiseNoFile(t *testing.T, vms int) {
-	var l unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &l); err != nil {
-		t.Logf("RLIMIT_NOFILE: %v", err)
-		return
-	}
+// raiseNoFile lifts the open-file limit as the agent does, and says so
+// when it stays below what vms VMs need: each holds three or four.
+func raiseNoFile(vms int) {
 	want := uint64(4*vms + 1024)
-	if l.Cur >= want {
-		return
-	}
-	if unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: max(want, l.Max), Max: max(want, l.Max)}) == nil {
-		return // root may raise the hard limit too
-	}
-	l.Cur = l.Max
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &l); err != nil || l.Cur < want {
-		fmt.Printf("open-file limit %d is below the %d that %d VMs need: restores will stop early (%v)\n", l.Cur, want, vms, err)
+	if got := nodeagent.RaiseOpenFiles(slog.New(slog.DiscardHandler)); got < want {
+		fmt.Printf("open-file limit %d is below the %d that %d VMs need: restores will stop early\n", got, want, vms)
 	}
 }
 

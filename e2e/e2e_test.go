@@ -15,9 +15,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,10 +40,15 @@ func up(t *testing.T) *kiln {
 	defer cancel()
 	// The platform's log is printed only for a failed test: it says what
 	// the agent saw (a timed-out guest's registers, a crashed init).
-	logs := &lockedBuffer{}
+	logPath := filepath.Join(t.TempDir(), "platform.log")
+	logs, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("platform log:\n%s", logs.String())
+		logs.Close()
+		if b, _ := os.ReadFile(logPath); t.Failed() {
+			t.Logf("platform log:\n%s", b)
 		}
 	})
 	p, err := platform.Up(ctx, platform.Config{
@@ -63,23 +68,6 @@ func up(t *testing.T) *kiln {
 	k := &kiln{t: t, url: p.URL}
 	k.waitForNode()
 	return k
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // waitForNode waits until the agent has registered with the scheduler:

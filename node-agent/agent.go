@@ -140,7 +140,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
-	raiseOpenFiles(a.log)
+	RaiseOpenFiles(a.log)
 	if len(cfg.Kernel) > 0 {
 		a.kernelSum = fmt.Sprintf("%x", sha256.Sum256(cfg.Kernel))
 	}

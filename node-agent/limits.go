@@ -11,10 +11,12 @@ import (
 // of 4096 caps a node at about 1,300 warm instances.
 const wantOpenFiles = 1 << 20
 
-// raiseOpenFiles lifts RLIMIT_NOFILE towards wantOpenFiles: the soft limit
+// RaiseOpenFiles lifts RLIMIT_NOFILE towards wantOpenFiles: the soft limit
 // up to the hard one always, the hard one too when the process may (root,
-// or CAP_SYS_RESOURCE). It logs what it got; it never fails the agent.
-func raiseOpenFiles(log *slog.Logger) uint64 {
+// or CAP_SYS_RESOURCE). It logs what it got and returns the limit; it
+// never fails. The agent calls it at start, and so do the benches that
+// hold thousands of VMs in one process.
+func RaiseOpenFiles(log *slog.Logger) uint64 {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return 0

@@ -160,7 +160,6 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 		var t *time.Timer
 		if recheck > 0 {
 			t = time.NewTimer(recheck)
-			defer t.Stop()
 			timer = t.C
 		}
 	wait:
@@ -189,6 +188,9 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 			case <-ctx.Done():
 			}
 			break wait
+		}
+		if t != nil {
+			t.Stop()
 		}
 		if in, handed := a.leaveQueue(p, ch); handed {
 			if ctx.Err() == nil {

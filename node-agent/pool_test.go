@@ -163,7 +163,7 @@ func TestRaiseOpenFiles(t *testing.T) {
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &before); err != nil {
 		t.Fatal(err)
 	}
-	got := raiseOpenFiles(slog.New(slog.DiscardHandler))
+	got := RaiseOpenFiles(slog.New(slog.DiscardHandler))
 	var after unix.Rlimit
 	unix.Getrlimit(unix.RLIMIT_NOFILE, &after)
 	if got != after.Cur || after.Cur < before.Cur || after.Cur < before.Max {

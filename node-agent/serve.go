@@ -62,11 +62,11 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 	cold := start != kilnv1.StartKind_START_WARM
 	resp = inst.invoke(ctx, frame, cold)
 	resp.WaitNs = wait.Nanoseconds()
-	if resp.Outcome == kilnv1.Outcome_OUTCOME_OK {
+	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
+	if ok {
 		a.observe(inst.pool, time.Duration(resp.StartNs), time.Duration(resp.ExecNs))
 	}
 	tracing.Invocation(ctx, start.Label(), resp.WaitNs, resp.StartNs, resp.ExecNs, resp.Error)
-	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
 	switch {
 	case cold && !ok && inst.firstWait.at() == 0 && resp.Outcome != kilnv1.Outcome_OUTCOME_TIMEOUT:
 		// It never asked for input: its initialisation is broken.
@@ -183,7 +183,8 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 		inst.res, inst.runErr = res, err
 		close(inst.exited)
 		// Unblock both pumps: writes of requests fail, the parser sees
-		// EOF. (A VM in a vmhost worker had these closed here already.)
+		// EOF. (A VM in a vmhost worker was given duplicates; these are
+		// the agent's own.)
 		inR.Close()
 		inW.Close()
 		outW.Close()

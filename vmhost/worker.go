@@ -303,8 +303,8 @@ func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
 	v.mu.Unlock()
 	// Only a real VM keeps its counters in the page (a test's stand-in
 	// answers Stats requests instead).
-	_, real := mach.(*vmm.VM)
-	return real && cfg.StatsPage != nil, nil
+	_, isVM := mach.(*vmm.VM)
+	return isVM && cfg.StatsPage != nil, nil
 }
 
 // callback tells the agent of a vmm callback and, like the in-process

@@ -196,10 +196,10 @@ func (vm *VM) hcIO(ctx context.Context, gpa uint64) *Result {
 		return vm.badHypercall(bad)
 	}
 	vm.flush(out, errb)
-	if vm.cfg.SnapshotPath != "" && !vm.snapshotted && a.InCap > 0 && a.Flags&abi.IOWaitInput != 0 {
-		// The first wait for input: init is done. A failed snapshot is
-		// the caller's news, not the guest's: it keeps running.
-		vm.snapshotted = true
+	if vm.cfg.SnapshotPath != "" && !vm.waited && a.InCap > 0 && a.Flags&abi.IOWaitInput != 0 {
+		// The first wait for input: init is done (completeWait marks it
+		// waited). A failed snapshot is the caller's news, not the
+		// guest's: it keeps running.
 		err := vm.takeSnapshot(gpa, a)
 		if vm.cfg.OnSnapshot != nil {
 			vm.cfg.OnSnapshot(err)

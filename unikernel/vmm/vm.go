@@ -126,8 +126,7 @@ type VM struct {
 	bootTSC  uint64
 	bootTime time.Time
 
-	snapshotted bool // the first input wait was seen (SnapshotPath)
-	waited      bool // … and reported (OnFirstWait)
+	waited bool // the guest has waited for input (OnFirstWait, SnapshotPath)
 
 	mu      sync.Mutex // guards the fields below
 	ran     bool
