@@ -23,13 +23,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/kilnfaas/kiln/asyncq"
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/imagestore"
+	"github.com/kilnfaas/kiln/gateway/asyncq"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/store/imagestore"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 func envInt(name string, def int) int {

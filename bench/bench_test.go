@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/internal/kvmtest"
+	"github.com/kilnfaas/kiln/proto/wire"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
-	"github.com/kilnfaas/kiln/wire"
 )
 
 func runs() int {

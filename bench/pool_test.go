@@ -22,14 +22,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/internal/kvmtest"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
-	"github.com/kilnfaas/kiln/platform"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/proto/wire"
 	"github.com/kilnfaas/kiln/unikernel/abi"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
-	"github.com/kilnfaas/kiln/wire"
 )
 
 // images is an in-memory image store for agents under measurement.

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/kilnfaas/kiln/slapolicy"
+	"github.com/kilnfaas/kiln/scheduler/slapolicy"
 )
 
 // TestSLAPolicyReport: the SLA-driven pool policy against a fixed

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/internal/kvmtest"
+	"github.com/kilnfaas/kiln/proto/wire"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
-	"github.com/kilnfaas/kiln/wire"
 )
 
 // firstByte is a stdout that records when its first byte arrived.

@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
 	"github.com/kilnfaas/kiln/unikernel/abi"
 )
 

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
 )
 
 const helloC = `#include <stdio.h>

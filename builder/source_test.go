@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnfaas/kiln/wire"
+	"github.com/kilnfaas/kiln/proto/wire"
 )
 
 // These tests run the real compilers (go, musl-gcc) and then the programs

@@ -5,7 +5,7 @@
 // machines, so these tests check the files statically: they parse, every
 // image is pinned or built here, every file they mount or name exists, and
 // every address one part gives for another is one that part listens on.
-// The same topology runs as processes on loopback in cluster/.
+// The same topology runs as processes on loopback in test/cluster/.
 package deploy
 
 import (
@@ -25,9 +25,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/kilnfaas/kiln/apikeys"
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
-	"github.com/kilnfaas/kiln/platform"
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
+	"github.com/kilnfaas/kiln/store/apikeys"
 )
 
 // root is the repository, seen from this package.

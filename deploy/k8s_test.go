@@ -17,7 +17,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/kilnfaas/kiln/apikeys"
+	"github.com/kilnfaas/kiln/store/apikeys"
 )
 
 // intOrString is a Kubernetes port reference: a number or a port's name.

@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/kilnfaas/kiln/asyncq"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/gateway/asyncq"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // HeaderCallbackURL names where the result of an async invocation is POSTed.

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kilnfaas/kiln/apikeys"
+	"github.com/kilnfaas/kiln/store/apikeys"
 )
 
 // Who may do what:

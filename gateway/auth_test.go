@@ -14,10 +14,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/kilnfaas/kiln/apikeys"
 	"github.com/kilnfaas/kiln/gateway"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/apikeys"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 func openKeys(t *testing.T) *apikeys.Bolt {

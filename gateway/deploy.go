@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/builder"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // DeployParams are a deploy's settings, from the query string, multipart

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // ScalingParams are a deploy's warm-pool settings as text (see

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // Warm-pool and SLA settings are validated with errors that say what is

@@ -20,11 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/kilnfaas/kiln/apikeys"
-	"github.com/kilnfaas/kiln/asyncq"
-	"github.com/kilnfaas/kiln/logstore"
+	"github.com/kilnfaas/kiln/gateway/asyncq"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/apikeys"
+	"github.com/kilnfaas/kiln/store/logstore"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // Defaults for Config fields left zero.

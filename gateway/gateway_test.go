@@ -22,10 +22,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/imagestore"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/store/imagestore"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // env is a gateway over real parts: a bbolt registry, an embedded NATS image

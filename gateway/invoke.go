@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // Response headers the gateway adds to every invocation.

@@ -13,10 +13,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kilnfaas/kiln/asyncq"
-	"github.com/kilnfaas/kiln/logstore"
+	"github.com/kilnfaas/kiln/gateway/asyncq"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/logstore"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // Function logs (docs/LOGS.md): every invocation's stderr, sync or async,

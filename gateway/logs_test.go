@@ -20,8 +20,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/logstore"
-	"github.com/kilnfaas/kiln/logstore/logstoretest"
+	"github.com/kilnfaas/kiln/store/logstore"
+	"github.com/kilnfaas/kiln/store/logstore/logstoretest"
 )
 
 var (

@@ -4,7 +4,7 @@ import (
 	"time"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // invocation is what the gateway knows about one synchronous invocation it

@@ -9,9 +9,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/scheduler"
-	"github.com/kilnfaas/kiln/slaledger"
+	"github.com/kilnfaas/kiln/store/registry"
+	"github.com/kilnfaas/kiln/store/slaledger"
 )
 
 // SLAConfig is what the gateway needs for SLAs (Config.SLA).

@@ -12,7 +12,7 @@ import (
 
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/scheduler"
-	"github.com/kilnfaas/kiln/slaledger"
+	"github.com/kilnfaas/kiln/store/slaledger"
 )
 
 func openLedger(t *testing.T) *slaledger.Recorder {

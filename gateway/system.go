@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // Described is the answer of GET /system/functions/{name}.

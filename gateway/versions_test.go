@@ -23,11 +23,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/imagestore"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/registry"
 	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/store/imagestore"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // startRunning is start plus a real node-agent that runs functions as

@@ -36,12 +36,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
+	"github.com/kilnfaas/kiln/internal/tracing"
+	"github.com/kilnfaas/kiln/node-agent/vmhost"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/tracing"
+	"github.com/kilnfaas/kiln/proto/wire"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
-	"github.com/kilnfaas/kiln/vmhost"
-	"github.com/kilnfaas/kiln/wire"
 )
 
 // Config is the agent's dependencies.

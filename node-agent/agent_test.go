@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/unikernel/abi"
 )

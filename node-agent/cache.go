@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
 )
 
 // ImageFetcher gets an image's bytes by digest; the gateway's image store

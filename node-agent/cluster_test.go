@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/scheduler"
 )

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
-	"github.com/kilnfaas/kiln/image"
+	"github.com/kilnfaas/kiln/builder/image"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )

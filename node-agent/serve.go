@@ -11,10 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kilnfaas/kiln/internal/tracing"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/tracing"
+	"github.com/kilnfaas/kiln/proto/wire"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
-	"github.com/kilnfaas/kiln/wire"
 )
 
 // instance is a booted serve function: requests go in through a pipe that

@@ -40,9 +40,9 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
+	"github.com/kilnfaas/kiln/internal/tracing"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/slapolicy"
-	"github.com/kilnfaas/kiln/tracing"
+	"github.com/kilnfaas/kiln/scheduler/slapolicy"
 )
 
 // DefaultHeartbeatInterval is what agents are told when Config names none.

@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/slapolicy"
+	"github.com/kilnfaas/kiln/scheduler/slapolicy"
 )
 
 // DefaultQueueWait is how long an invocation waits for capacity when every

@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/slapolicy"
+	"github.com/kilnfaas/kiln/scheduler/slapolicy"
 )
 
 func invokeSLA(e *env, id string, deadlineMs int64) (*kilnv1.InvokeResponse, error) {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnfaas/kiln/wire"
+	"github.com/kilnfaas/kiln/proto/wire"
 )
 
 // The tests speak to the SDK with the platform's own wire package, so the

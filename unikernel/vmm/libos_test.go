@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/internal/kvmtest"
+	"github.com/kilnfaas/kiln/proto/wire"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
-	"github.com/kilnfaas/kiln/wire"
 )
 
 // guestRun is how a musl guest ended (see bootArtifact in vm_test.go).

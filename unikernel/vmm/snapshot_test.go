@@ -18,8 +18,8 @@ import (
 	"unsafe"
 
 	"github.com/kilnfaas/kiln/internal/kvmtest"
+	"github.com/kilnfaas/kiln/proto/wire"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
-	"github.com/kilnfaas/kiln/wire"
 )
 
 // served is a serve-function VM driven over its stdin/stdout pipes.

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/platform"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // aliasProgram is any static ELF: deploys need one, nothing runs it here.

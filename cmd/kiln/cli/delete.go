@@ -13,7 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 func (a *app) deleteCmd() *cobra.Command {

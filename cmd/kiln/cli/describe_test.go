@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
-	"github.com/kilnfaas/kiln/platform"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // upNoAgent starts a real platform without a node-agent (nothing is

@@ -14,8 +14,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/internal/redistest"
-	"github.com/kilnfaas/kiln/platform"
 )
 
 // redisURL runs a real redis-server for the test (redistest.Start).

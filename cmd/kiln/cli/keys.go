@@ -14,9 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kilnfaas/kiln/apikeys"
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/apikeys"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 func (a *app) keysCmd() *cobra.Command {

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kilnfaas/kiln/apikeys"
-	"github.com/kilnfaas/kiln/platform"
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
+	"github.com/kilnfaas/kiln/store/apikeys"
 )
 
 // staticC builds a small static C program (gcc), deployed by the test and

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 func (a *app) listCmd() *cobra.Command {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kilnfaas/kiln/logstore"
+	"github.com/kilnfaas/kiln/store/logstore"
 )
 
 // maxLogLine bounds one NDJSON line from the gateway: a stored line is at

@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/logstore"
-	"github.com/kilnfaas/kiln/platform"
+	"github.com/kilnfaas/kiln/store/logstore"
 )
 
 // logsPlatform is `kiln up` with the process runtime and function "logger"
@@ -22,7 +22,7 @@ import (
 func logsPlatform(t *testing.T) string {
 	t.Helper()
 	prog := filepath.Join(t.TempDir(), "logfn")
-	build := exec.Command("go", "build", "-o", prog, "../../../platform/testdata/logfn")
+	build := exec.Command("go", "build", "-o", prog, "../platform/testdata/logfn")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build logfn: %v\n%s", err, b)

@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/platform"
 )
 
 // The cluster roles (docs/CLUSTER.md). Each flag falls back to an

@@ -7,7 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/registry"
+	"github.com/kilnfaas/kiln/store/registry"
 )
 
 func (a *app) rollbackCmd() *cobra.Command {

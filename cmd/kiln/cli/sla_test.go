@@ -16,9 +16,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/internal/redistest"
-	"github.com/kilnfaas/kiln/platform"
 )
 
 // `kiln sla` as a user runs it, against the cluster roles in this process:

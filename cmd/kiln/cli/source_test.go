@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/internal/kvmtest"
-	"github.com/kilnfaas/kiln/platform"
-	"github.com/kilnfaas/kiln/wire"
+	"github.com/kilnfaas/kiln/proto/wire"
 )
 
 // These tests drive the kiln command line as a user does (cli.Main with

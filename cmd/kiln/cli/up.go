@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/platform"
 )
 
 func (a *app) upCmd() *cobra.Command {

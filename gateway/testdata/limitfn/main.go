@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kilnfaas/kiln/wire"
+	"github.com/kilnfaas/kiln/proto/wire"
 )
 
 func main() {

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kilnfaas/kiln/wire"
+	"github.com/kilnfaas/kiln/proto/wire"
 )
 
 func main() {

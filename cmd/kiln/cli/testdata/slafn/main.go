@@ -8,7 +8,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/kilnfaas/kiln/wire"
+	"github.com/kilnfaas/kiln/proto/wire"
 )
 
 func main() {
