@@ -42,7 +42,7 @@ func envInt(name string, def int) int {
 // TestAsyncReport measures async invocations end to end on real parts: an
 // embedded NATS JetStream server (file store), the gateway's HTTP API, the
 // worker, the scheduler and a node-agent over gRPC on 127.0.0.1, the
-// function (asyncq/testdata/fn, a serve function) run as a host process
+// function (gateway/asyncq/testdata/fn, a serve function) run as a host process
 // by the agent's ProcessBooter, so no KVM is needed and the figures are
 // the platform's own overhead. Invocations are offered at a fixed rate
 // for a fixed time (KILN_BENCH_ASYNC_RATE per second, default 50, for
@@ -192,11 +192,11 @@ func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
 // buildAsyncFn builds the async tests' serve function as a static program.
 func buildAsyncFn(t *testing.T) []byte {
 	out := filepath.Join(t.TempDir(), "fn")
-	cmd := exec.Command("go", "build", "-o", out, "./asyncq/testdata/fn")
+	cmd := exec.Command("go", "build", "-o", out, "./gateway/asyncq/testdata/fn")
 	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building asyncq/testdata/fn: %v\n%s", err, b)
+		t.Fatalf("building gateway/asyncq/testdata/fn: %v\n%s", err, b)
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 )
 
 // logsPlatform is `kiln up` with the process runtime and function "logger"
-// (platform/testdata/logfn: two stderr lines per call naming the body).
+// (cmd/kiln/platform/testdata/logfn: two stderr lines per call naming the body).
 func logsPlatform(t *testing.T) string {
 	t.Helper()
 	prog := filepath.Join(t.TempDir(), "logfn")
