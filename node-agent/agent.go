@@ -241,12 +241,17 @@ func (a *Agent) reserveLocked(mem uint64) error {
 		return ErrClosed
 	}
 	if a.used+mem > a.cfg.MemoryBytes {
-		return fmt.Errorf("%w: needs %d MiB, %d of %d MiB in use", ErrNoCapacity, mem>>20, a.used>>20, a.cfg.MemoryBytes>>20)
+		return a.noMemoryLocked(mem)
 	}
 	a.used += mem
 	a.m.memUsed.Set(float64(a.used))
 	a.m.vms.Inc()
 	return nil
+}
+
+// noMemoryLocked is the error for mem that does not fit in the budget.
+func (a *Agent) noMemoryLocked(mem uint64) error {
+	return fmt.Errorf("%w: needs %d MiB, %d of %d MiB in use", ErrNoCapacity, mem>>20, a.used>>20, a.cfg.MemoryBytes>>20)
 }
 
 func (a *Agent) releaseMem(mem uint64) {

@@ -64,21 +64,17 @@ func (a *Agent) poolFor(s *spec) *pool {
 	return p
 }
 
-// acquire finds the instance an invocation runs on: an idle warm one; else
-// the first busy one to come free, when that is expected sooner than a
-// cold start takes; else a new one (a snapshot restore, or a boot that
-// takes the snapshot) while the pool has room, the node has memory —
-// evicting other functions' idle instances for it if need be — and fewer
-// than Config.MaxColdStarts starts are under way; else the first instance
-// to come free, until ctx ends. Fresh functions always get a new instance.
-// waited is the time the call spent queued before its instance was found
-// or its start began.
+// acquire finds the instance an invocation runs on — an idle one, a new
+// one, or one it queued for — as admitPolicy decides, until ctx ends; a
+// closing agent admits nothing. waited is the time the call spent queued
+// before its instance was found or its start began.
 //
-// Waiting instead of starting is what keeps a burst from becoming a
-// restore storm: a start costs far more CPU than the warm calls it would
-// overlap, and starting many at once slows every call on the node.
+// acquire only applies the policy: it gathers the state under Agent.mu,
+// asks the policy, and takes, starts, evicts or queues, with the queue's
+// timers, deciding again after an eviction or a wake-up in the queue.
 func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1.StartKind, waited time.Duration, resp *kilnv1.InvokeResponse) {
 	from := a.now()
+	policy := admitPolicy{maxColdStarts: a.cfg.MaxColdStarts, memory: a.cfg.MemoryBytes}
 	patient := true // may still wait for a busy instance rather than start
 	for {
 		a.mu.Lock()
@@ -87,13 +83,16 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 			return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
 		}
 		p := a.poolFor(s)
-		if now := a.now(); now.Before(p.failedUntil) {
-			msg := p.initErr
+		st, victim, victimPool := a.admitStateLocked(p, s, patient)
+		d := policy.decide(a.now(), st)
+		switch d.action {
+		case admitBackoff:
+			until, msg := p.failedUntil, p.initErr
 			a.mu.Unlock()
 			return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_CRASHED, "the function crashed during initialisation and is not restarted until %s: %s",
-				p.failedUntil.UTC().Format(time.RFC3339), msg)
-		}
-		if n := len(p.idle); n > 0 && !s.fresh {
+				until.UTC().Format(time.RFC3339), msg)
+		case admitWarm:
+			n := len(p.idle)
 			in := p.idle[n-1] // the most recently used: its pages are the warmest
 			p.idle = p.idle[:n-1]
 			if in.dead() {
@@ -105,33 +104,21 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 			a.updateWarmLocked(p)
 			a.mu.Unlock()
 			return in, kilnv1.StartKind_START_WARM, a.now().Sub(from), nil
-		}
-		var recheck time.Duration // wait at most this long, then decide again
-		var slot <-chan struct{}  // … or until a start ends
-		reason := ""
-		switch {
-		case !p.room(s):
-			reason = "max_instances"
-		case !s.fresh && patient && p.freeSoonerThanStart():
-			reason, recheck = "busy_sooner", p.startEst
-		case a.coldStarts >= a.cfg.MaxColdStarts:
-			reason, slot = "start_limit", a.startEnded
-		default:
-			if err := a.reserveLocked(s.mem); err != nil {
-				if victim := a.evictableLocked(s.mem); victim != nil {
-					a.mu.Unlock()
-					victim.destroy()
-					a.m.evictions.Inc()
-					continue
-				}
-				if p.busy+p.starting == 0 || s.fresh {
-					a.mu.Unlock()
-					return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
-				}
-				// The node is full of this function's own busy
-				// instances: queue for one of them, as at max_instances.
-				reason = "memory"
-				break
+		case admitEvict:
+			victimPool.idle = slices.DeleteFunc(victimPool.idle, func(in *instance) bool { return in == victim })
+			a.updateWarmLocked(victimPool)
+			a.mu.Unlock()
+			victim.destroy()
+			a.m.evictions.Inc()
+			continue
+		case admitNoMemory:
+			err := a.noMemoryLocked(s.mem)
+			a.mu.Unlock()
+			return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
+		case admitStart:
+			if err := a.reserveLocked(s.mem); err != nil { // the policy saw it fit, under this lock
+				a.mu.Unlock()
+				return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err)
 			}
 			p.starting++
 			a.coldStarts++
@@ -149,17 +136,22 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 			a.updateWarmLocked(p)
 			a.mu.Unlock()
 			return in, kind, waited, resp
+		case admitQueue: // below: the queue and its wake-ups
+		}
+		var slot <-chan struct{} // wakes the call when a start ends
+		if d.onStartEnd {
+			slot = a.startEnded
 		}
 		ch := make(chan *instance, 1)
 		p.waiters = append(p.waiters, ch)
 		busy := p.total()
-		a.m.queued.WithLabelValues(reason).Inc()
+		a.m.queued.WithLabelValues(d.reason).Inc()
 		freedAt := p.freed
 		a.mu.Unlock()
 		var timer <-chan time.Time
 		var t *time.Timer
-		if recheck > 0 {
-			t = time.NewTimer(recheck)
+		if d.recheck > 0 {
+			t = time.NewTimer(d.recheck)
 			timer = t.C
 		}
 	wait:
@@ -170,17 +162,13 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 					return nil, 0, 0, fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed)
 				}
 				return in, kilnv1.StartKind_START_WARM, a.now().Sub(from), nil
-			case <-timer:
-				// A start's time has passed. While instances keep coming
-				// free the queue is only long, and starting one more
-				// would take CPU from them: keep this place in it. If
-				// none came free, they are held by long calls: start.
+			case <-timer: // a start's time has passed: keepPlace says whether to wait on
 				a.mu.Lock()
-				progress := p.freed != freedAt
-				freedAt = p.freed
+				freedNow := p.freed
 				a.mu.Unlock()
-				if progress {
-					t.Reset(recheck)
+				if keepPlace(freedAt, freedNow) {
+					freedAt = freedNow
+					t.Reset(d.recheck)
 					continue
 				}
 				patient = false
@@ -204,6 +192,23 @@ func (a *Agent) acquire(ctx context.Context, s *spec) (in *instance, kind kilnv1
 	}
 }
 
+// admitStateLocked gathers what admitPolicy looks at for a call of s in
+// p; Agent.mu is held. The node's longest-idle instance (and its pool),
+// which an eviction would destroy, is looked for only when s's start does
+// not fit in the free memory: the policy looks at it in no other case.
+func (a *Agent) admitStateLocked(p *pool, s *spec, patient bool) (st admitState, victim *instance, from *pool) {
+	st = admitState{failedUntil: p.failedUntil, fresh: s.fresh, patient: patient,
+		idle: len(p.idle), busy: p.busy, starting: p.starting, waiting: len(p.waiters), maxInstances: s.maxInstances,
+		startEst: p.startEst, holdEst: p.holdEst, coldStarts: a.coldStarts, mem: s.mem, used: a.used}
+	if a.used+s.mem > a.cfg.MemoryBytes {
+		victim, from = a.longestIdleLocked()
+		if victim != nil {
+			st.victimMem, st.canEvict = victim.mem, true
+		}
+	}
+	return st, victim, from
+}
+
 // leaveQueue takes ch off p's waiters. When release has already picked it,
 // the instance is on its way (or there: release sends after unlocking)
 // and is returned; nil means the agent is closing.
@@ -218,19 +223,6 @@ func (a *Agent) leaveQueue(p *pool, ch chan *instance) (*instance, bool) {
 	}
 	in := <-ch
 	return in, in != nil
-}
-
-// freeSoonerThanStart says whether a busy instance of p is expected to
-// come free for one more waiter sooner than a cold start would be ready:
-// the waiters ahead are served round by round, one call per busy instance
-// each, a round lasting about one call. Until p has seen both a start and
-// a call it does not guess.
-func (p *pool) freeSoonerThanStart() bool {
-	if p.busy == 0 || p.holdEst == 0 || p.startEst == 0 {
-		return false
-	}
-	rounds := len(p.waiters)/p.busy + 1
-	return time.Duration(rounds)*p.holdEst < p.startEst
 }
 
 // observe folds one invocation's start (0: it was warm) and the time it
@@ -252,10 +244,9 @@ func (a *Agent) observe(p *pool, start, hold time.Duration) {
 	}
 }
 
-// evictableLocked picks the idle instance of another pool that has been
-// idle longest, when destroying it frees enough memory for mem — live
-// invocations outrank speculative warmth, min_warm included.
-func (a *Agent) evictableLocked(mem uint64) *instance {
+// longestIdleLocked is the node's instance that has been idle longest,
+// and its pool: the one an eviction destroys. nil when none is idle.
+func (a *Agent) longestIdleLocked() (*instance, *pool) {
 	var victim *instance
 	var from *pool
 	for _, p := range a.pools {
@@ -265,12 +256,7 @@ func (a *Agent) evictableLocked(mem uint64) *instance {
 			}
 		}
 	}
-	if victim == nil || a.used-victim.mem+mem > a.cfg.MemoryBytes {
-		return nil
-	}
-	from.idle = slices.DeleteFunc(from.idle, func(in *instance) bool { return in == victim })
-	a.updateWarmLocked(from)
-	return victim
+	return victim, from
 }
 
 // release gives an instance back after an invocation: to a waiting
