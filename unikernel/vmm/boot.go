@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -11,13 +12,71 @@ import (
 	"github.com/kilnfaas/kiln/unikernel/abi"
 )
 
-// The boot recipe, in the order New runs it:
+// The recipe, in the order New (build) and Run run it — one for a cold
+// boot and a snapshot restore alike:
 //
-//	open KVM → create VM → guest memory → CPUID → load kernel → load program
-//	→ page tables → GDT/TSS → initial stack → boot info → vCPU state
+//	check config → open KVM → create VM → guest memory → memory slot
+//	→ vCPU → CPUID → TSC rate → load guest → … Run: start guest → KVM_RUN
 //
-// Run then stamps the boot info with a fresh (TSC, wall clock) pair right
-// before the first KVM_RUN.
+// The three steps in the guest's own words differ, and a guestSource names
+// them: coldBoot (below) maps fresh memory, loads the kernel and program and
+// builds page tables, GDT/TSS, initial stack, boot info and the vCPU's long
+// mode; snapshotRestore (snapshot.go) maps the snapshot file and sets the
+// saved vCPU state. Their start steps stamp the boot clock, or continue the
+// TSC, refresh wall clock and entropy and serve the pending wait.
+
+// guestSource is what a cold boot and a snapshot restore do differently;
+// build runs every other step of the recipe. On error the caller closes
+// the VM, which frees what the steps made.
+type guestSource interface {
+	// check refuses a bad configuration before KVM is touched: it is the
+	// caller's error, not the host's.
+	check() error
+	// memory makes guest RAM, checked and sized by check.
+	memory() (*Memory, error)
+	// load fills guest RAM and sets the vCPU's state, once the vCPU has
+	// its CPUID (feat) and vm.tscKHz is known.
+	load(feat cpuFeatures) error
+	// start runs in Run just before the guest's first instruction; a
+	// non-nil Result ends the run.
+	start(ctx context.Context) *Result
+}
+
+// build runs the recipe with src's own steps.
+func (vm *VM) build(src guestSource) error {
+	if err := src.check(); err != nil {
+		return err
+	}
+	var err error
+	if vm.sys, err = openKVM(); err != nil {
+		return err
+	}
+	if vm.kvm, err = vm.sys.createVM(); err != nil {
+		return err
+	}
+	if vm.mem, err = src.memory(); err != nil {
+		return err
+	}
+	if err := vm.kvm.setUserMemory(&kvmUserspaceMemoryRegion{
+		Slot: 0, GuestPhysAddr: 0, MemorySize: vm.mem.Size(), UserspaceAddr: hostAddr(vm.mem.b),
+	}); err != nil {
+		return err
+	}
+	if vm.cpu, err = vm.kvm.createVCPU(vm.sys); err != nil {
+		return err
+	}
+	feat, err := setupCPUID(vm.sys, vm.cpu)
+	if err != nil {
+		return err
+	}
+	if vm.tscKHz, err = vm.cpu.tscKHz(); err != nil {
+		return err
+	}
+	if vm.tscKHz == 0 {
+		return errors.New("KVM_GET_TSC_KHZ: 0")
+	}
+	return src.load(feat)
+}
 
 // Control register and EFER bits.
 const (
@@ -283,9 +342,17 @@ func atHostTime(op func() error) (time.Time, error) {
 	return at, nil
 }
 
-// boot runs the recipe for vm.cfg. On error the caller closes vm.
-func (vm *VM) boot() error {
-	cfg := &vm.cfg
+// coldBoot is the guest source of a VM booted from its images, vm.cfg's
+// Kernel and Program.
+type coldBoot struct {
+	vm   *VM
+	prog *elfImage // the program, parsed by check
+}
+
+// check fills in the default memory size and parses both images: a bad ELF
+// is the caller's error.
+func (b *coldBoot) check() error {
+	cfg := &b.vm.cfg
 	if len(cfg.Kernel) == 0 {
 		return fmt.Errorf("%w: no kernel image", ErrConfig)
 	}
@@ -298,7 +365,6 @@ func (vm *VM) boot() error {
 	if err := checkMemSize(cfg.MemSize); err != nil {
 		return err
 	}
-	// Check the images before touching KVM: a bad ELF is the caller's error.
 	prog, err := parseELF(cfg.Program, abi.UserBase, cfg.MemSize-stackSize, abi.UserBase)
 	if err != nil {
 		return fmt.Errorf("program: %w", err)
@@ -306,28 +372,17 @@ func (vm *VM) boot() error {
 	if _, err := parseELF(cfg.Kernel, abi.KernelBase, abi.KernelLimit, abi.KernelBase); err != nil {
 		return fmt.Errorf("kernel: %w", err)
 	}
+	b.prog = prog
+	return nil
+}
 
-	if vm.sys, err = openKVM(); err != nil {
-		return err
-	}
-	if vm.kvm, err = vm.sys.createVM(); err != nil {
-		return err
-	}
-	if vm.mem, err = newMemory(cfg.MemSize); err != nil {
-		return err
-	}
-	if err := vm.kvm.setUserMemory(&kvmUserspaceMemoryRegion{
-		Slot: 0, GuestPhysAddr: 0, MemorySize: vm.mem.Size(), UserspaceAddr: hostAddr(vm.mem.b),
-	}); err != nil {
-		return err
-	}
-	if vm.cpu, err = vm.kvm.createVCPU(vm.sys); err != nil {
-		return err
-	}
-	feat, err := setupCPUID(vm.sys, vm.cpu)
-	if err != nil {
-		return err
-	}
+// memory is fresh, zero guest RAM.
+func (b *coldBoot) memory() (*Memory, error) { return newMemory(b.vm.cfg.MemSize) }
+
+// load places kernel, program, system tables, initial stack and boot info
+// and puts the vCPU in long mode at the kernel's entry.
+func (b *coldBoot) load(feat cpuFeatures) error {
+	vm, cfg, prog := b.vm, &b.vm.cfg, b.prog
 	entry, lstar, err := loadKernel(vm.mem, cfg.Kernel)
 	if err != nil {
 		return err
@@ -370,11 +425,13 @@ func (vm *VM) boot() error {
 	if vm.bootInfo, err = bootInfo(cfg, vm.mem, prog, rsp, flags); err != nil {
 		return err
 	}
-	if vm.tscKHz, err = vm.cpu.tscKHz(); err != nil {
-		return err
-	}
-	if vm.tscKHz == 0 {
-		return errors.New("KVM_GET_TSC_KHZ: 0")
-	}
 	return writeBootInfo(vm.mem, vm.bootInfo)
+}
+
+// start stamps the boot clock.
+func (b *coldBoot) start(context.Context) *Result {
+	if err := b.vm.stampClock(); err != nil {
+		return b.vm.internal(err)
+	}
+	return nil
 }

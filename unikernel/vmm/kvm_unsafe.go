@@ -9,10 +9,13 @@ import (
 )
 
 // ioctl issues one KVM ioctl whose argument is a pointer to a Go value.
+//
+// SAFETY: the caller's arg points at a live Go value of exactly the size
+// the request encodes (the struct types in kvm.go mirror linux/kvm.h).
 func ioctl(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
-	// SAFETY: arg points at a live Go value of exactly the size the request
-	// encodes (the struct types in kvm.go mirror linux/kvm.h), and unix.Syscall
-	// keeps it alive and unmoved until the call returns.
+	// SAFETY: arg becomes a uintptr inside the call expression, so
+	// unix.Syscall keeps the value alive and unmoved until the call returns
+	// (unsafe.Pointer's rule for syscalls).
 	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
 	if e != 0 {
 		return r, e
@@ -194,13 +197,31 @@ func (c *vcpu) setImmediateExit() {
 }
 
 // StatsSize is the size of a Config.StatsPage.
+//
+// SAFETY: Sizeof only measures the type at compile time; no memory is
+// touched.
 const StatsSize = int(unsafe.Sizeof(stats{}))
 
-// statsIn places the counters in page, which outlives the VM.
+// statsIn places the counters in page, which outlives the VM. page is
+// usually memory shared with another process: vmhost's worker keeps a VM's
+// counters in a memfd its agent maps too, and the agent reads them with
+// ReadStats.
 func statsIn(page []byte) (*stats, error) {
+	// SAFETY: the address is only tested for alignment, never kept as a
+	// uintptr.
 	if len(page) < StatsSize || uintptr(unsafe.Pointer(&page[0]))%8 != 0 {
 		return nil, fmt.Errorf("%w: a StatsPage must be %d bytes, 8-byte aligned", ErrConfig, StatsSize)
 	}
+	// SAFETY: page holds at least StatsSize bytes at an 8-byte aligned
+	// address (checked above), all a stats needs: its fields are 64-bit
+	// atomic integers only, so any bytes are a valid value, there is no
+	// pointer the garbage collector would have to find in memory it does
+	// not manage, and every access is a whole aligned atomic load or add,
+	// so another process writing or reading the same shared page never
+	// sees a torn count. The page stays mapped while anything uses the
+	// result: Config.StatsPage outlives the VM (vmhost's worker never
+	// unmaps it, its agent unmaps its side only once the worker is dead),
+	// and a page on the Go heap is kept alive by this interior pointer.
 	return (*stats)(unsafe.Pointer(&page[0])), nil
 }
 

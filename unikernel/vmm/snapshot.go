@@ -393,41 +393,37 @@ func residentPages(b []byte) ([]byte, error) {
 	return v, nil
 }
 
-// restore builds vm from cfg.Snapshot instead of booting: guest RAM is a
-// private copy-on-write mapping of the file, the vCPU gets the saved state.
-// The clock, entropy and the pending wait are settled by Run (resume).
-func (vm *VM) restore() error {
-	s := vm.cfg.Snapshot
-	if vm.cfg.MemSize == 0 {
-		vm.cfg.MemSize = s.hdr.MemSize
+// snapshotRestore is the guest source of a VM restored from a snapshot
+// instead of booted: guest RAM is a private copy-on-write mapping of the
+// file, the vCPU gets the saved state, and start settles the clock, the
+// entropy and the pending wait.
+type snapshotRestore struct {
+	vm   *VM
+	snap *Snapshot
+}
+
+// check takes the snapshot's memory size, or refuses a different one.
+func (r *snapshotRestore) check() error {
+	cfg, s := &r.vm.cfg, r.snap
+	if cfg.MemSize == 0 {
+		cfg.MemSize = s.hdr.MemSize
 	}
-	if vm.cfg.MemSize != s.hdr.MemSize {
-		return fmt.Errorf("%w: snapshot holds %d bytes of RAM, config asks %d", ErrSnapshot, s.hdr.MemSize, vm.cfg.MemSize)
+	if cfg.MemSize != s.hdr.MemSize {
+		return fmt.Errorf("%w: snapshot holds %d bytes of RAM, config asks %d", ErrSnapshot, s.hdr.MemSize, cfg.MemSize)
 	}
-	var err error
-	if vm.sys, err = openKVM(); err != nil {
-		return err
-	}
-	if vm.kvm, err = vm.sys.createVM(); err != nil {
-		return err
-	}
-	if vm.mem, err = mapSnapshotMemory(s.f, s.hdr.MemOff, s.hdr.MemSize); err != nil {
-		return err
-	}
-	if err := vm.kvm.setUserMemory(&kvmUserspaceMemoryRegion{
-		Slot: 0, GuestPhysAddr: 0, MemorySize: vm.mem.Size(), UserspaceAddr: hostAddr(vm.mem.b),
-	}); err != nil {
-		return err
-	}
-	if vm.cpu, err = vm.kvm.createVCPU(vm.sys); err != nil {
-		return err
-	}
-	if _, err := setupCPUID(vm.sys, vm.cpu); err != nil {
-		return err
-	}
-	if vm.tscKHz, err = vm.cpu.tscKHz(); err != nil {
-		return err
-	}
+	return nil
+}
+
+// memory is the snapshot file's RAM, mapped copy-on-write.
+func (r *snapshotRestore) memory() (*Memory, error) {
+	return mapSnapshotMemory(r.snap.f, r.snap.hdr.MemOff, r.snap.hdr.MemSize)
+}
+
+// load sets the saved vCPU state and reads the boot info back; the
+// guest's clocks count TSC ticks, so the host's rate must be the
+// snapshot's.
+func (r *snapshotRestore) load(cpuFeatures) error {
+	vm, s := r.vm, r.snap
 	if vm.tscKHz != s.hdr.TSCkHz {
 		return fmt.Errorf("%w: taken at a TSC of %d kHz, this host's is %d kHz", ErrSnapshot, s.hdr.TSCkHz, vm.tscKHz)
 	}
@@ -459,13 +455,13 @@ func (vm *VM) restore() error {
 	return nil
 }
 
-// resume runs just before a restored guest's first instruction: the TSC
+// start runs just before a restored guest's first instruction: the TSC
 // continues from the snapshot (the guest's monotonic clock does not jump),
 // the wall clock is re-published against it, new entropy with a new
 // generation makes the kernel reseed getrandom, and the pending wait gets
-// its input. A non-nil Result ends the run.
-func (vm *VM) resume(ctx context.Context) *Result {
-	st := &vm.cfg.Snapshot.state
+// its input.
+func (r *snapshotRestore) start(ctx context.Context) *Result {
+	vm, st := r.vm, &r.snap.state
 	var tsc uint64
 	for i := 0; i < int(st.MSRs.NMSRs); i++ {
 		if st.MSRs.Entries[i].Index == msrTSC {

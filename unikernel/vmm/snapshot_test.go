@@ -15,7 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kilnfaas/kiln/internal/kvmtest"
 	"github.com/kilnfaas/kiln/proto/wire"
@@ -173,10 +174,14 @@ func TestSnapshotRestore(t *testing.T) {
 		rc.Snapshot = snap
 		var firstWaits atomic.Int32
 		rc.OnFirstWait = func() { firstWaits.Add(1) }
-		// Its counters in memory of ours, as vmhost shares them.
-		words := make([]uint64, vmm.StatsSize/8)
-		page := unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), vmm.StatsSize)
-		rc.StatsPage = page
+		// Its counters in shared memory of ours, as vmhost keeps them;
+		// unmapped after the VM is closed (cleanups run last first).
+		page, err := unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Munmap(page) })
+		rc.StatsPage = page[:vmm.StatsSize]
 		start := time.Now()
 		s := startServed(t, rc)
 		sent := time.Now()

@@ -120,6 +120,7 @@ type VM struct {
 	input *inputPump
 	stats *stats // its own, or in Config.StatsPage
 	kick  kicker
+	src   guestSource // how it was built: a cold boot or a restore (boot.go)
 
 	bootInfo *abi.BootInfo
 	tscKHz   uint64
@@ -135,8 +136,9 @@ type VM struct {
 	running chan struct{}      // closed when a Run in progress returns
 }
 
-// New creates the VM and runs the boot recipe (boot.go) up to, not
-// including, the first instruction. Errors wrap ErrConfig, ErrMemSize,
+// New creates the VM — booted from cfg's images, or restored from
+// cfg.Snapshot — by the recipe in boot.go, up to, not including, the first
+// instruction. Errors wrap ErrConfig, ErrMemSize,
 // ErrBadELF or ErrNoKVM when one of them is the cause.
 func New(cfg Config) (*VM, error) {
 	vm := &VM{cfg: cfg, input: newInputPump(cfg.Stdin), stats: &stats{}}
@@ -148,17 +150,16 @@ func New(cfg Config) (*VM, error) {
 		clear(cfg.StatsPage[:StatsSize])
 		vm.stats = s
 	}
+	var src guestSource = &coldBoot{vm: vm}
+	op := "boot"
 	if cfg.Snapshot != nil {
-		if err := vm.restore(); err != nil {
-			vm.release()
-			return nil, fmt.Errorf("vmm: restore: %w", err)
-		}
-		return vm, nil
+		src, op = &snapshotRestore{vm: vm, snap: cfg.Snapshot}, "restore"
 	}
-	if err := vm.boot(); err != nil {
+	if err := vm.build(src); err != nil {
 		vm.release()
-		return nil, fmt.Errorf("vmm: boot: %w", err)
+		return nil, fmt.Errorf("vmm: %s: %w", op, err)
 	}
+	vm.src = src
 	return vm, nil
 }
 
@@ -181,14 +182,8 @@ func (vm *VM) Run(ctx context.Context) (*Result, error) {
 	defer close(vm.running)
 	vm.mu.Unlock()
 
-	var r *Result
-	if vm.cfg.Snapshot != nil {
-		if r = vm.resume(ctx); r == nil {
-			r = vm.runLoop(ctx)
-		}
-	} else if err := vm.stampClock(); err != nil {
-		r = vm.internal(err)
-	} else {
+	r := vm.src.start(ctx)
+	if r == nil {
 		r = vm.runLoop(ctx)
 	}
 	vm.input.stop()
