@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -372,4 +375,27 @@ func (in *instance) invoke(ctx context.Context, frame []byte, cold bool) *kilnv1
 			sendErr = nil
 		}
 	}
+}
+
+func toHTTPHeader(hs []*kilnv1.Header) http.Header {
+	h := http.Header{}
+	for _, x := range hs {
+		h.Add(x.Name, x.Value)
+	}
+	return h
+}
+
+func fromHTTPHeader(h http.Header) []*kilnv1.Header {
+	var out []*kilnv1.Header
+	names := make([]string, 0, len(h))
+	for n := range h {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		for _, v := range h[n] {
+			out = append(out, &kilnv1.Header{Name: strings.ToLower(n), Value: v})
+		}
+	}
+	return out
 }
