@@ -153,51 +153,8 @@ func New(cfg Config) (*Agent, error) {
 	if a.boot == nil {
 		a.boot = BootVM
 	}
-	buckets := prometheus.ExponentialBuckets(0.0005, 2, 16) // 0.5 ms … 16 s
-	a.m = metrics{
-		invocations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kiln_agent_invocations_total", Help: "Invocations by function, start kind and outcome.",
-		}, []string{"function", "start", "outcome"}),
-		boot: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "kiln_agent_vm_boot_seconds", Help: "From VM creation until the function is ready for input.", Buckets: buckets,
-		}),
-		restore: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "kiln_agent_restore_seconds", Help: "From the start of a snapshot restore until the function is ready for input.", Buckets: buckets,
-		}),
-		exec: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "kiln_agent_exec_seconds", Help: "Time inside the function per invocation.", Buckets: buckets,
-		}),
-		total: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "kiln_agent_invocation_seconds", Help: "Time the agent spent on an invocation (wait, start, exec), by start kind.", Buckets: buckets,
-		}, []string{"start"}),
-		vms: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_vms", Help: "VMs alive on this node."}),
-		warm: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kiln_agent_warm_instances", Help: "Serve instances on this node by function and state (idle: parked waiting for a request; busy: running one or starting).",
-		}, []string{"function", "state"}),
-		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kiln_agent_snapshots_total", Help: "Snapshot events: taken, restored, corrupt (found unusable and rebuilt).",
-		}, []string{"event"}),
-		evictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_evictions_total", Help: "Idle instances destroyed to make memory for an invocation of another function."}),
-		reaped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_reaped_total", Help: "Idle instances destroyed after their keep-alive."}),
-		prewarmed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kiln_agent_prewarmed_total", Help: "Instances started ahead of demand for min_warm, by start kind.",
-		}, []string{"start"}),
-		queued: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kiln_agent_queued_total",
-			Help: "Invocations queued for an instance to come free instead of starting one, by reason: busy_sooner (a busy instance was expected to free sooner than a start), start_limit (MaxColdStarts), max_instances, memory.",
-		}, []string{"reason"}),
-		memUsed:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_used", Help: "Guest memory of live VMs."}),
-		memBudget: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_budget", Help: "Guest memory this node may hand out."}),
-		exits:     prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_vm_exits_total", Help: "VM exits taken during invocations."}),
-	}
-	a.m.memBudget.Set(float64(cfg.MemoryBytes))
-	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{a.m.invocations, a.m.boot, a.m.restore, a.m.exec, a.m.total, a.m.vms, a.m.warm,
-			a.m.memUsed, a.m.memBudget, a.m.exits, a.m.snapshots, a.m.evictions, a.m.reaped, a.m.prewarmed, a.m.queued} {
-			if err := cfg.Registerer.Register(c); err != nil {
-				return nil, fmt.Errorf("nodeagent: registering metrics: %w", err)
-			}
-		}
+	if a.m, err = newMetrics(cfg.MemoryBytes, cfg.Registerer); err != nil {
+		return nil, err
 	}
 	go a.maintain(a.stop)
 	return a, nil
