@@ -13,17 +13,32 @@
 // agent: their Runs end with ErrWorker and the next Boot starts a new
 // worker.
 //
-// A worker is the same executable re-executed with KILN_VMHOST_WORKER=1
-// and its control socket as fd 3; this package's init sees the variable,
-// runs the worker loop and exits, so any binary that imports vmhost can be
-// a worker. It is started from /proc/self/exe (the agent's own build even
-// after an upgrade replaced the file), in its own process group (a
-// terminal's ^C is the agent's to handle), and dies with the agent
-// (Pdeathsig, and its control socket's EOF).
+// A worker is the same executable re-executed with one argument,
+// -kiln-vmhost-worker, and its control socket as fd 3, the way container
+// runtimes re-execute themselves (runc's `init`). The executable's main
+// runs the worker through an explicit hook, first thing, before it parses
+// its arguments or starts anything:
+//
+//	if vmhost.IsWorker() {
+//		os.Exit(vmhost.RunWorker())
+//	}
+//
+// cmd/kiln's main does; so does TestMain in every test package whose tests
+// start VMs through a Host, since there the test binary is the worker. No
+// package init does it for them: linking vmhost does not by itself make a
+// binary a worker. A forgotten hook fails loudly: the worker's first
+// message says it serves, and a Host whose new worker exits or stays
+// silent instead fails the Boot with ErrNoHook, which names the call (a Go
+// test binary exits at once on the argument, an unknown flag to it). A
+// worker is started from /proc/self/exe (the agent's own build even after
+// an upgrade replaced the file), in its own process group (a terminal's ^C
+// is the agent's to handle), and dies with the agent (Pdeathsig, and its
+// control socket's EOF).
 //
 // Protocol: one SOCK_SEQPACKET socketpair per worker, one reader goroutine
 // per side dispatching by VM id, writes serialized. A message is a 17-byte
-// header (type, VM id, tag) and a body: boot is JSON (the vmm.Config less
+// header (type, VM id, tag) and a body. The worker speaks first (hello:
+// the hook ran). Boot is JSON (the vmm.Config less
 // its images, streams and callbacks) with descriptors attached as
 // SCM_RIGHTS — the kernel and program in a memfd (none for a restore:
 // the worker opens Snapshot.Path() itself and caches opened snapshots),

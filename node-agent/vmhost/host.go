@@ -138,7 +138,7 @@ func (h *Host) pick() (*worker, error) {
 	}
 	start := false
 	if w == nil && len(h.workers) < h.max {
-		w = &worker{h: h, ready: make(chan struct{}), dead: make(chan struct{}),
+		w = &worker{h: h, ready: make(chan struct{}), hello: make(chan struct{}), dead: make(chan struct{}),
 			vms: map[uint64]*VM{}, stats: map[uint64]chan statsReply{}}
 		h.workers = append(h.workers, w)
 		start = true
@@ -240,6 +240,7 @@ type worker struct {
 	c        *conn
 	logsDone chan struct{} // closed when its output ended
 
+	hello   chan struct{} // closed when its first message says the worker loop runs (awaitHello)
 	closing atomic.Bool   // Host.Close killed it
 	dead    chan struct{} // closed once its reader stopped: every wait on it gives up
 	why     string        // how it ended; set before dead is closed
@@ -294,7 +295,14 @@ func (w *worker) readSlot(s int) (vmm.Stats, bool) {
 	return vmm.ReadStats(w.statsMem[s*vmm.StatsSize : (s+1)*vmm.StatsSize]), true
 }
 
-// start runs the worker process with its control socket as fd 3.
+// workerStartTimeout bounds how long a started worker may take to say it
+// runs the worker loop (awaitHello). A worker says so within a second even
+// under emulation; only an executable without the hook that neither exits
+// nor reads its arguments takes this long to be found out.
+var workerStartTimeout = time.Minute
+
+// start runs the worker process with its control socket as fd 3 and waits
+// until it serves.
 func (w *worker) start() error {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -331,8 +339,8 @@ func (w *worker) start() error {
 	for s := w.statsSlots() - 1; s >= 0; s-- {
 		w.slots = append(w.slots, s)
 	}
-	cmd := exec.Command(w.h.exe)
-	cmd.Env = append(os.Environ(), workerEnv+"=1", statsEnv+"=4")
+	cmd := exec.Command(w.h.exe, workerArg)
+	cmd.Env = append(os.Environ(), statsEnv+"=4")
 	cmd.ExtraFiles = []*os.File{theirs, statsFile} // fds 3 and 4
 	cmd.Stdout, cmd.Stderr = logW, logW
 	// SIGKILL when the agent dies, in case the worker does not notice its
@@ -368,8 +376,48 @@ func (w *worker) start() error {
 	w.logsDone = make(chan struct{})
 	go w.logLines(logR)
 	go w.read()
+	if err := w.awaitHello(); err != nil {
+		return err
+	}
 	w.h.log.Debug("vmhost: worker started", "pid", w.pid)
 	return nil
+}
+
+// awaitHello waits for the worker's first message, which says it runs the
+// worker loop. An executable whose main (or TestMain) lacks the hook runs
+// as itself instead: it exits at once on workerArg (a Go test binary:
+// "flag provided but not defined"), or goes on until the timeout; either
+// way the start fails with ErrNoHook rather than leaving Boot waiting or
+// running a second copy of the program.
+func (w *worker) awaitHello() error {
+	t := time.NewTimer(workerStartTimeout)
+	defer t.Stop()
+	select {
+	case <-w.hello:
+		return nil
+	case <-w.dead:
+		select {
+		case <-w.hello:
+			return fmt.Errorf("%w: it exited as it started: %s", ErrWorker, w.why)
+		default:
+		}
+		return fmt.Errorf("%w: %s exited (%s) without serving as a VM worker: %w", ErrWorker, w.exeName(), w.why, ErrNoHook)
+	case <-t.C:
+		w.cmd.Process.Kill()
+		<-w.dead
+		return fmt.Errorf("%w: %s did not serve as a VM worker within %v: %w", ErrWorker, w.exeName(), workerStartTimeout, ErrNoHook)
+	}
+}
+
+// exeName names the worker executable for a reader: the file behind
+// /proc/self/exe, which is the binary whose main lacks the hook.
+func (w *worker) exeName() string {
+	if w.h.exe == "/proc/self/exe" {
+		if p, err := os.Executable(); err == nil {
+			return p
+		}
+	}
+	return w.h.exe
 }
 
 // logLines passes what a worker prints (a panic, a vmm warning) to the log.
@@ -442,6 +490,14 @@ func (w *worker) unmapStats() {
 }
 
 func (w *worker) dispatch(m message) {
+	if m.typ == mHello {
+		select {
+		case <-w.hello:
+		default:
+			close(w.hello)
+		}
+		return
+	}
 	if m.typ == mStats {
 		w.mu.Lock()
 		ch := w.stats[m.tag]

@@ -36,6 +36,7 @@ const (
 	mStdin                     // W→A: the guest started reading stdin: start feeding its pipe
 	mResult                    // W→A: resultMsg (JSON)
 	mClosed                    // W→A: the VM is freed; body: its final Stats
+	mHello                     // W→A: first, the worker loop runs (RunWorker was called); no VM
 )
 
 const (

@@ -18,23 +18,17 @@ import (
 )
 
 // There is no /dev/kvm on the development hosts, so these tests run real
-// worker processes (this test binary, re-executed) whose VMs are a
-// stand-in: a config with Args[0] == "echo" gets an echoVM; any other goes
-// to the real vmm.New. The test binary asks its workers for the stand-in
-// through testVMEnv.
+// worker processes (this test binary, re-executed: main_test.go) whose VMs
+// are a stand-in: a config with Args[0] == "echo" gets an echoVM; any
+// other goes to the real vmm.New. The test binary asks its workers for the
+// stand-in through testVMEnv.
 const testVMEnv = "KILN_VMHOST_TEST_VM"
 
-// installed runs before any init (package variables come first), so a
-// worker has its stand-in before serveWorker starts.
-var installed = installStandIn()
-
-func installStandIn() bool {
-	if os.Getenv(workerEnv) != "1" {
-		os.Setenv(testVMEnv, "echo") // inherited by the workers this binary starts
-		return false
-	}
+// installStandIn gives a worker the stand-in, before it serves, when the
+// test binary that started it asked for one.
+func installStandIn() {
 	if os.Getenv(testVMEnv) != "echo" {
-		return false
+		return
 	}
 	real := newMachine
 	newMachine = func(cfg vmm.Config) (machine, error) {
@@ -43,7 +37,6 @@ func installStandIn() bool {
 		}
 		return newEchoVM(cfg)
 	}
-	return true
 }
 
 // echoVM copies stdin to stdout line by line. A line starting with '!' is

@@ -694,6 +694,45 @@ func TestHostClose(t *testing.T) {
 	h.Close()
 }
 
+// An executable without the hook fails the Boot loudly, naming the
+// missing call, whether it exits at once (a Go test binary refuses the
+// worker's argument; /bin/true here) or runs on as itself (a script that
+// sleeps, found out by the start timeout).
+func TestMissingHook(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "sleeps")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { workerStartTimeout = d }(workerStartTimeout)
+	workerStartTimeout = 500 * time.Millisecond
+	for _, exe := range []string{"/bin/true", script} {
+		h, err := New(Config{Exe: exe})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, err = h.Boot(echoCfg())
+		t.Logf("%s: %v", exe, err)
+		if !errors.Is(err, ErrNoHook) || !errors.Is(err, ErrWorker) || !strings.Contains(err.Error(), "vmhost.RunWorker") {
+			t.Errorf("%s: Boot: %v, want ErrNoHook (and ErrWorker) naming vmhost.RunWorker", exe, err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("%s: the Boot took %v to fail", exe, d)
+		}
+		if p := h.pids(); len(p) != 0 {
+			t.Errorf("%s: workers %v left", exe, p)
+		}
+		h.Close()
+	}
+	// A process not started as a worker refuses to serve as one.
+	if IsWorker() {
+		t.Fatal("IsWorker in the test binary's own process")
+	}
+	if code := RunWorker(); code != 2 {
+		t.Fatalf("RunWorker outside a worker: status %d", code)
+	}
+}
+
 // A worker whose agent goes away (its control socket closes) exits by
 // itself.
 func TestWorkerExitsWithItsSocket(t *testing.T) {
@@ -703,16 +742,23 @@ func TestWorkerExitsWithItsSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	ours, theirs := os.NewFile(uintptr(pair[0]), "a"), os.NewFile(uintptr(pair[1]), "b")
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), workerEnv+"=1")
+	cmd := exec.Command(exe, workerArg)
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	theirs.Close()
-	time.Sleep(100 * time.Millisecond)
-	ours.Close()
+	// It says first that it serves (a socket closed with that still unread
+	// would reset the worker's end instead of ending it).
+	c, err := newConn(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.recv(); err != nil || m.typ != mHello {
+		t.Fatalf("first message: type %d, %v; want the hello", m.typ, err)
+	}
+	c.close()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {

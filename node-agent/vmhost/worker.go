@@ -16,9 +16,11 @@ import (
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
 
-// workerEnv marks a process started by a Host as a worker; its control
-// socket is fd 3.
-const workerEnv = "KILN_VMHOST_WORKER"
+// workerArg, as its only argument, marks a process a Host started as a
+// worker; its control socket is fd 3. It is spelled as a flag on purpose:
+// a binary that lacks the hook and parses flags (every Go test binary
+// does) stops at once on it instead of running as itself.
+const workerArg = "-kiln-vmhost-worker"
 
 // statsEnv says the stats memory is fd 4.
 const statsEnv = "KILN_VMHOST_STATS_FD"
@@ -43,21 +45,37 @@ var newMachine = func(cfg vmm.Config) (machine, error) {
 	return vm, nil
 }
 
-// init turns any binary that links this package into a worker when a Host
-// started it so: no hook in main or TestMain is needed.
-func init() {
-	if os.Getenv(workerEnv) != "1" {
-		return
+// IsWorker reports whether a Host started this process as a VM worker.
+// Every executable a Host may run (the agent's own, /proc/self/exe) asks
+// first thing in main, and every test binary whose tests start VMs
+// through a Host asks in its TestMain:
+//
+//	if vmhost.IsWorker() {
+//		os.Exit(vmhost.RunWorker())
+//	}
+func IsWorker() bool { return len(os.Args) == 2 && os.Args[1] == workerArg }
+
+// RunWorker runs the worker loop until the control socket closes (the
+// agent exited or closed the Host) and returns the process's exit status;
+// the VMs end with the process. It is for a process IsWorker says a Host
+// started; any other gets status 2.
+func RunWorker() int {
+	if !IsWorker() {
+		fmt.Fprintf(os.Stderr, "vmhost: RunWorker in a process not started as a worker (its arguments are not %q)\n", workerArg)
+		return 2
 	}
-	os.Exit(serveWorker(os.NewFile(3, "vmhost-control")))
+	return serveWorker(os.NewFile(3, "vmhost-control"))
 }
 
-// serveWorker runs the worker loop until the control socket closes (the
-// agent exited or closed the Host); the VMs end with the process.
 func serveWorker(ctl *os.File) int {
-	os.Unsetenv(workerEnv)
 	c, err := newConn(ctl)
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
+		return 2
+	}
+	// The first message says the hook ran: until it, the agent holds
+	// its Boot (awaitHello).
+	if err := c.send(mHello, 0, 0, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
 		return 2
 	}
