@@ -4,14 +4,20 @@
 // functions and keeps booted instances of serve functions that it talks to
 // in the wire protocol, enforces per-invocation deadlines and the node's
 // memory budget, captures each instance's stderr, and reports its capacity
-// to the scheduler over a Connect stream (Run).
+// to the scheduler over a Connect stream (Run). Which instance a serve call
+// runs on — an idle one, a new one, or a busy one it queues for — is the
+// pure admission policy's decision (admitPolicy, admission.go).
 //
 // Kernel choice: an image carries the guest kernel it was built and tested
 // with, and its manifest's ABI version is checked against this build, so the
 // agent boots the image's kernel. Config.Kernel, when set, overrides it for
 // every image — for developing the kernel without rebuilding images.
 //
-// Lock order: serveSlot.sem (held for a whole invocation) before Agent.mu.
+// Lock order: snapStore.mu before snapEntry.mu. Agent.mu, imageCache.mu
+// and ring.mu are innermost: no other lock of this package or of vmhost is
+// taken while one is held, and Agent.mu is never held across a VM's start
+// or destroy, image I/O, or a send that can block (release hands an
+// instance to its waiter after unlocking).
 package nodeagent
 
 import (

@@ -9,7 +9,8 @@ import (
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
-// reserve books mem against the budget; false means it does not fit.
+// reserve books mem against the budget; an error (ErrNoCapacity, or
+// ErrClosed once the agent is closing) means it was not booked.
 func (a *Agent) reserve(mem uint64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -11,8 +11,9 @@ const StderrRing = 64 << 10
 // TailLines is how many stderr lines an error response carries.
 const TailLines = 20
 
-// ring keeps the last cap bytes written to it. The VM writes from its vCPU
-// thread while invocations read the tail, hence the lock.
+// ring keeps the last cap bytes written to it. The VM's output arrives on
+// a goroutine of its own (its vCPU thread, or vmhost's pump for a VM in a
+// worker process) while invocations read the tail, hence the lock.
 type ring struct {
 	mu   sync.Mutex
 	buf  []byte
