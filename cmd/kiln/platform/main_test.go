@@ -7,9 +7,10 @@ import (
 	"github.com/kilnfaas/kiln/node-agent/vmhost"
 )
 
-// TestMain is this test binary's main, and an agent under test runs its VMs
-// in workers that are this binary re-executed: the hook comes first, as in
-// cmd/kiln's main (node-agent/vmhost's package doc).
+// TestMain is this test binary's main. An agent this package starts with
+// the KVM runtime runs its VMs in vmhost workers, which are this binary
+// re-executed: the hook comes first, as in cmd/kiln's main
+// (node-agent/vmhost's package doc).
 func TestMain(m *testing.M) {
 	if vmhost.IsWorker() {
 		os.Exit(vmhost.RunWorker())
