@@ -18,12 +18,14 @@ import (
 //	check config → open KVM → create VM → guest memory → memory slot
 //	→ vCPU → CPUID → TSC rate → load guest → … Run: start guest → KVM_RUN
 //
-// The three steps in the guest's own words differ, and a guestSource names
-// them: coldBoot (below) maps fresh memory, loads the kernel and program and
-// builds page tables, GDT/TSS, initial stack, boot info and the vCPU's long
-// mode; snapshotRestore (snapshot.go) maps the snapshot file and sets the
-// saved vCPU state. Their start steps stamp the boot clock, or continue the
-// TSC, refresh wall clock and entropy and serve the pending wait.
+// Four steps differ between the two, and a guestSource names them (check
+// config, guest memory, load guest, start guest): coldBoot (below) checks
+// the images, maps fresh memory, loads the kernel and program and builds
+// page tables, GDT/TSS, initial stack, boot info and the vCPU's long mode,
+// and at start stamps the boot clock; snapshotRestore (snapshot.go) checks
+// the memory size, maps the snapshot file, sets the saved vCPU state, and
+// at start continues the TSC, refreshes wall clock and entropy and serves
+// the pending wait.
 
 // guestSource is what a cold boot and a snapshot restore do differently;
 // build runs every other step of the recipe. On error the caller closes
