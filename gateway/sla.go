@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/scheduler"
 	"github.com/kilnfaas/kiln/store/registry"
 	"github.com/kilnfaas/kiln/store/slaledger"
 )
@@ -19,12 +18,16 @@ type SLAConfig struct {
 	// Ledger records invocations of functions with an SLA and backs
 	// /system/sla; nil: no ledger, /system/sla answers 503.
 	Ledger *slaledger.Recorder
-	// Nodes is the scheduler's view of the cluster (in process in kiln up,
-	// the scheduler's ListNodes RPC for a separate gateway): warm
-	// instances are counted from it. nil, or an error: warm_instances is
-	// null (unknown).
-	Nodes func() ([]scheduler.Node, error)
+	// Nodes is the scheduler's view of the cluster, its answer to the
+	// ListNodes RPC (the contract between the roles, so the gateway needs
+	// nothing of the scheduler's own types): warm instances are counted
+	// from it. nil, or an error: warm_instances is null (unknown).
+	Nodes func(ctx context.Context) (*kilnv1.ListNodesResponse, error)
 }
+
+// nodesTimeout bounds one look at the scheduler's view: a report waits no
+// longer for warm_instances, which is then null.
+const nodesTimeout = time.Second
 
 // SLAReport is one function's entry of GET /system/sla (docs/SLA.md).
 type SLAReport struct {
@@ -104,11 +107,16 @@ func (g *Gateway) slaReport(ctx context.Context, s slaledger.Store, f registry.F
 	}
 	rep := SLAReport{Function: f.Name, Version: f.Version, DeadlineMs: f.SLA.DeadlineMs, Target: f.SLA.Target, Summary: sum}
 	if g.cfg.SLA.Nodes != nil {
-		if nodes, err := g.cfg.SLA.Nodes(); err == nil {
+		ctx, cancel := context.WithTimeout(ctx, nodesTimeout)
+		defer cancel()
+		if nodes, err := g.cfg.SLA.Nodes(ctx); err == nil {
 			n := 0
-			for _, node := range nodes {
-				w := node.Warm[f.ImageDigest]
-				n += int(w.Idle) + int(w.Busy)
+			for _, node := range nodes.GetNodes() {
+				for _, w := range node.GetWarm() {
+					if w.GetImageDigest() == f.ImageDigest {
+						n += int(w.GetIdle()) + int(w.GetBusy())
+					}
+				}
 			}
 			rep.WarmInstances = &n
 		}

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"regexp"
@@ -11,7 +12,7 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/scheduler"
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/store/slaledger"
 )
 
@@ -142,15 +143,19 @@ func TestSLAWithoutLedger(t *testing.T) {
 // Where the scheduler runs in the gateway's process, warm_instances counts
 // the latest version's instances, idle and busy, on every node.
 func TestSLAWarmInstancesFromSchedulerView(t *testing.T) {
-	var nodes atomic.Pointer[[]scheduler.Node] // set by the test, read by the handler
-	nodes.Store(&[]scheduler.Node{})
-	e := start(t, gateway.Config{SLA: gateway.SLAConfig{Ledger: openLedger(t), Nodes: func() ([]scheduler.Node, error) { return *nodes.Load(), nil }}})
+	var nodes atomic.Pointer[kilnv1.ListNodesResponse] // set by the test, read by the handler
+	nodes.Store(&kilnv1.ListNodesResponse{})
+	e := start(t, gateway.Config{SLA: gateway.SLAConfig{Ledger: openLedger(t),
+		Nodes: func(context.Context) (*kilnv1.ListNodesResponse, error) { return nodes.Load(), nil }}})
 	d := mustDeploy(t, e, "name=fn&kind=exec&deadline=50ms&target=99.9", staticELF(t))
-	nodes.Store(&[]scheduler.Node{
-		{Name: "a", Warm: map[string]scheduler.Warm{d.Digest: {Idle: 2, Busy: 1}, "sha256:other": {Idle: 9}}},
-		{Name: "b", Warm: map[string]scheduler.Warm{d.Digest: {Idle: 1}}},
-		{Name: "c"},
-	})
+	warm := func(digest string, idle, busy uint32) *kilnv1.WarmInstances {
+		return &kilnv1.WarmInstances{ImageDigest: digest, Idle: idle, Busy: busy}
+	}
+	nodes.Store(&kilnv1.ListNodesResponse{Nodes: []*kilnv1.CapacityResponse{
+		{Node: "a", Warm: []*kilnv1.WarmInstances{warm(d.Digest, 2, 1), warm("sha256:other", 9, 0)}},
+		{Node: "b", Warm: []*kilnv1.WarmInstances{warm(d.Digest, 1, 0)}},
+		{Node: "c"},
+	}})
 	resp, b := do(t, "GET", e.url+"/system/sla/fn", "", nil)
 	var rep gateway.SLAReport
 	if resp.StatusCode != 200 || json.Unmarshal(b, &rep) != nil || rep.WarmInstances == nil || *rep.WarmInstances != 4 {

@@ -1,0 +1,173 @@
+package platform
+
+// Parts: the lifecycle every assembly of Kiln shares (Up, each cluster
+// role, internal/teststack), and how its servers are served and stopped.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/kilnfaas/kiln/internal/tracing"
+)
+
+// maxMessage bounds one gRPC message between the roles. gRPC's default of
+// 4 MiB is below the gateway's 6 MiB request bodies and the wire protocol's
+// 64 MiB response bodies; the margin is for headers and metadata.
+const maxMessage = 64<<20 + 1<<20
+
+// grace bounds how long a part waits for requests in flight when it stops.
+const grace = 10 * time.Second
+
+var (
+	serverOpts = []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage), tracing.ServerOption()}
+	dialOpts   = []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+		tracing.DialOption(),
+	}
+	// roleDialOpts are how the roles dial each other: the message bounds
+	// of dialOpts and a short reconnect backoff, because a restarted
+	// scheduler is back in a second and gRPC's default backoff grows to
+	// two minutes.
+	roleDialOpts = append(dialOpts[:len(dialOpts):len(dialOpts)], grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+		MinConnectTimeout: 2 * time.Second,
+	}))
+)
+
+// Parts are the running pieces of one process (stores, servers, roles) and
+// what stops them. Up, each cluster role and the test stack
+// (internal/teststack) build Kiln with the same methods of Parts, so each
+// role is assembled in one place. Close stops every piece, newest first,
+// and waits for their goroutines.
+type Parts struct {
+	// Metrics is the registry every piece registers its metrics in, the
+	// one /metrics serves.
+	Metrics *prometheus.Registry
+
+	log     *slog.Logger
+	closers []func() error // run newest first
+	wg      sync.WaitGroup
+	once    sync.Once
+}
+
+// NewParts starts an empty assembly logging to log (nil: discard), its
+// registry holding the Go runtime and process collectors.
+func NewParts(log *slog.Logger) *Parts {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Parts{log: log, Metrics: prometheus.NewRegistry()}
+	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return p
+}
+
+// OnClose runs f when the parts stop, before everything added earlier.
+func (p *Parts) OnClose(f func() error) { p.closers = append(p.closers, f) }
+
+// Close stops every part, newest first, and waits for their goroutines.
+func (p *Parts) Close() error {
+	var errs []error
+	p.once.Do(func() {
+		for i := len(p.closers) - 1; i >= 0; i-- {
+			if err := p.closers[i](); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		p.wg.Wait()
+	})
+	return errors.Join(errs...)
+}
+
+// go runs f until the parts stop; Close waits for it.
+func (p *Parts) goroutine(f func()) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+}
+
+// StartTracing exports spans to endpoint (or $OTEL_EXPORTER_OTLP_ENDPOINT;
+// neither: off) as service until the last part added after it has stopped.
+func (p *Parts) StartTracing(ctx context.Context, service, endpoint string) error {
+	stop, err := tracing.Setup(ctx, tracing.Config{Endpoint: endpoint, Service: service})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	p.OnClose(func() error { return stop(context.Background()) })
+	return nil
+}
+
+// ServeHTTP serves h on lis until Close, which gives requests in flight
+// the grace period. It returns the base URL, e.g. http://127.0.0.1:8080.
+func (p *Parts) ServeHTTP(lis net.Listener, h http.Handler) string {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	p.goroutine(func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.log.Error("HTTP server stopped", "err", err)
+		}
+	})
+	p.OnClose(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		return hs.Shutdown(ctx)
+	})
+	return "http://" + lis.Addr().String()
+}
+
+// serveHTTP listens on addr and serves h there until Close.
+func (p *Parts) serveHTTP(addr string, h http.Handler) (string, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("%w: HTTP: %v", ErrStart, err)
+	}
+	return p.ServeHTTP(lis, h), nil
+}
+
+// serveGRPC serves srv on lis; whoever added srv stops it.
+func (p *Parts) serveGRPC(lis net.Listener, srv *grpc.Server) {
+	p.goroutine(func() {
+		if err := srv.Serve(lis); err != nil {
+			p.log.Error("gRPC server stopped", "err", err)
+		}
+	})
+}
+
+// gracefulStop lets RPCs in flight finish for up to d, then ends the rest.
+func gracefulStop(srv *grpc.Server, d time.Duration) {
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		srv.Stop()
+		<-done
+	}
+}
+
+// DialScheduler opens the long-lived client connection to the scheduler's
+// gRPC address; Close closes it.
+func (p *Parts) DialScheduler(addr string) (*grpc.ClientConn, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("%w: no scheduler address (--scheduler, $KILN_SCHEDULER)", ErrStart)
+	}
+	conn, err := grpc.NewClient(addr, roleDialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: scheduler %s: %v", ErrStart, addr, err)
+	}
+	p.OnClose(conn.Close)
+	return conn, nil
+}
