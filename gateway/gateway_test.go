@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,70 +16,38 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/gateway"
-	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/internal/teststack"
 	"github.com/kilnfaas/kiln/store/imagestore"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
-// env is a gateway over real parts: a bbolt registry, an embedded NATS image
-// store and a real scheduler reached over gRPC on 127.0.0.1, with no nodes.
+// env is the gateway of a test stack (internal/teststack): a bbolt
+// registry, an embedded NATS image store and async queue, a real scheduler
+// reached over gRPC on 127.0.0.1, and a node-agent when asked.
 type env struct {
 	url    string
 	images *imagestore.Store
 	reg    registry.Store
+	stack  *teststack.Stack
 }
 
+// start is a gateway with no nodes: invocations find no capacity.
 func start(t *testing.T, cfg gateway.Config) *env {
 	t.Helper()
-	dir := t.TempDir()
-	reg, err := registry.OpenBolt(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	images, err := imagestore.Embedded(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
+	return startStack(t, cfg, teststack.Options{NoAgent: true})
+}
 
-	sched, err := scheduler.New(scheduler.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	kilnv1.RegisterSchedulerServer(srv, sched)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-
-	cfg.Registry, cfg.Images, cfg.Scheduler = reg, images, kilnv1.NewSchedulerClient(conn)
+// startStack starts a stack with o, the gateway configured by cfg.
+func startStack(t *testing.T, cfg gateway.Config, o teststack.Options) *env {
+	t.Helper()
 	if cfg.Kernel == nil {
 		cfg.Kernel = staticELF(t) // any ELF stands in for the guest kernel here
 	}
-	gw, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw)
-	t.Cleanup(hs.Close)
-	return &env{url: hs.URL, images: images, reg: reg}
+	o.Gateway = cfg
+	s := teststack.Start(t, o)
+	return &env{url: s.URL, images: s.Images, reg: s.Stores.Registry, stack: s}
 }
 
 func compile(t *testing.T, flags ...string) []byte {

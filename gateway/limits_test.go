@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,16 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/kilnfaas/kiln/gateway"
-	nodeagent "github.com/kilnfaas/kiln/node-agent"
-	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/scheduler"
+	"github.com/kilnfaas/kiln/internal/teststack"
 	"github.com/kilnfaas/kiln/store/apikeys"
-	"github.com/kilnfaas/kiln/store/imagestore"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
@@ -61,77 +52,12 @@ func limitFunction(t *testing.T) []byte {
 }
 
 // startWithAgent is a gateway over a real scheduler and a real node-agent
-// (gRPC on 127.0.0.1) whose functions run as host processes
-// (nodeagent.ProcessBooter), so invocations really run on a host without KVM.
+// (gRPC on 127.0.0.1) whose functions run as host processes, so
+// invocations really run on a host without KVM.
 func startWithAgent(t *testing.T, cfg gateway.Config) *env {
 	t.Helper()
-	prog := limitFunction(t) // before anything starts: building loads the CPUs
-	_ = prog
-	dir := t.TempDir()
-	reg, err := registry.OpenBolt(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	images, err := imagestore.Embedded(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
-
-	sched, err := scheduler.New(scheduler.Config{HeartbeatInterval: 200 * time.Millisecond, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	schedAddr := serveGRPC(t, func(s *grpc.Server) { kilnv1.RegisterSchedulerServer(s, sched) })
-	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	schedClient := kilnv1.NewSchedulerClient(conn)
-
-	agent, err := nodeagent.New(nodeagent.Config{Node: "host", MemoryBytes: 1 << 30, Images: images,
-		CacheDir: filepath.Join(dir, "cache"), Boot: nodeagent.ProcessBooter(t.TempDir()), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentAddr := serveGRPC(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, agent) })
-	runCtx, stop := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() { agent.Run(runCtx, schedClient, agentAddr); close(ran) }()
-	t.Cleanup(func() { stop(); agent.Close(); <-ran })
-	for end := time.Now().Add(10 * time.Second); len(sched.Nodes()) == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the agent did not register with the scheduler")
-		}
-	}
-
-	cfg.Registry, cfg.Images, cfg.Scheduler = reg, images, schedClient
-	cfg.Kernel = staticELF(t) // ProcessBooter ignores the kernel
-	gw, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw)
-	t.Cleanup(hs.Close)
-	return &env{url: hs.URL, images: images, reg: reg}
-}
-
-func serveGRPC(t *testing.T, register func(*grpc.Server)) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
+	limitFunction(t) // before anything starts: building loads the CPUs
+	return startStack(t, cfg, teststack.Options{HeartbeatInterval: 200 * time.Millisecond, AgentMemory: 1 << 30})
 }
 
 func mustDeploy(t *testing.T, e *env, query string, program []byte) gateway.Deployed {

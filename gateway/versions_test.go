@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,87 +17,17 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/kilnfaas/kiln/gateway"
-	nodeagent "github.com/kilnfaas/kiln/node-agent"
-	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/scheduler"
-	"github.com/kilnfaas/kiln/store/imagestore"
+	"github.com/kilnfaas/kiln/internal/teststack"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // startRunning is start plus a real node-agent that runs functions as
-// host processes (nodeagent.ProcessBooter, no KVM needed), registered with
-// the scheduler over gRPC as in `kiln up`: invocations really run.
+// host processes (no KVM needed), registered with the scheduler over gRPC
+// as in `kiln up`: invocations really run.
 func startRunning(t *testing.T, cfg gateway.Config) *env {
 	t.Helper()
-	dir := t.TempDir()
-	reg, err := registry.OpenBolt(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	images, err := imagestore.Embedded(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
-
-	sched, err := scheduler.New(scheduler.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	schedAddr := listenGRPC(t, func(s *grpc.Server) { kilnv1.RegisterSchedulerServer(s, sched) })
-	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	schedClient := kilnv1.NewSchedulerClient(conn)
-
-	agent, err := nodeagent.New(nodeagent.Config{
-		Node: "test-node", MemoryBytes: 4 << 30, Images: images,
-		CacheDir: filepath.Join(dir, "cache"), Boot: nodeagent.ProcessBooter(t.TempDir()),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
-	agentAddr := listenGRPC(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, agent) })
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { agent.Run(runCtx, schedClient, agentAddr); close(done) }()
-	t.Cleanup(func() { stop(); <-done })
-
-	cfg.Registry, cfg.Images, cfg.Scheduler = reg, images, schedClient
-	if cfg.Kernel == nil {
-		cfg.Kernel = staticELF(t)
-	}
-	gw, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw)
-	t.Cleanup(hs.Close)
-	return &env{url: hs.URL, images: images, reg: reg}
-}
-
-func listenGRPC(t *testing.T, register func(*grpc.Server)) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
+	return startStack(t, cfg, teststack.Options{})
 }
 
 var (
