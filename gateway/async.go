@@ -3,7 +3,6 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/kilnfaas/kiln/gateway/asyncq"
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
@@ -38,58 +38,44 @@ func (g *Gateway) registerAsync() {
 func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 	id := uuid.NewString()
 	name, ref, refErr := ParseFunctionRef(r.PathValue("name"))
-	fail := func(code int, label, msg string) {
-		g.metrics.answered(label, code)
-		writeError(w, code, apiError{Error: msg, Function: name})
-	}
+	// Refusals carry no invocation id: nothing was stored under it.
+	refuse := g.refuser(w, name, "")
+	byName := func(k outcome.Kind, msg string) { refuse(k, name, msg) }
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		fail(http.StatusMethodNotAllowed, unknownFunction, "async invocations are POST requests: POST "+r.URL.Path)
+		refuse(outcome.MethodNotAllowed, unknownFunction, "async invocations are POST requests: POST "+r.URL.Path)
 		return
 	}
 	q := g.cfg.Async
 	if q == nil {
-		fail(http.StatusServiceUnavailable, unknownFunction,
+		refuse(outcome.AsyncDisabled, unknownFunction,
 			"async invocations are not available on this gateway: it was started without a NATS JetStream queue")
 		return
 	}
 	if refErr != nil {
-		fail(http.StatusBadRequest, unknownFunction, refErr.Error())
+		refuse(outcome.BadRequest, unknownFunction, refErr.Error())
 		return
 	}
 	// A split alias is resolved here, once: every attempt of the
 	// invocation runs the version picked now.
-	fn, rcode, rmsg := g.resolve(r.Context(), name, ref)
-	if rcode == http.StatusNotFound {
-		fail(rcode, unknownFunction, rmsg)
-		return
-	} else if rcode != 0 {
-		fail(rcode, name, rmsg)
+	fn, ok := g.resolve(r.Context(), name, ref, refuse)
+	if !ok {
 		return
 	}
-	if !g.callerMayInvoke(w, r, fn.Private, func(code int, msg string) { fail(code, name, msg) }) {
+	if !g.callerMayInvoke(r, fn.Private, byName) {
 		return
 	}
 
 	limit := min(g.bodyLimit(fn), q.MaxBodyBytes())
 	tooBig := fmt.Sprintf("request body too large for an async invocation: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
-	if r.ContentLength > limit {
-		fail(http.StatusRequestEntityTooLarge, name, tooBig)
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
-	if err != nil {
-		fail(http.StatusBadRequest, name, "reading the request body: "+err.Error())
-		return
-	}
-	if int64(len(body)) > limit {
-		fail(http.StatusRequestEntityTooLarge, name, tooBig)
+	body, ok := readBody(r, limit, tooBig, byName)
+	if !ok {
 		return
 	}
 	callback := r.Header.Get(HeaderCallbackURL)
 	if callback != "" {
 		if err := asyncq.CheckCallbackURL(callback); err != nil {
-			fail(http.StatusBadRequest, name, "bad "+HeaderCallbackURL+" "+fmt.Sprintf("%q", callback)+": use an absolute http:// or https:// URL")
+			byName(outcome.BadRequest, "bad "+HeaderCallbackURL+" "+fmt.Sprintf("%q", callback)+": use an absolute http:// or https:// URL")
 			return
 		}
 	}
@@ -99,27 +85,27 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 	req := invokeRequest(r, "/async-function/", id, fn, body, func(k string) bool {
 		return k == HeaderCallbackURL || strings.HasPrefix(k, "X-Kiln-")
 	})
-	err = q.Enqueue(r.Context(), &asyncq.Invocation{
+	err := q.Enqueue(r.Context(), &asyncq.Invocation{
 		ID: id, Function: name, Ref: ref, Version: fn.Version, Retries: fn.AsyncRetryLimit(),
 		CallbackURL: callback, Enqueued: time.Now(), Request: req,
 	})
 	switch {
 	case errors.Is(err, asyncq.ErrTooLarge):
-		fail(http.StatusRequestEntityTooLarge, name, tooBig)
+		byName(outcome.TooLarge, tooBig)
 		return
 	case err != nil:
 		g.log.Error("enqueueing an async invocation failed", "function", name, "err", err)
-		w.Header().Set("Retry-After", "1")
-		fail(http.StatusServiceUnavailable, name, "the async queue is unavailable, nothing was stored; retry shortly: "+err.Error())
+		byName(outcome.QueueUnavailable, "the async queue is unavailable, nothing was stored; retry shortly: "+err.Error())
 		return
 	}
 	w.Header().Set(HeaderInvocationID, id)
 	w.Header().Set(HeaderVersion, strconv.FormatUint(fn.Version, 10))
 	status := "/system/invocations/" + id
 	w.Header().Set("Location", status)
-	g.metrics.answered(name, http.StatusAccepted)
+	code := outcome.Accepted.Row().Status
+	g.metrics.answered(name, code)
 	g.log.Debug("async invocation accepted", "function", name, "ref", ref, "version", fn.Version, "invocation_id", id)
-	writeJSON(w, http.StatusAccepted, Accepted{ID: id, StatusURL: status})
+	writeJSON(w, code, Accepted{ID: id, StatusURL: status})
 }
 
 func (g *Gateway) invocationStatus(w http.ResponseWriter, r *http.Request) {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	"github.com/kilnfaas/kiln/store/apikeys"
 )
 
@@ -127,15 +128,14 @@ func (a *auth) touch(ctx context.Context, name string) {
 	}
 }
 
-// refuse answers a failed check: 401 for the caller's fault, 503 for the store's.
-func refuse(w http.ResponseWriter, err error, fail func(code int, msg string)) {
+// refuseCheck answers a failed check: Unauthorized (401) for the caller's
+// fault, KeyStoreUnavailable (503) for the store's.
+func refuseCheck(err error, refuse func(k outcome.Kind, msg string)) {
 	if errors.Is(err, errKeyStore) {
-		w.Header().Set("Retry-After", "1")
-		fail(http.StatusServiceUnavailable, errKeyStore.Error()+", retry shortly: "+err.Error())
+		refuse(outcome.KeyStoreUnavailable, errKeyStore.Error()+", retry shortly: "+err.Error())
 		return
 	}
-	w.Header().Set("WWW-Authenticate", `Bearer realm="kiln"`)
-	fail(http.StatusUnauthorized, unauthorized)
+	refuse(outcome.Unauthorized, unauthorized)
 }
 
 // isManagement reports whether r is for the management API: every route
@@ -153,7 +153,7 @@ func (g *Gateway) serveAuthorized(w http.ResponseWriter, r *http.Request) {
 	if g.isManagement(r) {
 		name, err := g.auth.check(r.Context(), r)
 		if err != nil {
-			refuse(w, err, func(code int, msg string) { writeError(w, code, apiError{Error: msg}) })
+			refuseCheck(err, func(k outcome.Kind, msg string) { writeRefusal(w, k, apiError{Error: msg}) })
 			g.log.Info("management request refused", "method", r.Method, "path", r.URL.Path, "peer", r.RemoteAddr, "err", err)
 			return
 		}
@@ -164,14 +164,15 @@ func (g *Gateway) serveAuthorized(w http.ResponseWriter, r *http.Request) {
 	g.mux.ServeHTTP(w, r)
 }
 
-// callerMayInvoke applies fn's access rule. A Kiln key sent with an
-// invocation is removed from the request either way: it is a credential
-// for the platform, and the function (perhaps someone else's code) must
-// never see it. Other Authorization headers reach the function untouched.
-func (g *Gateway) callerMayInvoke(w http.ResponseWriter, r *http.Request, private bool, fail func(code int, msg string)) bool {
+// callerMayInvoke applies fn's access rule, or refuses the request and
+// reports false. A Kiln key sent with an invocation is removed from the
+// request either way: it is a credential for the platform, and the
+// function (perhaps someone else's code) must never see it. Other
+// Authorization headers reach the function untouched.
+func (g *Gateway) callerMayInvoke(r *http.Request, private bool, refuse func(k outcome.Kind, msg string)) bool {
 	if private {
 		if _, err := g.auth.check(r.Context(), r); err != nil {
-			refuse(w, err, fail)
+			refuseCheck(err, refuse)
 			return false
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kilnfaas/kiln/gateway/asyncq"
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/store/apikeys"
 	"github.com/kilnfaas/kiln/store/logstore"
@@ -149,14 +150,9 @@ func (g *Gateway) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
-// apiError is the body of every error the gateway answers.
-type apiError struct {
-	Error        string `json:"error"`
-	Function     string `json:"function,omitempty"`
-	InvocationID string `json:"invocation_id,omitempty"`
-	ExitStatus   *int32 `json:"exit_status,omitempty"`
-	Log          string `json:"log,omitempty"`
-}
+// apiError is the body of every error the gateway answers: the outcome
+// table's, so that invocation errors and the management API's look alike.
+type apiError = outcome.ErrorBody
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -2,17 +2,17 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/store/registry"
 )
@@ -22,124 +22,141 @@ const (
 	HeaderInvocationID = "X-Kiln-Invocation-Id"
 	HeaderStart        = "X-Kiln-Start"
 	HeaderNode         = "X-Kiln-Node"
+	// HeaderVersion names the version that served an invocation: with a
+	// split alias the caller cannot otherwise tell which side of the canary
+	// it hit.
+	HeaderVersion = "X-Kiln-Version"
 )
 
-// schedulerSlack is how much longer than the function's own timeout the
-// gateway waits for the scheduler: the node enforces the timeout and
-// answers OUTCOME_TIMEOUT; the slack covers placement and a cold boot, and
-// the gateway's deadline is only the backstop for a lost scheduler.
-const schedulerSlack = 10 * time.Second
-
-// hopByHop headers describe one HTTP connection, not the request, and are
-// neither forwarded to functions nor copied from their answers.
-var hopByHop = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
-	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Content-Length": true,
-}
-
+// invoke runs one synchronous invocation of /function/NAME[@REF][/PATH],
+// in this order: which version runs (the registry), whether the caller may
+// call it (auth.go) and within its limits (limits.go), the body, the
+// scheduler, the answer. Every way it ends is a row of the outcome table.
 func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	id := uuid.NewString()
 	w.Header().Set(HeaderInvocationID, id)
 	name, ref, refErr := ParseFunctionRef(r.PathValue("name"))
-	fail := func(code int, label, msg string) {
-		g.metrics.answered(label, code)
-		writeError(w, code, apiError{Error: msg, Function: name, InvocationID: id})
-	}
+	refuse := g.refuser(w, name, id)
+	byName := func(k outcome.Kind, msg string) { refuse(k, name, msg) }
 
 	if refErr != nil {
-		fail(http.StatusBadRequest, unknownFunction, refErr.Error())
+		refuse(outcome.BadRequest, unknownFunction, refErr.Error())
 		return
 	}
-	fn, rcode, rmsg := g.resolve(r.Context(), name, ref)
-	if rcode == http.StatusNotFound {
-		fail(rcode, unknownFunction, rmsg)
-		return
-	} else if rcode != 0 {
-		fail(rcode, name, rmsg)
+	fn, ok := g.resolve(r.Context(), name, ref, refuse)
+	if !ok {
 		return
 	}
 	w.Header().Set(HeaderVersion, strconv.FormatUint(fn.Version, 10))
 
-	release, ok := g.admit(w, r, fn, fail)
+	if !g.callerMayInvoke(r, fn.Private, byName) {
+		return
+	}
+	release, ok := g.withinLimits(w, fn, byName)
 	if !ok {
 		return
 	}
 	defer release()
+
 	limit := g.bodyLimit(fn)
-	tooBig := fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
-	if r.ContentLength > limit {
-		fail(http.StatusRequestEntityTooLarge, name, tooBig)
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
-	if err != nil {
-		fail(http.StatusBadRequest, name, "reading the request body: "+err.Error())
-		return
-	}
-	if int64(len(body)) > limit {
-		fail(http.StatusRequestEntityTooLarge, name, tooBig)
+	body, ok := readBody(r, limit, fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit)), byName)
+	if !ok {
 		return
 	}
 
 	req := invokeRequest(r, "/function/", id, fn, body, nil)
-
 	timeout := time.Duration(fn.TimeoutMs) * time.Millisecond
-	ctx, cancel := context.WithTimeout(r.Context(), timeout+schedulerSlack)
+	ctx, cancel := context.WithTimeout(r.Context(), timeout+outcome.SchedulerSlack)
 	defer cancel()
 	resp, err := g.cfg.Scheduler.Invoke(ctx, req)
+	out := outcome.Of(r.Context(), resp, err, timeout)
 	g.finished(&invocation{ID: id, Fn: fn, Resp: resp, Err: err, Total: time.Since(start)})
 	g.captureLogs(fn, id, resp)
-	if err != nil {
-		code, msg := fromGRPC(err, fn, r.Context())
-		g.log.Warn("invocation failed in the platform", "function", name, "invocation_id", id, "code", code, "err", err)
-		fail(code, name, msg)
-		return
-	}
+	g.answer(w, name, id, out, err)
+}
 
-	startKind := resp.GetStart().Label()
-	h := w.Header()
-	h.Set(HeaderStart, startKind)
-	if resp.GetNode() != "" {
-		h.Set(HeaderNode, resp.GetNode())
-	}
+// refuseFunc answers a request refused before it reached the scheduler:
+// kind k's status and header, msg as the error, counted in
+// kiln_gateway_requests_total under metricName.
+type refuseFunc func(k outcome.Kind, metricName, msg string)
 
-	if resp.GetOutcome() == kilnv1.Outcome_OUTCOME_OK {
-		code := int(resp.GetStatus())
-		if code == 0 {
-			code = http.StatusOK
+// refuser is the refuseFunc of one invocation request for function name
+// (id "" when the answer carries none).
+func (g *Gateway) refuser(w http.ResponseWriter, name, id string) refuseFunc {
+	return func(k outcome.Kind, metricName, msg string) {
+		g.metrics.answered(metricName, k.Row().Status)
+		writeRefusal(w, k, apiError{Error: msg, Function: name, InvocationID: id})
+	}
+}
+
+// writeRefusal answers with kind k's status and header and error e.
+func writeRefusal(w http.ResponseWriter, k outcome.Kind, e apiError) {
+	row := k.Row()
+	row.SetHeader(w.Header())
+	writeError(w, row.Status, e)
+}
+
+// ParseFunctionRef splits the NAME[@REF] segment of an invocation path,
+// where REF is an alias or a version number. It checks only REF's form (a
+// malformed REF is the caller's mistake, 400); the name is checked by the
+// lookup (an impossible name is simply not deployed, 404).
+func ParseFunctionRef(seg string) (name, ref string, err error) {
+	name, ref, at := strings.Cut(seg, "@")
+	if !at {
+		return name, "", nil
+	}
+	if ref == "" {
+		return name, "", fmt.Errorf("%q names nothing after '@': use NAME@ALIAS (e.g. %s@prod) or NAME@VERSION (e.g. %s@3)", seg, name, name)
+	}
+	if strings.Trim(ref, "0123456789") == "" {
+		if v, err := strconv.ParseUint(ref, 10, 64); err != nil || v == 0 {
+			return name, "", fmt.Errorf("%q: version %s does not exist: versions are numbered from 1", seg, ref)
 		}
-		if code < 100 || code > 999 {
-			fail(http.StatusBadGateway, name, fmt.Sprintf("the function answered with HTTP status %d, which is not a valid status code", code))
-			return
-		}
-		for _, hd := range resp.GetHeaders() {
-			k := http.CanonicalHeaderKey(hd.GetName())
-			if hopByHop[k] || strings.HasPrefix(k, "X-Kiln-") {
-				continue
+		return name, ref, nil
+	}
+	if !registry.ValidName(ref) {
+		return name, "", fmt.Errorf("%q: %q is not an alias name: aliases are 1-63 characters of a-z, 0-9 and '-'", seg, ref)
+	}
+	return name, ref, nil
+}
+
+// resolve finds the version one invocation of name@ref runs, picking by
+// weight when ref is an alias that splits traffic. On failure it refuses
+// the request, saying what is missing and what to do, and reports false.
+func (g *Gateway) resolve(ctx context.Context, name, ref string, refuse refuseFunc) (registry.Function, bool) {
+	route, err := g.cfg.Registry.Resolve(ctx, name, ref)
+	switch {
+	case err == nil:
+		return route.Pick(g.randN(100)), true
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidName):
+		// Not deployed: counted as unknownFunction, so that callers cannot
+		// grow the metric's cardinality with made-up names.
+		msg := fmt.Sprintf("function %q is not deployed: deploy it with `kiln deploy %s --binary FILE`, or list deployed functions with `kiln list`", name, name)
+		if ref != "" {
+			// Say which half is missing: the function, or what ref names.
+			if _, err := g.cfg.Registry.GetFunction(ctx, name, ""); err == nil {
+				if strings.Trim(ref, "0123456789") == "" {
+					msg = fmt.Sprintf("function %q has no version %s: list its versions with `kiln versions %s`", name, ref, name)
+				} else {
+					msg = fmt.Sprintf("function %q has no alias %q: list its aliases with `kiln alias %s`, or create it with `kiln alias %s %s VERSION`", name, ref, name, name, ref)
+				}
 			}
-			h.Add(k, hd.GetValue())
 		}
-		h.Set("Content-Length", strconv.Itoa(len(resp.GetBody())))
-		w.WriteHeader(code)
-		w.Write(resp.GetBody())
-		g.metrics.answered(name, code)
-		g.log.Debug("invoked", "function", name, "invocation_id", id, "status", code, "start", startKind, "node", resp.GetNode())
-		return
+		refuse(outcome.NotFound, unknownFunction, msg)
+	default:
+		g.log.Error("registry lookup failed", "function", name, "ref", ref, "err", err)
+		refuse(outcome.RegistryUnavailable, name, "the function registry is unavailable, retry shortly: "+err.Error())
 	}
+	return registry.Function{}, false
+}
 
-	code, msg := fromOutcome(resp, fn)
-	e := apiError{Error: msg, Function: name, InvocationID: id, Log: tail(resp.GetLogTail(), 20)}
-	if resp.GetOutcome() == kilnv1.Outcome_OUTCOME_FUNCTION_ERROR {
-		st := resp.GetStatus()
-		e.ExitStatus = &st
+// randN is uniform in [0, n): Config.RandN, else math/rand/v2.
+func (g *Gateway) randN(n int) int {
+	if g.cfg.RandN != nil {
+		return g.cfg.RandN(n)
 	}
-	if resp.GetOutcome() == kilnv1.Outcome_OUTCOME_NO_CAPACITY {
-		h.Set("Retry-After", "1")
-	}
-	g.log.Warn("invocation failed", "function", name, "invocation_id", id, "outcome", resp.GetOutcome().String(), "error", resp.GetError())
-	g.metrics.answered(name, code)
-	writeError(w, code, e)
+	return rand.IntN(n)
 }
 
 // invokeRequest is the agent's view of HTTP request r for function fn, sync
@@ -155,7 +172,7 @@ func invokeRequest(r *http.Request, prefix, id string, fn registry.Function, bod
 		Body:         body,
 	}
 	for k, vs := range r.Header {
-		if hopByHop[k] || (drop != nil && drop(k)) {
+		if outcome.HopByHop(k) || (drop != nil && drop(k)) {
 			continue
 		}
 		for _, v := range vs {
@@ -163,6 +180,16 @@ func invokeRequest(r *http.Request, prefix, id string, fn registry.Function, bod
 		}
 	}
 	return req
+}
+
+// invokePath is what follows /prefix/NAME[@REF] in an escaped request
+// path, "/" when nothing does.
+func invokePath(escaped, prefix string) string {
+	rest := strings.TrimPrefix(escaped, prefix)
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		return rest[i:]
+	}
+	return "/"
 }
 
 // FunctionSpec is what a node needs to know about a registry version.
@@ -179,118 +206,35 @@ func FunctionSpec(f registry.Function) *kilnv1.FunctionSpec {
 	}
 }
 
-func fromOutcome(resp *kilnv1.InvokeResponse, fn registry.Function) (int, string) {
-	why := resp.GetError()
-	switch resp.GetOutcome() {
-	case kilnv1.Outcome_OUTCOME_FUNCTION_ERROR:
-		return http.StatusInternalServerError, fmt.Sprintf(
-			"the function exited with status %d%s; its last log lines are in \"log\"", resp.GetStatus(), suffix(why))
-	case kilnv1.Outcome_OUTCOME_CRASHED:
-		return http.StatusBadGateway, fmt.Sprintf(
-			"the function crashed%s; the instance was replaced, see \"log\" and fix the program", suffix(orDefault(why, "without a reason")))
-	case kilnv1.Outcome_OUTCOME_TIMEOUT:
-		return http.StatusGatewayTimeout, fmt.Sprintf(
-			"the function ran past its timeout of %s and was stopped; make it faster or redeploy with a longer --timeout", time.Duration(fn.TimeoutMs)*time.Millisecond)
-	case kilnv1.Outcome_OUTCOME_NO_CAPACITY:
-		return http.StatusServiceUnavailable, "no node has capacity for this function right now" + suffix(why) + "; retry shortly, or start more agents"
-	case kilnv1.Outcome_OUTCOME_BAD_IMAGE:
-		return http.StatusBadGateway, "the function's image could not be loaded" + suffix(why) + "; redeploy it with `kiln deploy`"
-	default:
-		return http.StatusBadGateway, "the platform returned an unknown outcome " + resp.GetOutcome().String() + suffix(why)
-	}
-}
-
-func fromGRPC(err error, fn registry.Function, reqCtx context.Context) (int, string) {
-	if reqCtx.Err() != nil {
-		// 499 is nginx's "client closed request"; nobody reads the body.
-		return 499, "the caller went away"
-	}
-	st, _ := status.FromError(err)
-	switch st.Code() {
-	case codes.DeadlineExceeded:
-		return http.StatusGatewayTimeout, fmt.Sprintf("no answer within the function's timeout of %s plus %s for placement",
-			time.Duration(fn.TimeoutMs)*time.Millisecond, schedulerSlack)
-	case codes.Unavailable:
-		if why, ok := strings.CutPrefix(st.Message(), "scheduler: "); ok {
-			// The scheduler answered: a node was lost or unreachable.
-			return http.StatusServiceUnavailable, why + "; retry shortly"
+// answer writes the outcome of an invocation the scheduler answered, or
+// failed to (err): the function's own answer, or the row's status and
+// header with a JSON error that says what happened and what to do.
+func (g *Gateway) answer(w http.ResponseWriter, name, id string, out outcome.Result, err error) {
+	h := w.Header()
+	if resp := out.Resp; resp != nil {
+		h.Set(HeaderStart, resp.GetStart().Label())
+		if resp.GetNode() != "" {
+			h.Set(HeaderNode, resp.GetNode())
 		}
-		return http.StatusServiceUnavailable, "the scheduler is unreachable (" + st.Message() + "); retry shortly"
-	case codes.ResourceExhausted:
-		return http.StatusServiceUnavailable, "the platform refused the invocation for lack of resources: " + st.Message()
-	case codes.NotFound, codes.FailedPrecondition:
-		return http.StatusServiceUnavailable, "the platform cannot run the function now: " + st.Message()
-	default:
-		return http.StatusBadGateway, "the platform failed to run the function: " + st.Message()
 	}
-}
-
-func outcomeFromGRPC(err error) string {
-	switch status.Code(err) {
-	case codes.DeadlineExceeded:
-		return "timeout"
-	case codes.ResourceExhausted:
-		return "no_capacity"
-	default:
-		return "platform_error"
+	g.metrics.answered(name, out.Code)
+	if out.Passed() {
+		for k, vs := range outcome.ResponseHeaders(out.Resp.GetHeaders()) {
+			for _, v := range vs {
+				h.Add(k, v)
+			}
+		}
+		h.Set("Content-Length", strconv.Itoa(len(out.Resp.GetBody())))
+		w.WriteHeader(out.Code)
+		w.Write(out.Resp.GetBody())
+		g.log.Debug("invoked", "function", name, "invocation_id", id, "status", out.Code, "start", h.Get(HeaderStart), "node", out.Resp.GetNode())
+		return
 	}
-}
-
-func outcomeLabel(o kilnv1.Outcome) string {
-	switch o {
-	case kilnv1.Outcome_OUTCOME_OK:
-		return "ok"
-	case kilnv1.Outcome_OUTCOME_FUNCTION_ERROR:
-		return "function_error"
-	case kilnv1.Outcome_OUTCOME_CRASHED:
-		return "crashed"
-	case kilnv1.Outcome_OUTCOME_TIMEOUT:
-		return "timeout"
-	case kilnv1.Outcome_OUTCOME_NO_CAPACITY:
-		return "no_capacity"
-	case kilnv1.Outcome_OUTCOME_BAD_IMAGE:
-		return "bad_image"
-	default:
-		return "unknown"
+	if err != nil {
+		g.log.Warn("invocation failed in the platform", "function", name, "invocation_id", id, "code", out.Code, "err", err)
+	} else {
+		g.log.Warn("invocation failed", "function", name, "invocation_id", id, "outcome", out.Name, "error", out.Resp.GetError())
 	}
-}
-
-func suffix(s string) string {
-	if s == "" {
-		return ""
-	}
-	return ": " + s
-}
-
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
-}
-
-// tail keeps the last n lines of a log, as text.
-func tail(b []byte, n int) string {
-	s := strings.TrimRight(string(b), "\n")
-	if s == "" {
-		return ""
-	}
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.ToValidUTF8(strings.Join(lines, "\n"), "\uFFFD")
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%d KiB", n>>10)
-	default:
-		return fmt.Sprintf("%d B", n)
-	}
+	out.SetHeader(h)
+	writeError(w, out.Code, out.Body(name, id))
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
@@ -97,17 +99,14 @@ func (l *limiter) admit(name string, lim registry.Limits) (release func(), retry
 	}, 0, ""
 }
 
-// admit applies fn's access rule and limits to an invocation. On false the
-// answer is written; on true release must run when the invocation ends.
-func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, fn registry.Function, fail func(code int, label, msg string)) (release func(), ok bool) {
-	failMsg := func(code int, msg string) { fail(code, fn.Name, msg) }
-	if !g.callerMayInvoke(w, r, fn.Private, failMsg) {
-		return nil, false
-	}
+// withinLimits takes a slot for an invocation of fn within its limits, or
+// refuses it (429, with when to retry) and reports false. On true release
+// must run when the invocation ends.
+func (g *Gateway) withinLimits(w http.ResponseWriter, fn registry.Function, refuse func(k outcome.Kind, msg string)) (release func(), ok bool) {
 	release, wait, why := g.limits.admit(fn.Name, fn.Limits)
 	if release == nil {
 		w.Header().Set("Retry-After", strconv.FormatInt(retrySeconds(wait), 10))
-		fail(http.StatusTooManyRequests, fn.Name, why+"; retry after the Retry-After seconds, or ask for a higher limit (kiln deploy --max-concurrency/--rate)")
+		refuse(outcome.Limited, why+"; retry after the Retry-After seconds, or ask for a higher limit (kiln deploy --max-concurrency/--rate)")
 		return nil, false
 	}
 	return release, true
@@ -119,6 +118,40 @@ func (g *Gateway) bodyLimit(fn registry.Function) int64 {
 		return fn.MaxBodyBytes
 	}
 	return g.cfg.MaxBodyBytes
+}
+
+// readBody reads r's body when it has at most limit bytes; else it refuses
+// the request (413, worded tooBig; 400 when the body cannot be read) and
+// reports false. A body without Content-Length is read to limit+1 bytes
+// at most.
+func readBody(r *http.Request, limit int64, tooBig string, refuse func(k outcome.Kind, msg string)) ([]byte, bool) {
+	if r.ContentLength > limit {
+		refuse(outcome.TooLarge, tooBig)
+		return nil, false
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		refuse(outcome.BadRequest, "reading the request body: "+err.Error())
+		return nil, false
+	}
+	if int64(len(body)) > limit {
+		refuse(outcome.TooLarge, tooBig)
+		return nil, false
+	}
+	return body, true
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%d KiB", n>>10)
+	default:
+		return fmt.Sprintf("%d B", n)
+	}
 }
 
 // retrySeconds rounds a wait up to whole seconds, at least 1: Retry-After

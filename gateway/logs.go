@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kilnfaas/kiln/gateway/asyncq"
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/store/logstore"
 	"github.com/kilnfaas/kiln/store/registry"
@@ -103,7 +104,7 @@ func (g *Gateway) registerLogs() {
 
 func logRecord(function string, version uint64, id string, attempt int, resp *kilnv1.InvokeResponse) logstore.Record {
 	return logstore.Record{Function: function, Version: version, InvocationID: id, Attempt: attempt,
-		Node: resp.GetNode(), Outcome: outcomeLabel(resp.GetOutcome()), Stderr: resp.GetStderr()}
+		Node: resp.GetNode(), Outcome: outcome.Label(resp, nil), Stderr: resp.GetStderr()}
 }
 
 // captureLogs stores what a synchronous invocation wrote to stderr. It

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
@@ -123,13 +124,14 @@ func (m *metrics) answered(function string, code int) {
 	m.requests.WithLabelValues(function, strconv.Itoa(code)).Inc()
 }
 
-// record counts one finished synchronous invocation. start is "none" and
-// resp nil when the platform failed before a node answered.
-func (m *metrics) record(inv *invocation, start, outcome string) {
+// record counts one finished synchronous invocation under its outcome
+// label. start is "none" and resp nil when the platform failed before a
+// node answered.
+func (m *metrics) record(inv *invocation, start, label string) {
 	fn := inv.Fn
 	total := inv.Total.Seconds()
 	deadline := time.Duration(fn.DeadlineMs) * time.Millisecond
-	m.duration.observe(fn.Name, deadline, start, outcome, total)
+	m.duration.observe(fn.Name, deadline, start, label, total)
 	if resp := inv.Resp; resp != nil {
 		if resp.GetExecNs() > 0 {
 			m.exec.WithLabelValues(fn.Name, start).Observe(float64(resp.GetExecNs()) / 1e9)
@@ -140,10 +142,10 @@ func (m *metrics) record(inv *invocation, start, outcome string) {
 			m.init.WithLabelValues(fn.Name, start).Observe(float64(resp.GetStartNs()) / 1e9)
 		}
 	}
-	if outcome != "ok" {
-		m.errors.WithLabelValues(fn.Name, outcome).Inc()
+	if label != outcome.LabelOK {
+		m.errors.WithLabelValues(fn.Name, label).Inc()
 	}
-	if outcome == "timeout" {
+	if label == outcome.LabelTimeout {
 		m.timeouts.WithLabelValues(fn.Name).Inc()
 	}
 	if deadline > 0 && fn.Target > 0 {
@@ -153,7 +155,7 @@ func (m *metrics) record(inv *invocation, start, outcome string) {
 		// The same comparison as the histogram's le bound, so that
 		// bucket{le=deadline, outcome="ok"} and kiln_sla_good_total agree.
 		if total <= deadline.Seconds() {
-			if outcome == "ok" {
+			if label == outcome.LabelOK {
 				m.slaGood.WithLabelValues(fn.Name).Inc()
 			}
 		} else {

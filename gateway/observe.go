@@ -3,6 +3,7 @@ package gateway
 import (
 	"time"
 
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/store/registry"
 )
@@ -17,15 +18,15 @@ type invocation struct {
 	Total time.Duration          // from the request's arrival to the answer
 }
 
-// finished hands one invocation to everything that records invocations:
-// metrics, the SLA ledger, the log store. It must not block the caller.
+// finished hands one invocation to what records invocations as they end:
+// the metrics and the SLA ledger. It must not block the caller. What the
+// function wrote to stderr is not recorded here: the log store gets it
+// from captureLogs (logs.go), which the async workers' runs reach too.
 func (g *Gateway) finished(inv *invocation) {
-	start, outcome := "none", ""
-	if inv.Err != nil {
-		outcome = outcomeFromGRPC(inv.Err)
-	} else {
-		start, outcome = inv.Resp.GetStart().Label(), outcomeLabel(inv.Resp.GetOutcome())
+	start := "none"
+	if inv.Err == nil {
+		start = inv.Resp.GetStart().Label()
 	}
-	g.metrics.record(inv, start, outcome)
+	g.metrics.record(inv, start, outcome.Label(inv.Resp, inv.Err))
 	g.recordSLA(inv)
 }

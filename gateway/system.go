@@ -1,15 +1,11 @@
 package gateway
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/kilnfaas/kiln/store/registry"
 )
@@ -69,10 +65,6 @@ func (g *Gateway) registryError(w http.ResponseWriter, name string, err error) {
 	}
 }
 
-// HeaderVersion names the version that served an invocation: with a split
-// alias the caller cannot otherwise tell which side of the canary it hit.
-const HeaderVersion = "X-Kiln-Version"
-
 // maxAliasBody bounds the JSON body of alias and rollback requests.
 const maxAliasBody = 64 << 10
 
@@ -94,73 +86,6 @@ func (g *Gateway) registerVersionRoutes() {
 			writeError(w, http.StatusMethodNotAllowed, apiError{Error: r.Method + " " + r.URL.Path + " is not supported: use " + allow})
 		})
 	}
-}
-
-// ParseFunctionRef splits the NAME[@REF] segment of an invocation path,
-// where REF is an alias or a version number. It checks only REF's form (a
-// malformed REF is the caller's mistake, 400); the name is checked by the
-// lookup (an impossible name is simply not deployed, 404).
-func ParseFunctionRef(seg string) (name, ref string, err error) {
-	name, ref, at := strings.Cut(seg, "@")
-	if !at {
-		return name, "", nil
-	}
-	if ref == "" {
-		return name, "", fmt.Errorf("%q names nothing after '@': use NAME@ALIAS (e.g. %s@prod) or NAME@VERSION (e.g. %s@3)", seg, name, name)
-	}
-	if strings.Trim(ref, "0123456789") == "" {
-		if v, err := strconv.ParseUint(ref, 10, 64); err != nil || v == 0 {
-			return name, "", fmt.Errorf("%q: version %s does not exist: versions are numbered from 1", seg, ref)
-		}
-		return name, ref, nil
-	}
-	if !registry.ValidName(ref) {
-		return name, "", fmt.Errorf("%q: %q is not an alias name: aliases are 1-63 characters of a-z, 0-9 and '-'", seg, ref)
-	}
-	return name, ref, nil
-}
-
-// resolve finds the version one invocation of name@ref runs, picking by
-// weight when ref is an alias that splits traffic. On failure code is the
-// HTTP status and msg says what is missing and what to do.
-func (g *Gateway) resolve(ctx context.Context, name, ref string) (fn registry.Function, code int, msg string) {
-	route, err := g.cfg.Registry.Resolve(ctx, name, ref)
-	switch {
-	case err == nil:
-		return route.Pick(g.randN(100)), 0, ""
-	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidName):
-		if ref != "" {
-			// Say which half is missing: the function, or what ref names.
-			if _, err := g.cfg.Registry.GetFunction(ctx, name, ""); err == nil {
-				if strings.Trim(ref, "0123456789") == "" {
-					return fn, http.StatusNotFound, fmt.Sprintf("function %q has no version %s: list its versions with `kiln versions %s`", name, ref, name)
-				}
-				return fn, http.StatusNotFound, fmt.Sprintf("function %q has no alias %q: list its aliases with `kiln alias %s`, or create it with `kiln alias %s %s VERSION`", name, ref, name, name, ref)
-			}
-		}
-		return fn, http.StatusNotFound, fmt.Sprintf("function %q is not deployed: deploy it with `kiln deploy %s --binary FILE`, or list deployed functions with `kiln list`", name, name)
-	default:
-		g.log.Error("registry lookup failed", "function", name, "ref", ref, "err", err)
-		return fn, http.StatusServiceUnavailable, "the function registry is unavailable, retry shortly: " + err.Error()
-	}
-}
-
-// randN is uniform in [0, n): Config.RandN, else math/rand/v2.
-func (g *Gateway) randN(n int) int {
-	if g.cfg.RandN != nil {
-		return g.cfg.RandN(n)
-	}
-	return rand.IntN(n)
-}
-
-// invokePath is what follows /prefix/NAME[@REF] in an escaped request
-// path, "/" when nothing does.
-func invokePath(escaped, prefix string) string {
-	rest := strings.TrimPrefix(escaped, prefix)
-	if i := strings.IndexByte(rest, '/'); i >= 0 {
-		return rest[i:]
-	}
-	return "/"
 }
 
 // VersionList is the answer of GET /system/functions/{name}/versions.

@@ -3,6 +3,7 @@ package asyncq
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
@@ -48,15 +50,15 @@ func (w *Worker) deliver(msg jetstream.Msg) {
 		msg.Nak()
 		return
 	}
-	outcome := "delivered"
+	verdict := "delivered"
 	switch {
 	case err == nil:
 	case attempt < w.cfg.CallbackAttempts:
-		outcome = "retried"
+		verdict = "retried"
 	default:
-		outcome = "failed"
+		verdict = "failed"
 	}
-	w.q.m.callbacks.WithLabelValues(outcome).Inc()
+	w.q.m.callbacks.WithLabelValues(verdict).Inc()
 	_, uerr := w.q.cas(w.ctx, id, nil, func(s *Status) error {
 		if s.Callback == nil {
 			s.Callback = &Callback{URL: url}
@@ -66,7 +68,7 @@ func (w *Worker) deliver(msg jetstream.Msg) {
 			return errUnchanged
 		}
 		cb.Attempts, cb.StatusCode, cb.Error = attempt, code, ""
-		switch outcome {
+		switch verdict {
 		case "delivered":
 			cb.State, cb.DeliveredAt = CallbackDelivered, timePtr(w.q.now())
 		case "retried":
@@ -79,16 +81,39 @@ func (w *Worker) deliver(msg jetstream.Msg) {
 	if uerr != nil && !errors.Is(uerr, ErrNotFound) {
 		w.log.Warn("cannot record a callback's delivery", "invocation_id", id, "err", uerr)
 	}
-	if outcome == "retried" {
+	if verdict == "retried" {
 		delay := backoff(attempt, w.cfg.BackoffBase, w.cfg.BackoffMax)
 		w.log.Info("callback failed; retrying", "invocation_id", id, "url", url, "attempt", attempt, "retry_in", delay, "err", err)
 		msg.NakWithDelay(delay)
 		return
 	}
-	if outcome == "failed" {
+	if verdict == "failed" {
 		w.log.Warn("callback failed for good", "invocation_id", id, "url", url, "attempts", attempt, "err", err)
 	}
 	w.ack(msg)
+}
+
+// callbackResponse is what the callback of inv receives when it ended as
+// out: the function's answer, or the gateway's JSON error when it gave
+// none to pass on; at most bodyLimit bytes of body.
+func callbackResponse(inv *Invocation, out outcome.Result, bodyLimit int) *kilnv1.InvokeResponse {
+	r := &kilnv1.InvokeResponse{Status: int32(out.Code)}
+	if out.Passed() {
+		r.Body = out.Resp.GetBody()
+		for k, vs := range outcome.ResponseHeaders(out.Resp.GetHeaders()) {
+			for _, v := range vs {
+				r.Headers = append(r.Headers, &kilnv1.Header{Name: k, Value: v})
+			}
+		}
+	} else {
+		r.Body, _ = json.Marshal(out.Body(inv.Function, inv.ID))
+		r.Headers = []*kilnv1.Header{{Name: "Content-Type", Value: "application/json"}}
+	}
+	if len(r.Body) > bodyLimit {
+		r.Body = r.Body[:bodyLimit]
+		r.Headers = append(r.Headers, &kilnv1.Header{Name: "X-Kiln-Body-Truncated", Value: "true"})
+	}
+	return r
 }
 
 // post makes one delivery attempt; a non-2xx answer is a failure.

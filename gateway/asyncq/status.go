@@ -12,17 +12,21 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kilnfaas/kiln/gateway/outcome"
+	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
 // State is where an invocation is.
 type State string
 
-// States of an invocation. Succeeded and Failed are final.
+// States of an invocation. Succeeded and Failed are final. Which outcome
+// of an attempt leads to which is the gateway's outcome table's to say.
 const (
-	Queued    State = "queued"  // waiting for a worker, or for its next attempt
-	Running   State = "running" // a worker is running it
-	Succeeded State = "succeeded"
-	Failed    State = "failed" // retries spent; the message is a dead letter
+	Queued    State = State(outcome.AsyncQueued) // waiting for a worker, or for its next attempt
+	Running   State = "running"                  // a worker is running it
+	Succeeded State = State(outcome.AsyncSucceeded)
+	Failed    State = State(outcome.AsyncFailed) // retries spent; the message is a dead letter
 )
 
 // Final reports whether s can no longer change (callbacks aside).
@@ -106,6 +110,26 @@ func newStatus(inv *Invocation) *Status {
 		st.Callback = &Callback{URL: inv.CallbackURL, State: CallbackPending}
 	}
 	return st
+}
+
+// resultOf is what the status keeps of an attempt that ended as out: the
+// function's answer when it is passed on, its last log lines when the
+// attempt failed.
+func resultOf(out outcome.Result, bodyLimit int) *Result {
+	var body []byte
+	var headers http.Header
+	if out.Passed() {
+		body, headers = out.Resp.GetBody(), outcome.ResponseHeaders(out.Resp.GetHeaders())
+	}
+	r := newResult(out.Code, headers, body, bodyLimit)
+	if out.Async != outcome.AsyncSucceeded {
+		r.Log = outcome.Tail(out.Resp.GetLogTail(), outcome.LogLines)
+	}
+	r.Node = out.Resp.GetNode()
+	if s := out.Resp.GetStart(); s != kilnv1.StartKind_START_UNSPECIFIED {
+		r.Start = s.Label()
+	}
+	return r
 }
 
 // newResult keeps at most limit bytes of body.

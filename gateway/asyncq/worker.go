@@ -2,7 +2,6 @@ package asyncq
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,10 +14,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
@@ -37,11 +35,6 @@ const (
 	DefaultCallbackAttempts    = 3
 	DefaultCallbackConcurrency = 8
 )
-
-// schedulerSlack is how much longer than the function's timeout a worker
-// waits for the scheduler (placement and a cold boot; the node enforces
-// the timeout itself), as the gateway does for synchronous calls.
-const schedulerSlack = 10 * time.Second
 
 // WorkerConfig is what a worker needs. Scheduler is required; zero values
 // get the defaults named on each field.
@@ -279,7 +272,7 @@ func (w *Worker) run(msg jetstream.Msg) {
 		msg.NakWithDelay(time.Second)
 		return
 	case lost:
-		w.finish(msg, inv, st.Attempts, failure(http.StatusBadGateway, fmt.Sprintf("%d runs were lost (their worker went away each time); giving up", st.LostRuns), nil))
+		w.finish(msg, inv, st.Attempts, outcome.With(outcome.Lost, fmt.Sprintf("%d runs were lost (their worker went away each time); giving up", st.LostRuns)))
 		return
 	}
 
@@ -296,9 +289,12 @@ func (w *Worker) run(msg jetstream.Msg) {
 	}
 	ctx, cancel = context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	out := judge(inv, resp, err)
-	q.m.attempts.WithLabelValues(inv.Function, out.label).Inc()
-	if out.ok || attempt-st.LostRuns >= inv.Retries+1 {
+	// The same table as the gateway's synchronous answers: a 5xx (the
+	// function's own, or the platform's for a crash, a timeout, no
+	// capacity) is a failure, retried while the function's retries last.
+	out := outcome.Of(w.ctx, resp, err, functionTimeout(inv.Request))
+	q.m.attempts.WithLabelValues(inv.Function, out.Label).Inc()
+	if !out.Retry || attempt-st.LostRuns >= inv.Retries+1 {
 		w.finish(msg, inv, attempt, out)
 		return
 	}
@@ -308,8 +304,8 @@ func (w *Worker) run(msg jetstream.Msg) {
 			return errFinal
 		}
 		now := q.now()
-		s.State, s.Error, s.NextAttemptAt = Queued, out.err, timePtr(now.Add(delay))
-		s.Result = out.result(q.cfg.ResultBodyLimit)
+		s.State, s.Error, s.NextAttemptAt = Queued, out.Message, timePtr(now.Add(delay))
+		s.Result = resultOf(out, q.cfg.ResultBodyLimit)
 		endAttempt(s, attempt, now, out)
 		return nil
 	})
@@ -317,7 +313,7 @@ func (w *Worker) run(msg jetstream.Msg) {
 		w.log.Warn("cannot record a failed attempt", "invocation_id", inv.ID, "err", err)
 	}
 	w.log.Info("async invocation failed; retrying", "function", inv.Function, "invocation_id", inv.ID,
-		"attempt", attempt, "retry_in", delay, "error", out.err)
+		"attempt", attempt, "retry_in", delay, "error", out.Message)
 	msg.NakWithDelay(delay)
 }
 
@@ -325,16 +321,16 @@ func (w *Worker) run(msg jetstream.Msg) {
 // message, status, in that order, and only then the acknowledgement. A
 // crash between two steps redelivers the message; the message ids make
 // the repeated publishes no-ops within JetStream's duplicate window.
-func (w *Worker) finish(msg jetstream.Msg, inv *Invocation, attempt int, out outcome) {
+func (w *Worker) finish(msg jetstream.Msg, inv *Invocation, attempt int, out outcome.Result) {
 	q := w.q
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	state := Succeeded
-	if !out.ok {
+	if out.Async != outcome.AsyncSucceeded {
 		state = Failed
 		dead := nats.NewMsg(deadSubject + inv.Function)
 		dead.Header, dead.Data = copyHeader(msg.Headers()), msg.Data()
-		dead.Header.Set(hError, oneLine(out.err))
+		dead.Header.Set(hError, oneLine(out.Message))
 		dead.Header.Set(hAttempts, strconv.Itoa(attempt))
 		if _, err := q.js.PublishMsg(ctx, dead, jetstream.WithMsgID("dead-"+inv.ID)); err != nil {
 			w.log.Warn("cannot store a dead letter; the invocation will be redelivered", "invocation_id", inv.ID, "err", err)
@@ -344,14 +340,14 @@ func (w *Worker) finish(msg jetstream.Msg, inv *Invocation, attempt int, out out
 	}
 	if inv.CallbackURL != "" {
 		cb := nats.NewMsg(callbackSubj + inv.Function)
-		cb.Data = marshalResponse(out.callbackResponse(int(q.MaxBodyBytes())))
+		cb.Data = marshalResponse(callbackResponse(inv, out, int(q.MaxBodyBytes())))
 		cb.Header.Set(hID, inv.ID)
 		cb.Header.Set(hFunction, inv.Function)
 		cb.Header.Set(hCallback, inv.CallbackURL)
 		cb.Header.Set(hState, string(state))
 		cb.Header.Set(hAttempts, strconv.Itoa(attempt))
-		if out.err != "" {
-			cb.Header.Set(hError, oneLine(out.err))
+		if out.Message != "" {
+			cb.Header.Set(hError, oneLine(out.Message))
 		}
 		if _, err := q.js.PublishMsg(ctx, cb, jetstream.WithMsgID("cb-"+inv.ID)); err != nil {
 			w.log.Warn("cannot queue a callback; the invocation will be redelivered", "invocation_id", inv.ID, "err", err)
@@ -365,8 +361,8 @@ func (w *Worker) finish(msg jetstream.Msg, inv *Invocation, attempt int, out out
 			return errFinal
 		}
 		now := q.now()
-		s.State, s.Error, s.NextAttemptAt, s.FinishedAt = state, out.err, nil, timePtr(now)
-		s.Result = out.result(q.cfg.ResultBodyLimit)
+		s.State, s.Error, s.NextAttemptAt, s.FinishedAt = state, out.Message, nil, timePtr(now)
+		s.Result = resultOf(out, q.cfg.ResultBodyLimit)
 		endAttempt(s, attempt, now, out)
 		enqueued = s.EnqueuedAt
 		return nil
@@ -382,16 +378,16 @@ func (w *Worker) finish(msg jetstream.Msg, inv *Invocation, attempt int, out out
 		w.log.Debug("async invocation final", "function", inv.Function, "invocation_id", inv.ID, "status", state, "attempts", attempt)
 		if state == Failed {
 			w.log.Warn("async invocation failed for good: moved to the dead letters", "function", inv.Function,
-				"invocation_id", inv.ID, "attempts", attempt, "error", out.err)
+				"invocation_id", inv.ID, "attempts", attempt, "error", out.Message)
 		}
 	}
 	w.ack(msg)
 }
 
-func endAttempt(s *Status, attempt int, now time.Time, out outcome) {
+func endAttempt(s *Status, attempt int, now time.Time, out outcome.Result) {
 	for i := range s.History {
 		if h := &s.History[i]; h.Attempt == attempt && h.FinishedAt == nil {
-			h.FinishedAt, h.StatusCode, h.Error = timePtr(now), out.code, out.err
+			h.FinishedAt, h.StatusCode, h.Error = timePtr(now), out.Code, out.Message
 		}
 	}
 }
@@ -446,13 +442,17 @@ func (w *Worker) invoke(inv *Invocation, attempt int) (*kilnv1.InvokeResponse, e
 	req.Headers = append(req.Headers,
 		&kilnv1.Header{Name: "x-kiln-invocation-id", Value: inv.ID},
 		&kilnv1.Header{Name: "x-kiln-attempt", Value: strconv.Itoa(attempt)})
-	timeout := time.Duration(req.GetFunction().GetTimeoutMs()) * time.Millisecond
+	timeout := functionTimeout(req)
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(w.ctx, timeout+schedulerSlack)
+	ctx, cancel := context.WithTimeout(w.ctx, timeout+outcome.SchedulerSlack)
 	defer cancel()
 	return w.cfg.Scheduler.Invoke(ctx, req)
+}
+
+func functionTimeout(req *kilnv1.InvokeRequest) time.Duration {
+	return time.Duration(req.GetFunction().GetTimeoutMs()) * time.Millisecond
 }
 
 // backoff is the delay before retry n (1 for the first): base doubled
@@ -468,139 +468,6 @@ func backoff(n int, base, max time.Duration) time.Duration {
 	return d + time.Duration(rand.Int64N(int64(d)/4+1))
 }
 
-// outcome is what one attempt came to.
-type outcome struct {
-	ok      bool
-	code    int    // the HTTP status a synchronous call would have answered
-	err     string // "" when ok
-	label   string // metrics outcome
-	resp    *kilnv1.InvokeResponse
-	headers http.Header
-}
-
-func failure(code int, msg string, resp *kilnv1.InvokeResponse) outcome {
-	return outcome{code: code, err: msg, label: "platform_error", resp: resp}
-}
-
-// judge maps the scheduler's answer as the gateway does for synchronous
-// calls: a 5xx (the function's own, or the platform's for a crash, a
-// timeout, no capacity) is a failure worth retrying.
-func judge(inv *Invocation, resp *kilnv1.InvokeResponse, err error) outcome {
-	if err != nil {
-		st, _ := status.FromError(err)
-		switch st.Code() {
-		case codes.DeadlineExceeded:
-			return outcome{code: http.StatusGatewayTimeout, label: "timeout",
-				err: "no answer from the platform within the function's timeout plus " + schedulerSlack.String()}
-		case codes.Unavailable, codes.ResourceExhausted, codes.NotFound, codes.FailedPrecondition, codes.Canceled:
-			return outcome{code: http.StatusServiceUnavailable, label: "no_capacity", err: "the platform cannot run the function now: " + st.Message()}
-		default:
-			return failure(http.StatusBadGateway, "the platform failed to run the function: "+st.Message(), nil)
-		}
-	}
-	why := resp.GetError()
-	out := outcome{resp: resp}
-	switch resp.GetOutcome() {
-	case kilnv1.Outcome_OUTCOME_OK:
-		out.code, out.label = int(resp.GetStatus()), "ok"
-		if out.code == 0 {
-			out.code = http.StatusOK
-		}
-		out.headers = responseHeaders(resp.GetHeaders())
-		out.ok = out.code < 500
-		if out.code < 100 || out.code > 999 {
-			out.ok, out.err = false, fmt.Sprintf("the function answered with HTTP status %d, which is not a valid status code", out.code)
-			out.code = http.StatusBadGateway
-		} else if !out.ok {
-			out.err = fmt.Sprintf("the function answered HTTP %d", out.code)
-		}
-	case kilnv1.Outcome_OUTCOME_FUNCTION_ERROR:
-		out.code, out.label = http.StatusInternalServerError, "function_error"
-		out.err = fmt.Sprintf("the function exited with status %d%s", resp.GetStatus(), suffix(why))
-	case kilnv1.Outcome_OUTCOME_CRASHED:
-		out.code, out.label = http.StatusBadGateway, "crashed"
-		out.err = "the function crashed" + suffix(why)
-	case kilnv1.Outcome_OUTCOME_TIMEOUT:
-		out.code, out.label = http.StatusGatewayTimeout, "timeout"
-		out.err = fmt.Sprintf("the function ran past its timeout of %s and was stopped",
-			time.Duration(inv.Request.GetFunction().GetTimeoutMs())*time.Millisecond)
-	case kilnv1.Outcome_OUTCOME_NO_CAPACITY:
-		out.code, out.label = http.StatusServiceUnavailable, "no_capacity"
-		out.err = "no node has capacity for this function" + suffix(why)
-	case kilnv1.Outcome_OUTCOME_BAD_IMAGE:
-		out.code, out.label = http.StatusBadGateway, "bad_image"
-		out.err = "the function's image could not be loaded" + suffix(why)
-	default:
-		out.code, out.label = http.StatusBadGateway, "unknown"
-		out.err = "the platform returned an unknown outcome " + resp.GetOutcome().String() + suffix(why)
-	}
-	return out
-}
-
-// result is what the status keeps of an attempt.
-func (o outcome) result(bodyLimit int) *Result {
-	var body []byte
-	if o.resp.GetOutcome() == kilnv1.Outcome_OUTCOME_OK {
-		body = o.resp.GetBody()
-	}
-	r := newResult(o.code, o.headers, body, bodyLimit)
-	if !o.ok {
-		r.Log = tail(o.resp.GetLogTail(), 20)
-	}
-	r.Node = o.resp.GetNode()
-	if s := o.resp.GetStart(); s != kilnv1.StartKind_START_UNSPECIFIED {
-		r.Start = s.Label()
-	}
-	return r
-}
-
-// callbackResponse is what the callback receives: the function's answer,
-// or a JSON error when it gave none.
-func (o outcome) callbackResponse(bodyLimit int) *kilnv1.InvokeResponse {
-	r := &kilnv1.InvokeResponse{Status: int32(o.code)}
-	if o.resp.GetOutcome() == kilnv1.Outcome_OUTCOME_OK && o.code >= 100 && o.code <= 999 {
-		r.Body = o.resp.GetBody()
-		for k, vs := range o.headers {
-			for _, v := range vs {
-				r.Headers = append(r.Headers, &kilnv1.Header{Name: k, Value: v})
-			}
-		}
-	} else {
-		r.Body, _ = json.Marshal(map[string]string{"error": o.err, "log": tail(o.resp.GetLogTail(), 20)})
-		r.Headers = []*kilnv1.Header{{Name: "Content-Type", Value: "application/json"}}
-	}
-	if len(r.Body) > bodyLimit {
-		r.Body = r.Body[:bodyLimit]
-		r.Headers = append(r.Headers, &kilnv1.Header{Name: "X-Kiln-Body-Truncated", Value: "true"})
-	}
-	return r
-}
-
-// hopByHop headers describe one connection and are never passed on.
-var hopByHop = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
-	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Content-Length": true,
-}
-
-func responseHeaders(hs []*kilnv1.Header) http.Header {
-	h := http.Header{}
-	for _, hd := range hs {
-		k := http.CanonicalHeaderKey(hd.GetName())
-		if hopByHop[k] || strings.HasPrefix(k, "X-Kiln-") {
-			continue
-		}
-		h.Add(k, hd.GetValue())
-	}
-	return h
-}
-
-func suffix(s string) string {
-	if s == "" {
-		return ""
-	}
-	return ": " + s
-}
-
 // oneLine makes s fit in a message or HTTP header value.
 func oneLine(s string) string {
 	s = strings.Map(func(r rune) rune {
@@ -613,18 +480,6 @@ func oneLine(s string) string {
 		s = s[:1024]
 	}
 	return strings.ToValidUTF8(s, "?")
-}
-
-func tail(b []byte, n int) string {
-	s := strings.TrimRight(string(b), "\n")
-	if s == "" {
-		return ""
-	}
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.ToValidUTF8(strings.Join(lines, "\n"), "\uFFFD")
 }
 
 func copyHeader(h nats.Header) nats.Header {
