@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -12,9 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
@@ -58,22 +57,9 @@ func (a *testAgent) runs() []string {
 	return append([]string(nil), a.ran...)
 }
 
-func serve(t *testing.T, register func(*grpc.Server)) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
-}
-
 func startAgent(t *testing.T, name string, answer kilnv1.Outcome) *testAgent {
 	a := &testAgent{name: name, answer: answer}
-	a.addr = serve(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, a) })
+	a.addr = testnet.ServeGRPC(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, a) })
 	return a
 }
 
@@ -93,13 +79,8 @@ func start(t *testing.T, interval time.Duration) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.s.Close() })
-	addr := serve(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, e.s) })
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	e.client = kilnv1.NewSchedulerClient(conn)
+	addr := testnet.ServeGRPC(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, e.s) })
+	e.client = kilnv1.NewSchedulerClient(testnet.Dial(t, addr))
 	return e
 }
 
@@ -259,10 +240,8 @@ func TestSweeperRemovesSilentNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	addr := serve(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s) })
-	conn, _ := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	defer conn.Close()
-	e := &env{s: s, client: kilnv1.NewSchedulerClient(conn)}
+	addr := testnet.ServeGRPC(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s) })
+	e := &env{s: s, client: kilnv1.NewSchedulerClient(testnet.Dial(t, addr))}
 	e.connect(t, context.Background(), "quiet", "127.0.0.1:1", 1<<30)
 	waitFor(t, "sweeper", func() bool { return nodeNames(s) == "" })
 }
@@ -369,9 +348,7 @@ func TestInvokeUnreachableNode(t *testing.T) {
 	e := start(t, time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	lis, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := lis.Addr().String()
-	lis.Close() // nothing listens there now
+	addr := testnet.FreeAddr(t) // nothing listens there
 	e.connect(t, ctx, "dead", addr, 1<<30)
 	_, err := e.client.Invoke(context.Background(), &kilnv1.InvokeRequest{
 		Function: &kilnv1.FunctionSpec{ImageDigest: dA, MemoryBytes: 64 << 20}})
@@ -395,7 +372,7 @@ type blockingAgent struct {
 
 func startBlockingAgent(t *testing.T) *blockingAgent {
 	a := &blockingAgent{arrived: make(chan string, 16), release: make(chan struct{})}
-	a.addr = serve(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, a) })
+	a.addr = testnet.ServeGRPC(t, func(s *grpc.Server) { kilnv1.RegisterAgentServer(s, a) })
 	return a
 }
 
@@ -415,9 +392,7 @@ func TestUnreachableNodeRetriedElsewhere(t *testing.T) {
 	e := start(t, time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	lis, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := lis.Addr().String()
-	lis.Close()
+	dead := testnet.FreeAddr(t)
 	ok := startAgent(t, "b-ok", kilnv1.Outcome_OUTCOME_OK)
 	e.connect(t, ctx, "a-dead", dead, 4<<30) // most free memory: chosen first
 	e.connect(t, ctx, "b-ok", ok.addr, 1<<30)
@@ -591,10 +566,8 @@ func TestStartupGraceWaitsForFirstNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	addr := serve(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s) })
-	conn, _ := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	defer conn.Close()
-	e := &env{s: s, client: kilnv1.NewSchedulerClient(conn)}
+	addr := testnet.ServeGRPC(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s) })
+	e := &env{s: s, client: kilnv1.NewSchedulerClient(testnet.Dial(t, addr))}
 	got := make(chan *kilnv1.InvokeResponse, 1)
 	go func() { got <- invoke(t, e, "early", 64<<20) }()
 	time.Sleep(200 * time.Millisecond)

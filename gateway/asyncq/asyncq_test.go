@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kilnfaas/kiln/gateway/asyncq"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 )
 
 // An accepted invocation runs once, through the scheduler and the agent,
@@ -178,17 +178,8 @@ func TestCallbackNeverAnswers(t *testing.T) {
 	cfg.CallbackTimeout = time.Second
 	e.startWorker(t, cfg)
 
-	// A server that accepts connections and reads requests but never answers.
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hang := make(chan struct{})
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-hang })}
-	go srv.Serve(lis)
-	t.Cleanup(func() { close(hang); srv.Close() })
-
-	id := e.accepted(t, "fn/x", "", http.Header{"X-Callback-Url": {"http://" + lis.Addr().String() + "/never"}})
+	hang := testnet.Hanging(t) // accepts connections, never answers
+	id := e.accepted(t, "fn/x", "", http.Header{"X-Callback-Url": {"http://" + hang + "/never"}})
 	e.waitStatus(t, id, "success", func(s *asyncq.Status) bool { return s.State == asyncq.Succeeded })
 	// While the callback hangs, another invocation runs to the end.
 	other := e.accepted(t, "fn/y", "", nil)

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -19,20 +17,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/gateway/asyncq"
-	nodeagent "github.com/kilnfaas/kiln/node-agent"
+	"github.com/kilnfaas/kiln/internal/teststack"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/scheduler"
-	"github.com/kilnfaas/kiln/store/imagestore"
-	"github.com/kilnfaas/kiln/store/registry"
 )
 
 var (
@@ -72,42 +64,22 @@ func fnProgram(t testing.TB) []byte {
 	return b
 }
 
-// natsServer starts a real nats-server with JetStream in this process, on
-// a free port of 127.0.0.1, its files in a temporary directory.
-func natsServer(t testing.TB) *server.Server {
-	t.Helper()
-	srv, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true, MaxPayload: 8 << 20,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready after 10s")
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	return srv
-}
-
-// env is a whole Kiln path on real parts: NATS JetStream (queue, status
-// bucket, images), a bbolt registry, a scheduler and a node-agent over
-// gRPC on 127.0.0.1 (functions run as host processes), the gateway's HTTP
-// API, and a queue the workers of a test attach to.
+// env is a whole Kiln path on real parts, a test stack
+// (internal/teststack): a real nats-server with JetStream (queue, status
+// bucket, images), a bbolt registry, a scheduler and a node-agent over gRPC
+// on 127.0.0.1 (functions run as host processes), the gateway's HTTP API,
+// and a queue the workers of a test attach to (the stack runs none).
 type env struct {
-	url       string
-	images    *imagestore.Store
-	cache     string
-	scheduler *scheduler.Scheduler
-	nats      *server.Server
-	nc        *nats.Conn
-	queue     *asyncq.Queue
-	sched     kilnv1.SchedulerClient
-	reg       *prometheus.Registry
-	trace     string
-	prog      []byte
-	client    *http.Client
+	url     string
+	stack   *teststack.Stack
+	natsURL string
+	nc      *nats.Conn
+	queue   *asyncq.Queue
+	sched   kilnv1.SchedulerClient
+	reg     *prometheus.Registry
+	trace   string
+	prog    []byte
+	client  *http.Client
 }
 
 type envConfig struct {
@@ -118,55 +90,11 @@ type envConfig struct {
 func newEnv(t testing.TB, ec envConfig) *env {
 	t.Helper()
 	prog := fnProgram(t)
-	e := &env{prog: prog, reg: prometheus.NewRegistry(), trace: filepath.Join(t.TempDir(), "trace"), client: &http.Client{Timeout: 30 * time.Second}}
-	e.nats = natsServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	e.nc = connect(t, e.nats)
-
-	dir := t.TempDir()
-	reg, err := registry.OpenBolt(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	images, err := imagestore.Connect(ctx, e.nats.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
-
-	s, err := scheduler.New(scheduler.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	schedAddr := serveGRPC(t, func(g *grpc.Server) { kilnv1.RegisterSchedulerServer(g, s) })
-	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	e.sched = kilnv1.NewSchedulerClient(conn)
-
-	e.images, e.cache, e.scheduler = images, filepath.Join(dir, "cache"), s
-	if !ec.noAgent {
-		e.startAgent(t, "test-node")
-	}
-
-	e.queue, err = asyncq.Open(ctx, e.nc, asyncq.Config{Registerer: e.reg, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, err := gateway.New(gateway.Config{
-		Registry: reg, Images: images, Scheduler: e.sched, Kernel: prog, Async: e.queue, MaxBodyBytes: ec.maxBody,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw)
-	t.Cleanup(hs.Close)
-	e.url = hs.URL
+	s := teststack.Start(t, teststack.Options{NATS: true, NoAgent: ec.noAgent, NoWorker: true, Logger: testLogger(t),
+		Gateway: gateway.Config{Kernel: prog, MaxBodyBytes: ec.maxBody}})
+	e := &env{url: s.URL, stack: s, natsURL: s.NATSURL, queue: s.Queue, sched: s.SchedulerClient, reg: s.Metrics,
+		prog: prog, trace: filepath.Join(t.TempDir(), "trace"), client: &http.Client{Timeout: 30 * time.Second}}
+	e.nc = connect(t, e.natsURL)
 	return e
 }
 
@@ -175,65 +103,17 @@ func newEnv(t testing.TB, ec envConfig) *env {
 // for the invocations it runs: their gRPC calls fail.
 func (e *env) startAgent(t testing.TB, node string) (kill func()) {
 	t.Helper()
-	agent, err := nodeagent.New(nodeagent.Config{
-		Node: node, MemoryBytes: 4 << 30, Images: e.images,
-		CacheDir: e.cache + "-" + node, Boot: nodeagent.ProcessBooter(t.TempDir()),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	kilnv1.RegisterAgentServer(srv, agent)
-	go srv.Serve(lis)
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { agent.Run(runCtx, e.sched, lis.Addr().String()); close(done) }()
-	var once sync.Once
-	kill = func() {
-		once.Do(func() {
-			srv.Stop()
-			stop()
-			<-done
-			agent.Close()
-		})
-	}
-	t.Cleanup(kill)
-	waitFor(t, "agent "+node+" to register", func() bool {
-		for _, n := range e.scheduler.Nodes() {
-			if n.Name == node {
-				return true
-			}
-		}
-		return false
-	})
-	return kill
+	return e.stack.AddAgent(t, node).Kill
 }
 
-func connect(t testing.TB, srv *server.Server) *nats.Conn {
+func connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
 	return nc
-}
-
-func serveGRPC(t testing.TB, register func(*grpc.Server)) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
 }
 
 // testLogger shows the queue's log in `go test -v` output.
@@ -258,7 +138,7 @@ func fastWorker(sched kilnv1.SchedulerClient) asyncq.WorkerConfig {
 // kill that connection as a crash would.
 func (e *env) startWorker(t testing.TB, cfg asyncq.WorkerConfig) (*asyncq.Worker, *nats.Conn) {
 	t.Helper()
-	nc := connect(t, e.nats)
+	nc := connect(t, e.natsURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	q, err := asyncq.Open(ctx, nc, asyncq.Config{Logger: testLogger(t)})
