@@ -8,25 +8,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/builder/image"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/scheduler"
 )
-
-func listen(t *testing.T, register func(*grpc.Server)) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
-}
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -48,16 +35,11 @@ func TestAgentWithScheduler(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	schedAddr := listen(t, func(g *grpc.Server) { kilnv1.RegisterSchedulerServer(g, s) })
+	schedAddr := testnet.ServeGRPC(t, func(g *grpc.Server) { kilnv1.RegisterSchedulerServer(g, s) })
 
 	h := newHarness(t, 1<<30, nil)
-	agentAddr := listen(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, h.a) })
-	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sched := kilnv1.NewSchedulerClient(conn)
+	agentAddr := testnet.ServeGRPC(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, h.a) })
+	sched := kilnv1.NewSchedulerClient(testnet.Dial(t, schedAddr))
 	ctx, stop := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- h.a.Run(ctx, sched, agentAddr) }()
@@ -103,10 +85,7 @@ func TestAgentWithScheduler(t *testing.T) {
 
 // The agent reconnects when the scheduler goes away and comes back.
 func TestAgentReconnects(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lis := testnet.Listen(t)
 	addr := lis.Addr().String()
 	start := func(l net.Listener) (*scheduler.Scheduler, *grpc.Server) {
 		s, err := scheduler.New(scheduler.Config{HeartbeatInterval: 50 * time.Millisecond})
@@ -120,14 +99,9 @@ func TestAgentReconnects(t *testing.T) {
 	}
 	s1, g1 := start(lis)
 	h := newHarness(t, 1<<30, nil)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	go h.a.Run(ctx, kilnv1.NewSchedulerClient(conn), "127.0.0.1:1")
+	go h.a.Run(ctx, kilnv1.NewSchedulerClient(testnet.Dial(t, addr)), "127.0.0.1:1")
 	waitUntil(t, "first registration", func() bool { return len(s1.Nodes()) == 1 })
 	g1.Stop()
 	s1.Close()
