@@ -52,13 +52,9 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 			"async invocations are not available on this gateway: it was started without a NATS JetStream queue")
 		return
 	}
-	if refErr != nil {
-		refuse(outcome.BadRequest, unknownFunction, refErr.Error())
-		return
-	}
 	// A split alias is resolved here, once: every attempt of the
 	// invocation runs the version picked now.
-	fn, ok := g.resolve(r.Context(), name, ref, refuse)
+	fn, ok := g.resolve(r.Context(), name, ref, refErr, refuse)
 	if !ok {
 		return
 	}

@@ -40,11 +40,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	refuse := g.refuser(w, name, id)
 	byName := func(k outcome.Kind, msg string) { refuse(k, name, msg) }
 
-	if refErr != nil {
-		refuse(outcome.BadRequest, unknownFunction, refErr.Error())
-		return
-	}
-	fn, ok := g.resolve(r.Context(), name, ref, refuse)
+	fn, ok := g.resolve(r.Context(), name, ref, refErr, refuse)
 	if !ok {
 		return
 	}
@@ -60,7 +56,8 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	defer release()
 
 	limit := g.bodyLimit(fn)
-	body, ok := readBody(r, limit, fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit)), byName)
+	tooBig := fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
+	body, ok := readBody(r, limit, tooBig, byName)
 	if !ok {
 		return
 	}
@@ -70,10 +67,9 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout+outcome.SchedulerSlack)
 	defer cancel()
 	resp, err := g.cfg.Scheduler.Invoke(ctx, req)
-	out := outcome.Of(r.Context(), resp, err, timeout)
 	g.finished(&invocation{ID: id, Fn: fn, Resp: resp, Err: err, Total: time.Since(start)})
 	g.captureLogs(fn, id, resp)
-	g.answer(w, name, id, out, err)
+	g.answer(w, name, id, outcome.Of(r.Context(), resp, err, timeout), err)
 }
 
 // refuseFunc answers a request refused before it reached the scheduler:
@@ -122,9 +118,15 @@ func ParseFunctionRef(seg string) (name, ref string, err error) {
 }
 
 // resolve finds the version one invocation of name@ref runs, picking by
-// weight when ref is an alias that splits traffic. On failure it refuses
-// the request, saying what is missing and what to do, and reports false.
-func (g *Gateway) resolve(ctx context.Context, name, ref string, refuse refuseFunc) (registry.Function, bool) {
+// weight when ref is an alias that splits traffic; name, ref and refErr
+// are what ParseFunctionRef made of the path. On failure it refuses the
+// request, saying what is wrong or missing and what to do, and reports
+// false.
+func (g *Gateway) resolve(ctx context.Context, name, ref string, refErr error, refuse refuseFunc) (registry.Function, bool) {
+	if refErr != nil {
+		refuse(outcome.BadRequest, unknownFunction, refErr.Error())
+		return registry.Function{}, false
+	}
 	route, err := g.cfg.Registry.Resolve(ctx, name, ref)
 	switch {
 	case err == nil:
