@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,18 +15,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
-	"github.com/kilnfaas/kiln/cmd/kiln/platform"
-	"github.com/kilnfaas/kiln/internal/redistest"
+	"github.com/kilnfaas/kiln/internal/teststack"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	"github.com/kilnfaas/kiln/internal/tracing"
 )
 
@@ -43,9 +40,6 @@ func TestTraceAcrossRoles(t *testing.T) {
 		t.Skip("-short: starts redis-server, NATS and three roles")
 	}
 	prog := echoProgram(t)
-	redisURL := startRedis(t)
-	natsURL := startNATS(t)
-
 	rec := tracetest.NewSpanRecorder()
 	stop, err := tracing.Setup(context.Background(), tracing.Config{SpanProcessor: rec, Service: "kiln-test"})
 	if err != nil {
@@ -57,27 +51,7 @@ func TestTraceAcrossRoles(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	sched, err := platform.StartScheduler(ctx, platform.SchedulerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	agent, err := platform.StartAgent(ctx, platform.AgentConfig{
-		Node: "node1", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Scheduler: sched.GRPCAddr,
-		NATSURL: natsURL, DataDir: t.TempDir(), MemoryBytes: 1 << 30, Runtime: platform.RuntimeProcess,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
-	gw, err := platform.StartGateway(ctx, platform.GatewayConfig{
-		HTTPAddr: "127.0.0.1:0", RedisURL: redisURL, NATSURL: natsURL, Scheduler: sched.GRPCAddr, KernelPath: prog,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { gw.Close() })
-	waitReady(t, gw.HTTPURL, agent.HTTPURL)
+	gw := teststack.StartRoles(t, teststack.RolesOptions{KernelPath: prog, Node: "node1"}).Gateway
 
 	var out, errb bytes.Buffer
 	if code := cli.Main(ctx, []string{"--server", gw.HTTPURL, "deploy", "echo", "--binary", prog, "--kind", "exec", "--mem", "32M"},
@@ -380,75 +354,21 @@ int main(void){char b[256];size_t n=fread(b,1,sizeof b,stdin);printf("hello %.*s
 	return out
 }
 
-// startRedis runs a real redis-server for the test (redistest.Start).
-func startRedis(t *testing.T) string { return redistest.Start(t, "tracing across the roles") }
-
-// startNATS runs a real nats-server with JetStream in this process.
-func startNATS(t *testing.T) string {
-	t.Helper()
-	srv, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true, MaxPayload: 8 << 20,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready after 10s")
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	return srv.ClientURL()
-}
-
-// waitReady waits until every role's /readyz answers 200 (the agent has
-// registered, the gateway reaches Redis, NATS and the scheduler).
-func waitReady(t *testing.T, urls ...string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for _, u := range urls {
-		for {
-			r, err := http.Get(u + "/readyz")
-			if err == nil {
-				b, _ := io.ReadAll(r.Body)
-				r.Body.Close()
-				if r.StatusCode == 200 {
-					break
-				}
-				err = fmt.Errorf("%d %s", r.StatusCode, b)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not ready: %v", u, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-}
-
 // TestSetupAgain: the HTTP and gRPC hooks are built once (platform builds
 // its gRPC options when the process starts), yet each Setup's provider gets
 // the spans of the calls made while it is the active one — a second
 // `kiln up` in one process, or a test after another, is traced too.
 func TestSetupAgain(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(tracing.ServerOption())
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(srv, hs)
-	// Health checks are not traced: serve a second name for the test.
-	srv.RegisterService(&grpc.ServiceDesc{ServiceName: "kiln.test.Echo", HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{MethodName: "Ping", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			in := new(healthpb.HealthCheckRequest)
-			return &healthpb.HealthCheckResponse{}, dec(in)
-		}}}}, struct{}{})
-	go srv.Serve(lis)
-	defer srv.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), tracing.DialOption())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	addr := testnet.ServeGRPC(t, func(srv *grpc.Server) {
+		healthpb.RegisterHealthServer(srv, health.NewServer())
+		// Health checks are not traced: serve a second name for the test.
+		srv.RegisterService(&grpc.ServiceDesc{ServiceName: "kiln.test.Echo", HandlerType: (*any)(nil),
+			Methods: []grpc.MethodDesc{{MethodName: "Ping", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				in := new(healthpb.HealthCheckRequest)
+				return &healthpb.HealthCheckResponse{}, dec(in)
+			}}}}, struct{}{})
+	}, tracing.ServerOption())
+	conn := testnet.Dial(t, addr, tracing.DialOption())
 	web := httptest.NewServer(tracing.HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		out := new(healthpb.HealthCheckResponse)
 		if err := conn.Invoke(r.Context(), "/kiln.test.Echo/Ping", &healthpb.HealthCheckRequest{}, out); err != nil {

@@ -1,11 +1,12 @@
 package cli_test
 
 import (
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 )
 
 // candidates is what `kiln __complete ARGS...` (what the shell scripts
@@ -86,21 +87,8 @@ func TestCompletionFailsSilently(t *testing.T) {
 	t.Setenv("KILN_CONFIG", filepath.Join(t.TempDir(), "config.yaml"))
 	t.Setenv("KILN_API_KEY", "")
 	t.Setenv("KILN_SERVER", "")
-	dead := freeAddr(t) // nothing listens there
-	hang, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hang.Close()
-	go func() { // accepts and never answers
-		for {
-			c, err := hang.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	dead := testnet.FreeAddr(t) // nothing listens there
+	hang := testnet.Hanging(t)  // accepts and never answers
 	prog := staticC(t)
 	p, k := upNoAgent(t, prog)
 	if r := k("deploy", "web", "--binary", prog); r.code != 0 {
@@ -109,7 +97,7 @@ func TestCompletionFailsSilently(t *testing.T) {
 	if r := k("keys", "create", "admin"); r.code != 0 { // from now on a key is needed
 		t.Fatalf("keys create: %+v", r)
 	}
-	for what, server := range map[string]string{"down": "http://" + dead, "hanging": "http://" + hang.Addr().String(), "401": p.URL} {
+	for what, server := range map[string]string{"down": "http://" + dead, "hanging": "http://" + hang, "401": p.URL} {
 		for _, args := range [][]string{{"invoke", "w"}, {"invoke", "web@"}, {"alias", "web", ""}} {
 			start := time.Now()
 			r := kiln(t, nil, append([]string{"__complete", "--server", server, "--api-key", "kiln_wrong"}, args...)...)

@@ -3,7 +3,6 @@ package cli_test
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
@@ -148,12 +148,7 @@ func TestDeleteAgainstPlatform(t *testing.T) {
 // Errors name the fix: the URL tried and where it came from, how to send
 // a key.
 func TestErrorsSayWhatToDo(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "http://" + lis.Addr().String()
-	lis.Close()
+	dead := "http://" + testnet.FreeAddr(t) // nothing listens there
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	t.Setenv("KILN_CONFIG", cfg)
 	t.Setenv("KILN_API_KEY", "")

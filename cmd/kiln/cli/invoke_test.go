@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"os/exec"
@@ -11,53 +10,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
-	"github.com/kilnfaas/kiln/cmd/kiln/platform"
-	"github.com/kilnfaas/kiln/internal/redistest"
+	"github.com/kilnfaas/kiln/internal/teststack"
 )
-
-// redisURL runs a real redis-server for the test (redistest.Start).
-func redisURL(t *testing.T) string { return redistest.Start(t, "kiln invoke against a cluster") }
 
 // cluster runs the three roles in this process on real parts — redis-server,
 // a NATS JetStream server, the scheduler's and agent's gRPC — with the
 // agent's process runtime (no KVM here), and returns the gateway's URL.
 func cluster(t *testing.T, kernel string) string {
 	t.Helper()
-	rurl := redisURL(t)
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true, MaxPayload: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready after 10s")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	ctx := context.Background()
-	sched, err := platform.StartScheduler(ctx, platform.SchedulerConfig{GRPCAddr: freeAddr(t), HTTPAddr: freeAddr(t), HeartbeatInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	agent, err := platform.StartAgent(ctx, platform.AgentConfig{
-		Node: "n1", GRPCAddr: freeAddr(t), HTTPAddr: freeAddr(t), Scheduler: sched.GRPCAddr, NATSURL: ns.ClientURL(),
-		DataDir: t.TempDir(), MemoryBytes: 1 << 30, Runtime: platform.RuntimeProcess,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
-	gw, err := platform.StartGateway(ctx, platform.GatewayConfig{
-		HTTPAddr: freeAddr(t), RedisURL: rurl, NATSURL: ns.ClientURL(), Scheduler: sched.GRPCAddr, KernelPath: kernel,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { gw.Close() })
-	return gw.HTTPURL
+	return teststack.StartRoles(t, teststack.RolesOptions{KernelPath: kernel}).Gateway.HTTPURL
 }
 
 // echoProgram is a static exec function: stdin to stdout, a line on stderr,

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 )
 
 // lockedBuffer is written by a running command while the test reads it.
@@ -39,32 +39,11 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// handedOut remembers every address freeAddr returned: the kernel may offer
-// a port again before the role given it has bound.
-var handedOut sync.Map
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := l.Addr().String()
-		l.Close()
-		if _, taken := handedOut.LoadOrStore(a, true); !taken {
-			return a
-		}
-	}
-	t.Fatal("no unused port after 100 tries")
-	return ""
-}
-
 // `kiln scheduler` configured only by environment variables serves gRPC
 // (with the health service) and its HTTP endpoints, and stops cleanly when
 // its context ends (SIGTERM in the real binary).
 func TestSchedulerRoleFromEnv(t *testing.T) {
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	grpcAddr, httpAddr := testnet.FreeAddr(t), testnet.FreeAddr(t)
 	t.Setenv("KILN_LISTEN", grpcAddr)
 	t.Setenv("KILN_HTTP_LISTEN", httpAddr)
 	t.Setenv("KILN_HEARTBEAT", "250ms")
@@ -160,10 +139,10 @@ func TestRoleRefusals(t *testing.T) {
 		{nil, []string{"scheduler", "--heartbeat", "1ns"}, 2, "at least 10ms"},
 		{nil, []string{"scheduler", "extra"}, 2, "usage"},
 		{nil, []string{"gateway", "--kernel", "/nonexistent"}, 1, "no Redis URL (--redis, $KILN_REDIS_URL)"},
-		{nil, []string{"agent", "--runtime", "process", "--data", data, "--listen", freeAddr(t), "--http", freeAddr(t)}, 1,
+		{nil, []string{"agent", "--runtime", "process", "--data", data, "--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t)}, 1,
 			"no NATS URL (--nats, $KILN_NATS_URL)"},
 		{nil, []string{"agent", "--runtime", "process", "--data", data, "--nats", "nats://127.0.0.1:1",
-			"--listen", freeAddr(t), "--http", freeAddr(t)}, 1, "NATS unavailable"},
+			"--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t)}, 1, "NATS unavailable"},
 	}
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		cases = append(cases, struct {

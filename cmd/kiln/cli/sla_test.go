@@ -13,12 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
-	"github.com/kilnfaas/kiln/internal/redistest"
+	"github.com/kilnfaas/kiln/internal/teststack"
 )
 
 // `kiln sla` as a user runs it, against the cluster roles in this process:
@@ -35,42 +33,13 @@ func TestSLAAgainstCluster(t *testing.T) {
 	if b, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build testdata/slafn: %v\n%s", err, b)
 	}
-	redisURL := startRedis(t)
-	natsURL := startNATS(t)
 	t.Setenv("KILN_CONFIG", filepath.Join(dir, "config.yaml"))
 	t.Setenv("KILN_API_KEY", "")
 	ctx := context.Background()
 
-	sched, err := platform.StartScheduler(ctx, platform.SchedulerConfig{GRPCAddr: freeAddr(t), HTTPAddr: freeAddr(t),
-		HeartbeatInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	agent, err := platform.StartAgent(ctx, platform.AgentConfig{Node: "n1", GRPCAddr: freeAddr(t), HTTPAddr: freeAddr(t),
-		Scheduler: sched.GRPCAddr, NATSURL: natsURL, DataDir: filepath.Join(dir, "agent"), MemoryBytes: 1 << 30,
-		Runtime: platform.RuntimeProcess})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
-	gw, err := platform.StartGateway(ctx, platform.GatewayConfig{HTTPAddr: freeAddr(t), RedisURL: redisURL, NATSURL: natsURL,
-		Scheduler: sched.GRPCAddr, KernelPath: prog}) // the process runtime ignores the kernel
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { gw.Close() })
-	for end := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(agent.HTTPURL + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(end) {
-			t.Fatal("the agent did not register with the scheduler")
-		}
-	}
+	// the process runtime ignores the kernel
+	roles := teststack.StartRoles(t, teststack.RolesOptions{KernelPath: prog})
+	redisURL, gw := roles.RedisURL, roles.Gateway
 
 	k := func(args ...string) result { return kiln(t, nil, append([]string{"--server", gw.HTTPURL}, args...)...) }
 	if r := k("sla"); r.code != 0 || !strings.Contains(r.out, "no function has an SLA") {
@@ -164,23 +133,3 @@ func TestSLAAgainstCluster(t *testing.T) {
 		}
 	}
 }
-
-// startNATS runs an embedded nats-server with JetStream on a free
-// 127.0.0.1 port and returns its URL.
-func startNATS(t *testing.T) string {
-	t.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true, MaxPayload: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	return srv.ClientURL()
-}
-
-// startRedis runs a real redis-server for the test (redistest.Start).
-func startRedis(t *testing.T) string { return redistest.Start(t, "`kiln sla` against a cluster") }

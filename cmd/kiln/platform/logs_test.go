@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,12 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/internal/teststack"
 	"github.com/kilnfaas/kiln/store/logstore"
-	"github.com/kilnfaas/kiln/store/logstore/logstoretest"
 )
 
 // buildLogFn builds testdata/logfn, a Go function that writes to stderr.
@@ -148,50 +145,12 @@ func TestLogsThroughPlatform(t *testing.T) {
 	invocationLogs(t, p.URL)
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // The roles of a cluster (scheduler, process-runtime agent, gateway on a
 // real redis-server and NATS) keep logs in Redis streams.
 func TestLogsThroughClusterRoles(t *testing.T) {
-	redisURL := logstoretest.StartRedis(t)
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true, MaxPayload: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	roles := teststack.StartRoles(t, teststack.RolesOptions{KernelPath: staticProgram(t)})
+	redisURL, gw := roles.RedisURL, roles.Gateway
 	ctx := context.Background()
-	sched, err := platform.StartScheduler(ctx, platform.SchedulerConfig{GRPCAddr: freePort(t), HTTPAddr: freePort(t),
-		HeartbeatInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	agent, err := platform.StartAgent(ctx, platform.AgentConfig{Node: "n1", GRPCAddr: freePort(t), HTTPAddr: freePort(t),
-		Scheduler: sched.GRPCAddr, NATSURL: ns.ClientURL(), DataDir: t.TempDir(), MemoryBytes: 1 << 30,
-		Runtime: platform.RuntimeProcess})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
-	gw, err := platform.StartGateway(ctx, platform.GatewayConfig{HTTPAddr: freePort(t), RedisURL: redisURL,
-		NATSURL: ns.ClientURL(), Scheduler: sched.GRPCAddr, KernelPath: staticProgram(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { gw.Close() })
 	invocationLogs(t, gw.HTTPURL)
 
 	// The lines are in the stream the docs name.

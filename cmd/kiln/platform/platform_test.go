@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
@@ -121,13 +121,7 @@ func regexpLine(out string, fields ...string) bool {
 }
 
 func TestCLIGatewayUnreachable(t *testing.T) {
-	// A port that was free a moment ago: nothing listens there.
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
+	addr := testnet.FreeAddr(t) // nothing listens there
 	code, _, errs := kiln(t, "http://"+addr, "", "list")
 	if code != 1 || !strings.Contains(errs, "cannot reach the Kiln gateway at http://"+addr+": is `kiln up` running?") {
 		t.Fatalf("unreachable gateway: %d %q", code, errs)
