@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -18,18 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/gateway/asyncq"
-	nodeagent "github.com/kilnfaas/kiln/node-agent"
-	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
-	"github.com/kilnfaas/kiln/scheduler"
-	"github.com/kilnfaas/kiln/store/imagestore"
-	"github.com/kilnfaas/kiln/store/registry"
+	"github.com/kilnfaas/kiln/internal/teststack"
 )
 
 func envInt(name string, def int) int {
@@ -210,79 +200,13 @@ type asyncPlatform struct {
 	queue *asyncq.Queue
 }
 
-// startAsyncPlatform wires the parts as platform.Up does, with a
-// ProcessBooter agent in place of the KVM one, and deploys prog as "fn".
+// startAsyncPlatform starts a test stack (teststack: what kiln up builds,
+// with an agent running functions as host processes in place of the KVM
+// one) and deploys prog as "fn".
 func startAsyncPlatform(t *testing.T, prog []byte) *asyncPlatform {
-	dir := t.TempDir()
-	srv, err := server.NewServer(&server.Options{DontListen: true, JetStream: true, StoreDir: filepath.Join(dir, "nats"),
-		NoLog: true, NoSigs: true, MaxPayload: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	nc, err := nats.Connect("", nats.InProcessServer(srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	ctx := context.Background()
-	images, err := imagestore.Connect(ctx, "", nats.InProcessServer(srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
-	reg, err := registry.OpenBolt(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-
-	sched, err := scheduler.New(scheduler.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close() })
-	schedAddr := serve(t, func(g *grpc.Server) { kilnv1.RegisterSchedulerServer(g, sched) })
-	conn, err := grpc.NewClient(schedAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	sc := kilnv1.NewSchedulerClient(conn)
-	agent, err := nodeagent.New(nodeagent.Config{Node: "bench", MemoryBytes: 8 << 30, Images: images,
-		CacheDir: filepath.Join(dir, "cache"), Boot: nodeagent.ProcessBooter(t.TempDir())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close() })
-	agentAddr := serve(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, agent) })
-	runCtx, stop := context.WithCancel(ctx)
-	t.Cleanup(stop)
-	go agent.Run(runCtx, sc, agentAddr)
-	waitUntil(t, 10*time.Second, func() bool { return len(sched.Nodes()) == 1 })
-
-	q, err := asyncq.Open(ctx, nc, asyncq.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := q.StartWorker(ctx, asyncq.WorkerConfig{Scheduler: sc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Stop(context.Background()) })
-	gw, err := gateway.New(gateway.Config{Registry: reg, Images: images, Scheduler: sc, Kernel: prog, Async: q})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw)
-	t.Cleanup(hs.Close)
-
+	s := teststack.Start(t, teststack.Options{AgentMemory: 8 << 30, Gateway: gateway.Config{Kernel: prog}})
 	v := url.Values{"name": {"fn"}, "kind": {"serve"}, "timeout": {"5s"}, "env": {"TRACE=/dev/null"}}
-	resp, err := http.Post(hs.URL+"/system/functions?"+v.Encode(), "application/octet-stream", bytes.NewReader(prog))
+	resp, err := http.Post(s.URL+"/system/functions?"+v.Encode(), "application/octet-stream", bytes.NewReader(prog))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,17 +215,5 @@ func startAsyncPlatform(t *testing.T, prog []byte) *asyncPlatform {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("deploy: %s %s", resp.Status, b)
 	}
-	return &asyncPlatform{url: hs.URL, queue: q}
-}
-
-func serve(t *testing.T, register func(*grpc.Server)) string {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	register(g)
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	return lis.Addr().String()
+	return &asyncPlatform{url: s.URL, queue: s.Queue}
 }

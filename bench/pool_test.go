@@ -20,11 +20,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/builder/image"
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/internal/kvmtest"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/proto/wire"
@@ -112,23 +112,15 @@ func TestPoolReport(t *testing.T) {
 	// 2. Warm calls through the agent's gRPC, beside a gRPC call that runs
 	// nothing (Capacity) as the baseline.
 	fmt.Fprintln(os.Stderr, "bench: warm calls over gRPC")
-	addr := serve(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, snapA) })
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	addr := testnet.ServeGRPC(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, snapA) })
+	conn := testnet.Dial(t, addr)
 	client := kilnv1.NewAgentClient(conn)
 	warmFn := &kilnv1.FunctionSpec{Name: "hello-go", ImageDigest: snapD}
 	// The same calls to an agent whose VMs run in its own process: what
 	// vmhost's worker processes cost a warm call.
 	inA, inD := benchAgentConfig(t, kernel, prog, nodeagent.Config{MemoryBytes: 8 << 30, VMsPerWorker: -1})
-	inAddr := serve(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, inA) })
-	inConn, err := grpc.NewClient(inAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inConn.Close()
+	inAddr := testnet.ServeGRPC(t, func(g *grpc.Server) { kilnv1.RegisterAgentServer(g, inA) })
+	inConn := testnet.Dial(t, inAddr)
 	inClient := kilnv1.NewAgentClient(inConn)
 	inFn := &kilnv1.FunctionSpec{Name: "hello-go", ImageDigest: inD}
 	for range 5 { // its first call boots and takes the snapshot

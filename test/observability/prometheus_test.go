@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -27,6 +26,8 @@ import (
 	// changes instead of answering from its cache.
 	_ "github.com/kilnfaas/kiln/cmd/kiln/cli"
 	_ "github.com/kilnfaas/kiln/sdk/go"
+
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 )
 
 // The function under load: its SLA, and the calls that miss it.
@@ -314,7 +315,7 @@ func start(t *testing.T, dir, name string, bin string, args ...string) {
 
 func startKiln(t *testing.T, kiln, dir string) string {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := testnet.FreeAddr(t)
 	start(t, dir, "kiln", kiln, "up", "--runtime", "process", "--listen", addr,
 		"--data", filepath.Join(dir, "data"), "--kernel", filepath.Join(dir, "kernel.elf"), "--mem", "1G")
 	gw := "http://" + addr
@@ -367,7 +368,7 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testnet.FreeAddr(t)
 	start(t, dir, "prometheus", bin, "--config.file="+cfgPath, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
 		"--web.listen-address="+addr, "--log.level=warn")
 	p := &prometheus{url: "http://" + addr}
@@ -646,16 +647,6 @@ func get(t *testing.T, u string) string {
 	var b bytes.Buffer
 	b.ReadFrom(resp.Body)
 	return b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // cleanEnv keeps the caller's KILN_* settings away from the programs the
