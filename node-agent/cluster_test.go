@@ -92,10 +92,7 @@ func TestAgentReconnects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g := grpc.NewServer()
-		kilnv1.RegisterSchedulerServer(g, s)
-		go g.Serve(l)
-		return s, g
+		return s, testnet.ServeGRPCOn(t, l, func(g *grpc.Server) { kilnv1.RegisterSchedulerServer(g, s) })
 	}
 	s1, g1 := start(lis)
 	h := newHarness(t, 1<<30, nil)

@@ -22,11 +22,19 @@ import (
 func ServeGRPC(t testing.TB, register func(*grpc.Server), opts ...grpc.ServerOption) string {
 	t.Helper()
 	lis := Listen(t)
+	ServeGRPCOn(t, lis, register, opts...)
+	return lis.Addr().String()
+}
+
+// ServeGRPCOn serves a gRPC server on lis, for a test that stops it
+// (Stop) and serves again on the same address; the test's end stops it too.
+func ServeGRPCOn(t testing.TB, lis net.Listener, register func(*grpc.Server), opts ...grpc.ServerOption) *grpc.Server {
+	t.Helper()
 	srv := grpc.NewServer(opts...)
 	register(srv)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
+	return srv
 }
 
 // Dial opens a plaintext client connection to addr.
