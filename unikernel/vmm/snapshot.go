@@ -456,8 +456,9 @@ func (r *snapshotRestore) load(cpuFeatures) error {
 }
 
 // start runs just before a restored guest's first instruction: the TSC
-// continues from the snapshot (the guest's monotonic clock does not jump),
-// the wall clock is re-published against it, new entropy with a new
+// continues from the snapshot where the host can offset it (on nested PVM
+// the guest's monotonic clock jumps forward by the time since the
+// snapshot), the wall clock is re-published against what the TSC reads, new entropy with a new
 // generation makes the kernel reseed getrandom, and the pending wait gets
 // its input.
 func (r *snapshotRestore) start(ctx context.Context) *Result {
@@ -470,8 +471,19 @@ func (r *snapshotRestore) start(ctx context.Context) *Result {
 	}
 	m := kvmMSRs{NMSRs: 1}
 	m.Entries[0] = kvmMSREntry{Index: msrTSC, Data: tsc}
-	// The last set is the one that counts: the guest's TSC reads tsc then.
-	now, err := atHostTime(func() error { return vm.cpu.setMSRs(&m) })
+	// The guest's TSC goes on from the snapshot's, so its monotonic clock
+	// does not jump. Where the host cannot offset a guest's TSC (nested PVM:
+	// the guest reads the host's TSC, whatever is set), the set has no
+	// effect, so the clock is anchored to what the guest's TSC really reads
+	// now, read back: anchoring it to the value set put a restored guest's
+	// wall clock ahead by the time since its snapshot was taken.
+	if err := vm.cpu.setMSRs(&m); err != nil {
+		return vm.internal(err)
+	}
+	now, err := atHostTime(func() (err error) {
+		tsc, err = vm.cpu.getMSR(msrTSC)
+		return err
+	})
 	if err != nil {
 		return vm.internal(err)
 	}
