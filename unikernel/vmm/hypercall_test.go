@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -142,6 +144,121 @@ func TestDiscardZeroes(t *testing.T) {
 	if st := vm.stats.snapshot(); st.Discards != 1 || st.Discarded != 0x2000 {
 		t.Errorf("stats %+v, want 1 discard of 0x2000 bytes", st)
 	}
+}
+
+// mapCount is the number of mappings of this process (each counts against
+// vm.max_map_count).
+func mapCount(t testing.TB) int {
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Count(b, []byte("\n"))
+}
+
+// TestDiscardRestoredZeroes: on RAM mapped from a snapshot file, every
+// other page discarded one hypercall range at a time reads zero — pages
+// that are holes in the file and pages the file holds alike — the others
+// keep their bytes, and the process gains no mapping (a MAP_FIXED per
+// discard once split the mapping until mmap failed with ENOMEM).
+func TestDiscardRestoredZeroes(t *testing.T) {
+	const size = minMemSize
+	f, err := os.CreateTemp(t.TempDir(), "snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	// The file holds pages [6 MiB, 7 MiB) and a lone page at 7.5 MiB; the
+	// rest are holes.
+	nonZero := make([]uint64, size/pageSize/64)
+	held := func(gpa uint64) bool { return gpa >= 6<<20 && gpa < 7<<20 || gpa == 0x780000 }
+	for gpa := uint64(0); gpa < size; gpa += pageSize {
+		if held(gpa) {
+			if _, err := f.WriteAt(bytes.Repeat([]byte{0x11}, pageSize), int64(gpa)); err != nil {
+				t.Fatal(err)
+			}
+			nonZero[gpa/pageSize/64] |= 1 << (gpa / pageSize % 64)
+		}
+	}
+	mem, err := mapSnapshotMemory(f, 0, size, nonZero)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.close()
+	vm := &VM{mem: mem, stats: &stats{}}
+	const lo, hi = abi.KernelLimit, size
+	s, _ := mem.Slice(lo, hi-lo)
+	for i := range s {
+		s[i] = 0xa5
+	}
+	before := mapCount(t)
+	for gpa := uint64(lo); gpa < hi; gpa += 2 * pageSize {
+		a := abi.HCDiscardArgs{Count: 1}
+		a.Ranges[0] = abi.DiscardRange{GPA: gpa, Len: pageSize}
+		raw, _ := mem.Slice(0x200000, hcDiscSize)
+		var b bytes.Buffer
+		binary.Write(&b, binary.LittleEndian, &a)
+		copy(raw, b.Bytes())
+		if r := vm.hcDiscard(0x200000); r != nil {
+			t.Fatalf("discard at %#x refused: %s", gpa, r.Message)
+		}
+	}
+	// One range over everything from 7 MiB: runs of holes and held pages.
+	a := abi.HCDiscardArgs{Count: 1}
+	a.Ranges[0] = abi.DiscardRange{GPA: 7 << 20, Len: hi - 7<<20}
+	putDiscard(t, mem, 0x200000, a)
+	if r := vm.hcDiscard(0x200000); r != nil {
+		t.Fatalf("refused: %s", r.Message)
+	}
+	if after := mapCount(t); after > before+2 {
+		t.Errorf("%d discards took the process from %d to %d mappings", (hi-lo)/pageSize/2, before, after)
+	}
+	// What was a hole went back to the host; a held page stays as a zeroed
+	// private copy: of the 4 MiB written, [6 MiB, 7 MiB), 0x780000 and
+	// every other page of [4 MiB, 6 MiB) are left (and the argument page).
+	if rss, want := mappingRSS(t, mem.b), uint64(2<<20+2*pageSize); rss != want {
+		t.Errorf("the mapping's RSS is %d KiB after the discards (before any read), want %d KiB", rss>>10, want>>10)
+	}
+	for gpa := uint64(lo); gpa < hi; gpa += pageSize {
+		want := byte(0xa5)
+		if (gpa-lo)/pageSize%2 == 0 || gpa >= 7<<20 {
+			want = 0
+		}
+		pg, _ := mem.Slice(gpa, pageSize)
+		for i, b := range pg {
+			if b != want {
+				t.Fatalf("byte %#x is %#x, want %#x (held in the file: %v)", gpa+uint64(i), b, want, held(gpa))
+			}
+		}
+	}
+}
+
+// mappingRSS is the resident size of the mapping that starts at b, from
+// /proc/self/smaps.
+func mappingRSS(t testing.TB, b []byte) uint64 {
+	raw, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := fmt.Sprintf("%x-", hostAddr(b))
+	in := false
+	for _, l := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			in = strings.HasPrefix(l, start)
+			continue
+		}
+		var kb uint64
+		if in {
+			if _, err := fmt.Sscanf(l, "Rss: %d kB", &kb); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	t.Fatalf("no mapping at %s in /proc/self/smaps", start)
+	return 0
 }
 
 func TestDoorbellAndPort(t *testing.T) {

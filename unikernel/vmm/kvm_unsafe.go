@@ -139,23 +139,6 @@ func hostAddr(b []byte) uint64 {
 	return uint64(uintptr(unsafe.Pointer(&b[0])))
 }
 
-// zeroFill replaces the host pages behind b (page-aligned guest RAM) with
-// fresh anonymous zero pages. MADV_DONTNEED does that for anonymous memory,
-// but a restored guest's RAM is a private mapping of its snapshot file, where
-// MADV_DONTNEED would bring the snapshot's bytes back; mapping anonymous
-// memory over the range works for both. KVM follows the change through its
-// MMU notifier.
-func zeroFill(b []byte) error {
-	if len(b) == 0 {
-		return nil
-	}
-	// SAFETY: b lies inside the guest RAM mapping, which this package owns;
-	// MAP_FIXED replaces exactly those pages and nothing else.
-	_, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&b[0]), uintptr(len(b)),
-		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_FIXED|unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	return err
-}
-
 // mincore fills v with one byte per page of b (x/sys/unix has no wrapper).
 func mincore(b, v []byte) error {
 	if len(b) == 0 {

@@ -94,6 +94,10 @@ type Snapshot struct {
 	f     *os.File
 	hdr   snapHeader
 	state snapState
+	// nonZero has bit i set when page i of the memory image is not zero,
+	// as verify found it: a restored guest's discards depend on it
+	// (Memory.discard). One bit per 4 KiB page: 16 KiB for 512 MiB.
+	nonZero []uint64
 }
 
 // MemSize is the guest RAM size the snapshot holds.
@@ -209,7 +213,10 @@ func (s *Snapshot) verify() error {
 	sum := sha256.New()
 	hashHeader(sum, h)
 	sum.Write(sb)
-	pages, err := hashPages(sum, s.f, h.MemOff, h.MemSize)
+	s.nonZero = make([]uint64, (h.MemSize/pageSize+63)/64)
+	pages, err := hashPages(sum, s.f, h.MemOff, h.MemSize, func(gpa uint64) {
+		s.nonZero[gpa/pageSize/64] |= 1 << (gpa / pageSize % 64)
+	})
 	if err != nil {
 		return err
 	}
@@ -227,8 +234,9 @@ func hashHeader(w io.Writer, h *snapHeader) {
 }
 
 // hashPages feeds every non-zero page of the memory image (address, then
-// bytes) to h, walking only the file's data extents. It returns how many.
-func hashPages(h hash.Hash, f *os.File, off, size uint64) (uint64, error) {
+// bytes) to h, walking only the file's data extents, and names each one's
+// guest address to mark if set. It returns how many.
+func hashPages(h hash.Hash, f *os.File, off, size uint64, mark func(gpa uint64)) (uint64, error) {
 	fd := int(f.Fd())
 	end := int64(off + size)
 	buf := make([]byte, 1<<20)
@@ -262,9 +270,13 @@ func hashPages(h hash.Hash, f *os.File, off, size uint64) (uint64, error) {
 					continue
 				}
 				var a [8]byte
-				binary.LittleEndian.PutUint64(a[:], uint64(p+i)-off)
+				gpa := uint64(p+i) - off
+				binary.LittleEndian.PutUint64(a[:], gpa)
 				h.Write(a[:])
 				h.Write(pg)
+				if mark != nil {
+					mark(gpa)
+				}
 				n++
 			}
 			p += chunk
@@ -362,7 +374,7 @@ func writeSnapshot(path string, cfg *Config, mem *Memory, khz uint64, st *snapSt
 	sum := sha256.New()
 	hashHeader(sum, &h)
 	sum.Write(sb.Bytes())
-	if _, err := hashPages(sum, tmp, snapMemOff, mem.Size()); err != nil {
+	if _, err := hashPages(sum, tmp, snapMemOff, mem.Size(), nil); err != nil {
 		return err
 	}
 	copy(h.Sum[:], sum.Sum(nil))
@@ -416,7 +428,7 @@ func (r *snapshotRestore) check() error {
 
 // memory is the snapshot file's RAM, mapped copy-on-write.
 func (r *snapshotRestore) memory() (*Memory, error) {
-	return mapSnapshotMemory(r.snap.f, r.snap.hdr.MemOff, r.snap.hdr.MemSize)
+	return mapSnapshotMemory(r.snap.f, r.snap.hdr.MemOff, r.snap.hdr.MemSize, r.snap.nonZero)
 }
 
 // load sets the saved vCPU state and reads the boot info back; the
