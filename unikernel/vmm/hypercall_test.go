@@ -353,12 +353,18 @@ type blockingReader struct{}
 func (blockingReader) Read([]byte) (int, error) { select {} }
 
 // FuzzHypercall: any bytes as a hypercall argument struct, at any address,
-// are either refused with a message or yield slices inside guest RAM.
+// are either refused with a message or yield slices inside guest RAM, and
+// an accepted discard is served. The bytes are placed where the fuzzer
+// points (gpa, wrapped into RAM: the struct is really there whenever gpa
+// is inside RAM, crossing its end when it is near it), so the decoders see
+// the fuzzer's struct at every alignment and offset, not only at one
+// address.
 func FuzzHypercall(f *testing.F) {
 	mem, err := newMemory(minMemSize)
 	if err != nil {
 		f.Fatal(err)
 	}
+	vm := &VM{mem: mem, stats: &stats{}}
 	f.Add(uint64(0x500000), make([]byte, hcExitSize))
 	f.Add(uint64(0x500004), make([]byte, hcExitSize))
 	f.Add(^uint64(0)-7, []byte{1, 2, 3})
@@ -375,10 +381,13 @@ func FuzzHypercall(f *testing.F) {
 	seed.Reset()
 	binary.Write(&seed, binary.LittleEndian, &disc)
 	f.Add(uint64(0x500000), seed.Bytes())
+	f.Add(uint64(0x7fffe0), make([]byte, hcIOSize)) // crosses the end of RAM
+	f.Add(uint64(0x400ff8), seed.Bytes())
 	f.Fuzz(func(t *testing.T, gpa uint64, raw []byte) {
-		if s, err := mem.Slice(0x500000, uint64(len(raw))); err == nil {
-			copy(s, raw)
-		}
+		at := gpa % mem.Size()
+		placed := mem.b[at:][:min(uint64(len(raw)), mem.Size()-at)]
+		copy(placed, raw)
+		defer clear(placed) // each input starts from zero RAM
 		inRAM := func(b []byte) {
 			if len(b) == 0 {
 				return
@@ -405,6 +414,9 @@ func FuzzHypercall(f *testing.F) {
 				if lo := hostAddrOf(mem, r); lo < abi.KernelLimit || lo%pageSize != 0 || len(r)%pageSize != 0 || len(r) == 0 {
 					t.Fatalf("discard range [%#x, +%#x) accepted", lo, len(r))
 				}
+			}
+			if r := vm.hcDiscard(gpa); r != nil {
+				t.Fatalf("accepted discard ended the VM: %s", r.Message)
 			}
 		}
 		var d [8]byte
