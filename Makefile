@@ -9,7 +9,7 @@ export KILN_BUILD := $(BUILD)
 
 # Debian packages the build and the tests need. `make deps` installs the
 # missing ones (root, as on the project's machines and CI).
-DEB_PKGS := gcc make musl-tools cpio busybox-static qemu-system-x86 linux-image-amd64 \
+DEB_PKGS := gcc libc6-dev make musl-tools cpio busybox-static qemu-system-x86 linux-image-amd64 \
 	redis-server protobuf-compiler file
 
 # Packages whose tests boot real KVM guests; on a host without /dev/kvm they

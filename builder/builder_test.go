@@ -7,35 +7,22 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kilnfaas/kiln/builder/image"
+	"github.com/kilnfaas/kiln/internal/cctest"
 )
 
 const helloC = `#include <stdio.h>
 int main(void) { puts("hello"); return 0; }
 `
 
-// compile builds helloC with cc and flags, skipping the test when cc is not
-// installed (`make deps` installs gcc and musl-tools).
+// compile builds helloC with cc and flags (internal/cctest: a skip where the
+// compiler is missing, a failure where KILN_REQUIRE_CC=1).
 func compile(t testing.TB, cc string, flags ...string) []byte {
 	t.Helper()
-	if _, err := exec.LookPath(cc); err != nil {
-		t.Skipf("%s not installed (make deps installs it): %v", cc, err)
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "hello.c")
-	if err := os.WriteFile(src, []byte(helloC), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "hello")
-	args := append(append([]string{}, flags...), "-o", out, src)
-	if b, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
-		t.Skipf("%s %s cannot build here: %v\n%s", cc, strings.Join(flags, " "), err, b)
-	}
-	b, err := os.ReadFile(out)
+	b, err := os.ReadFile(cctest.Build(t, cc, helloC, flags...))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,7 +94,7 @@ var Layers = []Layer{
 
 // testHelpers are the packages that exist only for tests.
 var testHelpers = []string{
-	"internal/teststack/...", "internal/kvmtest/...", "internal/redistest/...",
+	"internal/teststack/...", "internal/kvmtest/...", "internal/redistest/...", "internal/cctest/...",
 	"store/registry/registrytest/...", "store/logstore/logstoretest/...", "store/slaledger/ledgertest/...",
 }
 

@@ -7,9 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -23,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/internal/cctest"
 	"github.com/kilnfaas/kiln/internal/teststack"
 	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	"github.com/kilnfaas/kiln/internal/tracing"
@@ -267,16 +265,8 @@ func attr(s sdktrace.ReadOnlySpan, key string) string {
 // musl-gcc as its Makefile does.
 func helloServe(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("musl-gcc"); err != nil {
-		t.Skipf("musl-gcc not installed (make deps installs musl-tools): %v", err)
-	}
-	out := filepath.Join(t.TempDir(), "hello")
-	cmd := exec.Command("musl-gcc", "-static", "-O2", "-std=c99", "-D_POSIX_C_SOURCE=200809L", "-I", "../../sdk/c",
-		"-o", out, "../../examples/hello-c/hello.c")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("musl-gcc: %v\n%s", err, b)
-	}
-	return out
+	return cctest.BuildFile(t, "musl-gcc", "../../examples/hello-c/hello.c",
+		"-static", "-O2", "-std=c99", "-D_POSIX_C_SOURCE=200809L", "-I", "../../sdk/c")
 }
 
 type nopWriter struct{}
@@ -339,19 +329,9 @@ func childOf(t *testing.T, child, parent sdktrace.ReadOnlySpan) {
 // packs into images (the process runtime boots none).
 func echoProgram(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skipf("gcc not installed (make deps installs it): %v", err)
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "echo.c")
-	os.WriteFile(src, []byte(`#include <stdio.h>
+	return cctest.Build(t, "gcc", `#include <stdio.h>
 int main(void){char b[256];size_t n=fread(b,1,sizeof b,stdin);printf("hello %.*s",(int)n,b);return 0;}
-`), 0o644)
-	out := filepath.Join(dir, "echo")
-	if b, err := exec.Command("gcc", "-static", "-O2", "-s", "-o", out, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc -static: %v\n%s", err, b)
-	}
-	return out
+`, "-static", "-O2", "-s")
 }
 
 // TestSetupAgain: the HTTP and gRPC hooks are built once (platform builds

@@ -3,8 +3,6 @@ package cli_test
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -12,23 +10,14 @@ import (
 
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/internal/cctest"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
 // aliasProgram is any static ELF: deploys need one, nothing runs it here.
 func aliasProgram(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skipf("gcc not installed (make deps installs it): %v", err)
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "p.c")
-	os.WriteFile(src, []byte("int main(void){return 0;}\n"), 0o644)
-	out := filepath.Join(dir, "p")
-	if b, err := exec.Command("gcc", "-static", "-s", "-o", out, src).CombinedOutput(); err != nil {
-		t.Skipf("gcc -static: %v\n%s", err, b)
-	}
-	return out
+	return cctest.Build(t, "gcc", "int main(void){return 0;}\n", "-static", "-s")
 }
 
 // kiln versions / alias / rollback as a user runs them, against a real

@@ -3,7 +3,6 @@ package cli_test
 import (
 	"encoding/base64"
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/internal/cctest"
 	"github.com/kilnfaas/kiln/internal/teststack"
 )
 
@@ -26,12 +26,7 @@ func cluster(t *testing.T, kernel string) string {
 // exit status 3 when the input is "fail".
 func echoProgram(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skipf("gcc not installed (make deps installs it): %v", err)
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "echo.c")
-	writeFile(t, src, `#include <stdio.h>
+	return cctest.Build(t, "gcc", `#include <stdio.h>
 #include <string.h>
 int main(void) {
     char buf[4096]; size_t n = fread(buf, 1, sizeof buf, stdin);
@@ -40,12 +35,7 @@ int main(void) {
     fwrite(buf, 1, n, stdout);
     return 0;
 }
-`)
-	out := filepath.Join(dir, "echo")
-	if b, err := exec.Command("gcc", "-static", "-O2", "-o", out, src).CombinedOutput(); err != nil {
-		t.Skipf("gcc -static: %v\n%s", err, b)
-	}
-	return out
+`, "-static", "-O2")
 }
 
 // kiln invoke -o json against a real cluster: one document with status,

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
+	"github.com/kilnfaas/kiln/internal/cctest"
 	"github.com/kilnfaas/kiln/store/apikeys"
 )
 
@@ -18,17 +18,7 @@ import (
 // also the stand-in guest kernel: nothing boots here.
 func staticC(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skipf("gcc not installed (make deps installs it): %v", err)
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "p.c")
-	os.WriteFile(src, []byte("int main(void){return 0;}\n"), 0o644)
-	out := filepath.Join(dir, "p")
-	if b, err := exec.Command("gcc", "-static", "-s", "-o", out, src).CombinedOutput(); err != nil {
-		t.Skipf("gcc -static: %v\n%s", err, b)
-	}
-	return out
+	return cctest.Build(t, "gcc", "int main(void){return 0;}\n", "-static", "-s")
 }
 
 // kiln keys create/list/revoke/generate, the key sources (flag, env,

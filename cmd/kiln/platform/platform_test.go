@@ -5,15 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
+	"github.com/kilnfaas/kiln/internal/cctest"
 	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 	"github.com/kilnfaas/kiln/store/registry"
 )
@@ -23,17 +21,7 @@ import (
 // with: these tests boot nothing).
 func staticProgram(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skipf("gcc not installed (make deps installs it): %v", err)
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "p.c")
-	os.WriteFile(src, []byte("int main(void){return 0;}\n"), 0o644)
-	out := filepath.Join(dir, "p")
-	if b, err := exec.Command("gcc", "-static", "-s", "-o", out, src).CombinedOutput(); err != nil {
-		t.Skipf("gcc -static: %v\n%s", err, b)
-	}
-	return out
+	return cctest.Build(t, "gcc", "int main(void){return 0;}\n", "-static", "-s")
 }
 
 func up(t *testing.T, dataDir, kernel string) *platform.Platform {
