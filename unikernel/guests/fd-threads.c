@@ -5,7 +5,7 @@
  * seeing EOF when the last writer closes, and epoll_wait with a long
  * timeout woken early by an eventfd write from another thread (Go's
  * netpollBreak). Needs threads (clone): where pthread_create fails it
- * prints "SKIP: ..." and exits 0, and fd_test.go skips loudly.
+ * prints "SKIP: ..." and exits 0, and fd_test.go fails: the kernel has threads.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
