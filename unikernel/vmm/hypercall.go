@@ -185,7 +185,7 @@ func (vm *VM) hypercall(ctx context.Context, nr, gpa uint64) *Result {
 	case abi.HCExit:
 		return vm.hcExit(gpa)
 	case abi.HCDiscard:
-		return vm.hcDiscard(gpa)
+		return vm.hcDiscard(ctx, gpa)
 	}
 	return vm.badHypercall(badHC("unknown hypercall number %d", nr))
 }
@@ -296,18 +296,34 @@ func (vm *VM) hcExit(gpa uint64) *Result {
 // as zero on the next touch, which the guest relies on (it never zeroes a
 // frame it hands out). Memory.discard knows how for both kinds of RAM; it
 // cannot fail, so no number of discards ends the VM or grows the worker.
-func (vm *VM) hcDiscard(gpa uint64) *Result {
+// Past the discard budget (budget.go) the guest waits here, its deadline
+// still running.
+func (vm *VM) hcDiscard(ctx context.Context, gpa uint64) *Result {
 	a, ranges, bad := decodeHCDiscard(vm.mem, gpa)
 	if bad != nil {
 		return vm.badHypercall(bad)
 	}
 	var n uint64
+	calls := 0
 	for i, r := range ranges {
-		vm.mem.discard(a.Ranges[i].GPA, uint64(len(r)))
+		calls += vm.mem.discard(a.Ranges[i].GPA, uint64(len(r)))
 		n += uint64(len(r))
 	}
 	vm.stats.discards.Add(1)
 	vm.stats.discardedBytes.Add(n)
+	if vm.discardBudget.rate == 0 {
+		vm.discardBudget = newRateBudget(discardBurst, discardRate)
+	}
+	now, sleep := time.Now, sleepUntil
+	if vm.now != nil {
+		now, sleep = vm.now, vm.sleep
+	}
+	t := now()
+	if d := vm.discardBudget.take(t, calls); d > 0 {
+		if err := sleep(ctx, t.Add(d)); err != nil {
+			return vm.timeout(ctx)
+		}
+	}
 	return nil
 }
 

@@ -129,7 +129,7 @@ func TestDiscardZeroes(t *testing.T) {
 	a := abi.HCDiscardArgs{Count: 1}
 	a.Ranges[0] = abi.DiscardRange{GPA: 0x601000, Len: 0x2000}
 	putDiscard(t, mem, 0x500000, a)
-	if r := vm.hcDiscard(0x500000); r != nil {
+	if r := vm.hcDiscard(context.Background(), 0x500000); r != nil {
 		t.Fatalf("refused: %s", r.Message)
 	}
 	for i, b := range s {
@@ -202,7 +202,7 @@ func TestDiscardRestoredZeroes(t *testing.T) {
 		var b bytes.Buffer
 		binary.Write(&b, binary.LittleEndian, &a)
 		copy(raw, b.Bytes())
-		if r := vm.hcDiscard(0x200000); r != nil {
+		if r := vm.hcDiscard(context.Background(), 0x200000); r != nil {
 			t.Fatalf("discard at %#x refused: %s", gpa, r.Message)
 		}
 	}
@@ -210,7 +210,7 @@ func TestDiscardRestoredZeroes(t *testing.T) {
 	a := abi.HCDiscardArgs{Count: 1}
 	a.Ranges[0] = abi.DiscardRange{GPA: 7 << 20, Len: hi - 7<<20}
 	putDiscard(t, mem, 0x200000, a)
-	if r := vm.hcDiscard(0x200000); r != nil {
+	if r := vm.hcDiscard(context.Background(), 0x200000); r != nil {
 		t.Fatalf("refused: %s", r.Message)
 	}
 	if after := mapCount(t); after > before+2 {
@@ -364,7 +364,10 @@ func FuzzHypercall(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	vm := &VM{mem: mem, stats: &stats{}}
+	// Its discards run on a clock that stands still: over budget they
+	// "wait" no time (TestDiscardBudget tests the wait).
+	vm := &VM{mem: mem, stats: &stats{}, now: func() time.Time { return time.Unix(0, 0) },
+		sleep: func(context.Context, time.Time) error { return nil }}
 	f.Add(uint64(0x500000), make([]byte, hcExitSize))
 	f.Add(uint64(0x500004), make([]byte, hcExitSize))
 	f.Add(^uint64(0)-7, []byte{1, 2, 3})
@@ -415,7 +418,7 @@ func FuzzHypercall(f *testing.F) {
 					t.Fatalf("discard range [%#x, +%#x) accepted", lo, len(r))
 				}
 			}
-			if r := vm.hcDiscard(gpa); r != nil {
+			if r := vm.hcDiscard(context.Background(), gpa); r != nil {
 				t.Fatalf("accepted discard ended the VM: %s", r.Message)
 			}
 		}

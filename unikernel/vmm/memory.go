@@ -76,12 +76,14 @@ func mapSnapshotMemory(f *os.File, off, size uint64, nonZero []uint64) (*Memory,
 // hole), wrong for one that is not, which is zeroed in place instead (one
 // private page stays behind; there are at most Snapshot.Pages of them).
 // One madvise or clear per run of pages alike, so a discard costs a
-// syscall or two whatever its length.
-func (m *Memory) discard(gpa, n uint64) {
+// syscall or two whatever its length. It returns the madvise calls made
+// (the discard budget counts them).
+func (m *Memory) discard(gpa, n uint64) int {
 	if m.snapNonZero == nil {
 		dontNeed(m.b[gpa : gpa+n])
-		return
+		return 1
 	}
+	calls := 0
 	for p, end := gpa, gpa+n; p < end; {
 		nz := m.snapPage(p)
 		q := m.snapRun(p+pageSize, end, nz)
@@ -89,9 +91,11 @@ func (m *Memory) discard(gpa, n uint64) {
 			clear(m.b[p:q])
 		} else {
 			dontNeed(m.b[p:q])
+			calls++
 		}
 		p = q
 	}
+	return calls
 }
 
 // snapPage says whether the page at gpa is non-zero in the snapshot.

@@ -129,6 +129,12 @@ type VM struct {
 
 	waited bool // the guest has waited for input (OnFirstWait, SnapshotPath)
 
+	// discardBudget holds the guest to the discard budget (budget.go),
+	// measured by now and sleep (nil: the real clock; tests set them).
+	discardBudget rateBudget
+	now           func() time.Time
+	sleep         func(context.Context, time.Time) error
+
 	mu      sync.Mutex // guards the fields below
 	ran     bool
 	closed  bool
