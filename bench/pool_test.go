@@ -28,6 +28,7 @@ import (
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/proto/wire"
+	"github.com/kilnfaas/kiln/store/imagestore"
 	"github.com/kilnfaas/kiln/unikernel/abi"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
@@ -39,7 +40,7 @@ func (m images) Fetch(_ context.Context, digest string) ([]byte, error) {
 	if b, ok := m[digest]; ok {
 		return b, nil
 	}
-	return nil, fmt.Errorf("no image %s", digest)
+	return nil, fmt.Errorf("%w: %s", imagestore.ErrNotFound, digest)
 }
 
 // benchAgent is a KVM node-agent holding one hello-go image.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kilnfaas/kiln/builder/image"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
+	"github.com/kilnfaas/kiln/store/imagestore"
 	"github.com/kilnfaas/kiln/unikernel/abi"
 )
 
@@ -33,7 +34,7 @@ func (s *store) Fetch(ctx context.Context, digest string) ([]byte, error) {
 	s.fetches++
 	b, ok := s.images[digest]
 	if !ok {
-		return nil, fmt.Errorf("no image %s", digest)
+		return nil, fmt.Errorf("%w: %s", imagestore.ErrNotFound, digest)
 	}
 	return b, nil
 }

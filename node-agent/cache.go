@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,10 +12,13 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/builder/image"
+	"github.com/kilnfaas/kiln/store/imagestore"
 )
 
 // ImageFetcher gets an image's bytes by digest; the gateway's image store
-// (NATS object store) is one. The agent verifies what it returns.
+// (NATS object store) is one. The agent verifies what it returns. A
+// missing image is an error matching imagestore.ErrNotFound; any other
+// error is taken for the store failing, and the fetch is retried.
 type ImageFetcher interface {
 	Fetch(ctx context.Context, digest string) ([]byte, error)
 }
@@ -30,7 +34,8 @@ const decodedKeep = 16
 type imageCache struct {
 	dir      string
 	fetch    ImageFetcher
-	maxBytes int64 // the files together stay within this; the least recently used go first
+	maxBytes int64         // the files together stay within this; the least recently used go first
+	window   time.Duration // fetchWindow; shorter in tests
 
 	mu       sync.Mutex
 	decoded  map[string]*image.Image
@@ -54,7 +59,7 @@ func newImageCache(dir string, f ImageFetcher, maxBytes int64) (*imageCache, err
 	if maxBytes <= 0 {
 		maxBytes = DefaultCacheBytes
 	}
-	c := &imageCache{dir: dir, fetch: f, maxBytes: maxBytes, decoded: map[string]*image.Image{}, inflight: map[string]*flight{}}
+	c := &imageCache{dir: dir, fetch: f, maxBytes: maxBytes, window: fetchWindow, decoded: map[string]*image.Image{}, inflight: map[string]*flight{}}
 	c.trim("")
 	return c, nil
 }
@@ -106,7 +111,8 @@ func (c *imageCache) path(digest string) string {
 }
 
 // get returns the decoded image, fetching it at most once at a time per
-// digest however many invocations ask. Errors wrap ErrBadImage.
+// digest however many invocations ask. Errors wrap ErrBadImage, or
+// ErrImageStore when the store could not be read.
 func (c *imageCache) get(ctx context.Context, digest string) (*image.Image, error) {
 	if err := image.CheckDigest(digest); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadImage, err)
@@ -123,7 +129,7 @@ func (c *imageCache) get(ctx context.Context, digest string) (*image.Image, erro
 		case <-f.done:
 			return f.img, f.err
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: waiting for image: %w", ErrBadImage, ctx.Err())
+			return nil, fmt.Errorf("%w: waiting for image %s: %w", ErrImageStore, digest, ctx.Err())
 		}
 	}
 	f := &flight{done: make(chan struct{})}
@@ -168,9 +174,9 @@ func (c *imageCache) load(ctx context.Context, digest string) (*image.Image, err
 		// Corrupt on disk: forget it and fetch a good copy.
 		os.Remove(p)
 	}
-	data, err := c.fetch.Fetch(ctx, digest)
+	data, err := c.fetchRetrying(ctx, digest)
 	if err != nil {
-		return nil, fmt.Errorf("%w: fetching %s: %w", ErrBadImage, digest, err)
+		return nil, err
 	}
 	if err := image.Verify(data, digest); err != nil {
 		return nil, fmt.Errorf("%w: the image store returned other bytes: %w", ErrBadImage, err)
@@ -192,6 +198,37 @@ func (c *imageCache) load(ctx context.Context, digest string) (*image.Image, err
 		}
 	}
 	return img, nil
+}
+
+// fetchWindow bounds how long one image is fetched, retries included, while
+// the store fails for a reason other than a missing image (NATS restarting,
+// a network blip): long enough to ride out a reconnect, short against the
+// caller's timeout plus the gateway's slack.
+const fetchWindow = 8 * time.Second
+
+// fetchRetrying fetches digest, retrying with backoff within fetchWindow
+// unless the store says the image does not exist.
+func (c *imageCache) fetchRetrying(ctx context.Context, digest string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.window)
+	defer cancel()
+	wait := 50 * time.Millisecond
+	for {
+		data, err := c.fetch.Fetch(ctx, digest)
+		switch {
+		case err == nil:
+			return data, nil
+		case errors.Is(err, imagestore.ErrNotFound):
+			return nil, fmt.Errorf("%w: fetching %s: %w", ErrBadImage, digest, err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w: fetching %s for %v: %w", ErrImageStore, digest, c.window, err)
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // maxReported bounds how many cached digests a heartbeat carries.

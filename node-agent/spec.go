@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -53,6 +54,9 @@ func (a *Agent) vmConfig(s *spec) vmm.Config {
 func (a *Agent) resolve(ctx context.Context, req *kilnv1.InvokeRequest) (*spec, *kilnv1.InvokeResponse) {
 	fn := req.Function
 	img, err := a.cache.get(ctx, fn.ImageDigest)
+	if errors.Is(err, ErrImageStore) {
+		return nil, fail(kilnv1.Outcome_OUTCOME_PLATFORM_ERROR, "%v (the function did not start; retry)", err)
+	}
 	if err != nil {
 		return nil, fail(kilnv1.Outcome_OUTCOME_BAD_IMAGE, "%v", err)
 	}

@@ -619,7 +619,9 @@ func (s *Scheduler) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kil
 			return nil, status.Errorf(status.Code(err), "scheduler: node %s: %v", dec.Node, status.Convert(err).Message())
 		}
 		resp.Node = dec.Node
-		if resp.Outcome == kilnv1.Outcome_OUTCOME_NO_CAPACITY {
+		if resp.Outcome == kilnv1.Outcome_OUTCOME_NO_CAPACITY || resp.Outcome == kilnv1.Outcome_OUTCOME_PLATFORM_ERROR {
+			// Nothing ran there (no room, or the node could not get the
+			// image from the store): another node may take it.
 			s.retries.Inc()
 			excluded[dec.Node] = true
 			lastRefusal = resp

@@ -336,6 +336,18 @@ func TestInvokeRetriesRefusal(t *testing.T) {
 	if resp.Outcome != kilnv1.Outcome_OUTCOME_NO_CAPACITY || resp.Node == "" {
 		t.Fatalf("%+v", resp)
 	}
+	// A node that could not start it (its image store unreachable) is a
+	// refusal too: the call goes to the next node.
+	full.mu.Lock()
+	full.answer = kilnv1.Outcome_OUTCOME_PLATFORM_ERROR
+	full.mu.Unlock()
+	ok.mu.Lock()
+	ok.answer = kilnv1.Outcome_OUTCOME_OK
+	ok.mu.Unlock()
+	resp = invoke(t, e, "r3", 64<<20)
+	if resp.Outcome != kilnv1.Outcome_OUTCOME_OK || resp.Node != "b-ok" || len(full.runs()) != 3 {
+		t.Fatalf("after a platform error on a-full: %+v, full ran %v", resp, full.runs())
+	}
 	// Bookings are released after each answer.
 	for _, n := range e.s.Nodes() {
 		if n.Reserved != 0 || len(n.Claimed) != 0 {

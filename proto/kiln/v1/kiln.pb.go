@@ -87,6 +87,10 @@ const (
 	Outcome_OUTCOME_TIMEOUT        Outcome = 4 // ran past its deadline; VM destroyed
 	Outcome_OUTCOME_NO_CAPACITY    Outcome = 5 // no node could take it
 	Outcome_OUTCOME_BAD_IMAGE      Outcome = 6 // image missing, corrupt or unbootable
+	// The node could not run it for a reason of the platform's, before the
+	// function started (its image store unreachable): another node, or a
+	// retry, may succeed.
+	Outcome_OUTCOME_PLATFORM_ERROR Outcome = 7
 )
 
 // Enum value maps for Outcome.
@@ -99,6 +103,7 @@ var (
 		4: "OUTCOME_TIMEOUT",
 		5: "OUTCOME_NO_CAPACITY",
 		6: "OUTCOME_BAD_IMAGE",
+		7: "OUTCOME_PLATFORM_ERROR",
 	}
 	Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED":    0,
@@ -108,6 +113,7 @@ var (
 		"OUTCOME_TIMEOUT":        4,
 		"OUTCOME_NO_CAPACITY":    5,
 		"OUTCOME_BAD_IMAGE":      6,
+		"OUTCOME_PLATFORM_ERROR": 7,
 	}
 )
 
@@ -1406,7 +1412,7 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tKIND_EXEC\x10\x01\x12\x0e\n" +
 	"\n" +
-	"KIND_SERVE\x10\x02*\xa8\x01\n" +
+	"KIND_SERVE\x10\x02*\xc4\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1415,7 +1421,8 @@ const file_kiln_v1_kiln_proto_rawDesc = "" +
 	"\x0fOUTCOME_CRASHED\x10\x03\x12\x13\n" +
 	"\x0fOUTCOME_TIMEOUT\x10\x04\x12\x17\n" +
 	"\x13OUTCOME_NO_CAPACITY\x10\x05\x12\x15\n" +
-	"\x11OUTCOME_BAD_IMAGE\x10\x06*U\n" +
+	"\x11OUTCOME_BAD_IMAGE\x10\x06\x12\x1a\n" +
+	"\x16OUTCOME_PLATFORM_ERROR\x10\a*U\n" +
 	"\tStartKind\x12\x15\n" +
 	"\x11START_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
