@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -204,7 +205,10 @@ type asyncPlatform struct {
 // with an agent running functions as host processes in place of the KVM
 // one) and deploys prog as "fn".
 func startAsyncPlatform(t *testing.T, prog []byte) *asyncPlatform {
-	s := teststack.Start(t, teststack.Options{AgentMemory: 8 << 30, Gateway: gateway.Config{Kernel: prog}})
+	// The callbacks go to a test server on 127.0.0.1, which the callback
+	// policy lets through only when the operator allows it.
+	s := teststack.Start(t, teststack.Options{AgentMemory: 8 << 30, Gateway: gateway.Config{Kernel: prog},
+		CallbackAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
 	v := url.Values{"name": {"fn"}, "kind": {"serve"}, "timeout": {"5s"}, "env": {"TRACE=/dev/null"}}
 	resp, err := http.Post(s.URL+"/system/functions?"+v.Encode(), "application/octet-stream", bytes.NewReader(prog))
 	if err != nil {

@@ -70,8 +70,14 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 	}
 	callback := r.Header.Get(HeaderCallbackURL)
 	if callback != "" {
-		if err := asyncq.CheckCallbackURL(callback); err != nil {
-			byName(outcome.BadRequest, "bad "+HeaderCallbackURL+" "+fmt.Sprintf("%q", callback)+": use an absolute http:// or https:// URL")
+		// The address is judged too (a literal 127.0.0.1 is refused
+		// here); the worker's dialer is the check that holds.
+		if err := q.CheckCallback(callback); err != nil {
+			why := "use an absolute http:// or https:// URL"
+			if errors.Is(err, asyncq.ErrCallbackBlocked) {
+				why = err.Error()
+			}
+			byName(outcome.BadRequest, "bad "+HeaderCallbackURL+" "+fmt.Sprintf("%q", callback)+": "+why)
 			return
 		}
 	}

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"sync/atomic"
 	"time"
@@ -88,6 +89,12 @@ var (
 	ErrUnavailable = errors.New("asyncq: queue unavailable")
 	// ErrConfig: Open or StartWorker was given an incomplete config.
 	ErrConfig = errors.New("asyncq: incomplete config")
+	// ErrCallbackBlocked: a callback URL names (or its DNS name resolved
+	// to, or its answer redirected to) an address the callback policy
+	// keeps the platform from reaching. Refused at enqueue when the URL
+	// holds the address itself; at delivery it ends the callback at once,
+	// never retried.
+	ErrCallbackBlocked = errors.New("asyncq: callback blocked")
 )
 
 // Config is what Open needs besides the connection. Zero values get the
@@ -103,6 +110,14 @@ type Config struct {
 	// ResultBodyLimit bounds the response body kept in a status (the
 	// callback gets the whole body); 0 → DefaultResultBodyLimit.
 	ResultBodyLimit int
+	// CallbackAllow lists the prefixes callbacks may reach although the
+	// callback policy (netpolicy) denies them: loopback, link-local,
+	// private, shared, multicast, reserved and this host's own addresses.
+	// It is the operator's `--callback-allow`; empty, callbacks reach
+	// public addresses only. Gateways (which refuse a denied literal
+	// address at enqueue) and workers (which refuse it at dial time)
+	// should agree; the worker's is the one that holds.
+	CallbackAllow []netip.Prefix
 	// Registerer receives the queue's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -221,6 +236,11 @@ func (q *Queue) Enqueue(ctx context.Context, inv *Invocation) error {
 	if err := inv.check(); err != nil {
 		return err
 	}
+	if inv.CallbackURL != "" {
+		if err := q.CheckCallback(inv.CallbackURL); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
 	msg, err := encode(inv)
 	if err != nil {
 		return err
@@ -285,13 +305,38 @@ func (inv *Invocation) check() error {
 }
 
 // CheckCallbackURL returns ErrInvalid, saying why, unless u is an absolute
-// http or https URL with a host.
+// http or https URL with a host. It judges the form only; CheckCallback
+// judges the address too.
 func CheckCallbackURL(u string) error {
+	_, err := parseCallbackURL(u)
+	return err
+}
+
+func parseCallbackURL(u string) (*url.URL, error) {
 	p, err := url.Parse(u)
 	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || len(u) > 2048 {
-		return fmt.Errorf("%w: callback URL %q: use an absolute http:// or https:// URL of at most 2048 characters", ErrInvalid, u)
+		return nil, fmt.Errorf("%w: callback URL %q: use an absolute http:// or https:// URL of at most 2048 characters", ErrInvalid, u)
 	}
-	return nil
+	return p, nil
+}
+
+// CheckCallback is what a gateway asks before it accepts callback URL u:
+// ErrInvalid when u is malformed (CheckCallbackURL), an error matching
+// ErrCallbackBlocked, whose text says why to the caller, when u's host is
+// an address the queue's callback policy denies (127.0.0.1, [::1],
+// 169.254.169.254...). A host name passes: what it resolves to is judged
+// when the worker dials, which is the check that holds (a name may
+// resolve to another address by then).
+func (q *Queue) CheckCallback(u string) error {
+	p, err := parseCallbackURL(u)
+	if err != nil {
+		return err
+	}
+	a, err := netip.ParseAddr(p.Hostname())
+	if err != nil {
+		return nil // a name, judged at dial time
+	}
+	return callbackAddrAllowed(q.callbackPolicy(nil), a)
 }
 
 // validID reports whether id can be a KV key and a message id.

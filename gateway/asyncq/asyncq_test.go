@@ -71,7 +71,7 @@ func metric(t *testing.T, e *env, name string) float64 {
 // its retry limit, then dead-lettered with its last error; the callback
 // hears of the failure.
 func TestRetriesWithBackoffThenDeadLetter(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t, envConfig{callbackAllow: loopback127})
 	e.deploy(t, "flaky", url.Values{"async_retries": {"2"}})
 	cfg := fastWorker(e.sched)
 	e.startWorker(t, cfg)
@@ -140,7 +140,7 @@ func TestCrashIsAFailure(t *testing.T) {
 
 // The callback gets the function's answer, with the invocation's id.
 func TestCallbackDelivered(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t, envConfig{callbackAllow: loopback127})
 	e.deploy(t, "fn", nil)
 	e.startWorker(t, fastWorker(e.sched))
 	cb := newCallbackServer(t)
@@ -170,7 +170,7 @@ func TestCallbackDelivered(t *testing.T) {
 // off at the timeout, and recorded as failed; meanwhile invocations keep
 // running.
 func TestCallbackNeverAnswers(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t, envConfig{callbackAllow: loopback127})
 	e.deploy(t, "fn", nil)
 	cfg := fastWorker(e.sched)
 	// Three attempts of a second each: time for another invocation to run
@@ -202,7 +202,7 @@ func TestCallbackNeverAnswers(t *testing.T) {
 // A callback that answers 500 is retried, and counts as delivered once it
 // answers 2xx.
 func TestCallbackRetried(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t, envConfig{callbackAllow: loopback127})
 	e.deploy(t, "fn", nil)
 	e.startWorker(t, fastWorker(e.sched))
 	cb := newCallbackServer(t)

@@ -9,12 +9,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"syscall"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kilnfaas/kiln/gateway/outcome"
+	"github.com/kilnfaas/kiln/internal/netpolicy"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
@@ -53,6 +57,9 @@ func (w *Worker) deliver(msg jetstream.Msg) {
 	verdict := "delivered"
 	switch {
 	case err == nil:
+	case errors.Is(err, ErrCallbackBlocked):
+		// Policy, not bad luck: another attempt would be refused again.
+		verdict = "blocked"
 	case attempt < w.cfg.CallbackAttempts:
 		verdict = "retried"
 	default:
@@ -73,6 +80,8 @@ func (w *Worker) deliver(msg jetstream.Msg) {
 			cb.State, cb.DeliveredAt = CallbackDelivered, timePtr(w.q.now())
 		case "retried":
 			cb.State, cb.Error = CallbackPending, err.Error()
+		case "blocked":
+			cb.State, cb.Error = CallbackBlocked, err.Error()
 		default:
 			cb.State, cb.Error = CallbackFailed, err.Error()
 		}
@@ -87,8 +96,11 @@ func (w *Worker) deliver(msg jetstream.Msg) {
 		msg.NakWithDelay(delay)
 		return
 	}
-	if verdict == "failed" {
+	switch verdict {
+	case "failed":
 		w.log.Warn("callback failed for good", "invocation_id", id, "url", url, "attempts", attempt, "err", err)
+	case "blocked":
+		w.log.Warn("callback blocked by the callback policy", "invocation_id", id, "url", url, "err", err)
 	}
 	w.ack(msg)
 }
@@ -135,8 +147,11 @@ func (w *Worker) post(function, id, url, state, attempts, failure string, resp *
 	if failure != "" {
 		req.Header.Set(CallbackHeaderError, failure)
 	}
-	r, err := w.cfg.HTTPClient.Do(req)
+	r, err := w.client.Do(req)
 	if err != nil {
+		if b := blockedBy(err); b != nil {
+			return redirectCode(err), b
+		}
 		var ne net.Error
 		if ctx.Err() == context.DeadlineExceeded || errors.As(err, &ne) && ne.Timeout() {
 			return 0, fmt.Errorf("the callback did not answer within %s", w.cfg.CallbackTimeout)
@@ -149,4 +164,128 @@ func (w *Worker) post(function, id, url, state, attempts, failure string, resp *
 		return r.StatusCode, fmt.Errorf("the callback answered HTTP %d; want 2xx", r.StatusCode)
 	}
 	return r.StatusCode, nil
+}
+
+// The callback policy. A callback URL is the caller's, but the POST leaves
+// from inside the platform's network: without these checks it reaches
+// the management API on loopback, the cloud's metadata service, the
+// private network and the other roles' ports (issue 13, finding 2). The
+// address is judged where the connection is made, after DNS, by the
+// dialer's Control hook, so neither a name resolving to 127.0.0.1 nor one
+// rebinding between two lookups gets round it; redirects are not
+// followed (a 3xx ends the callback as blocked: following one would only
+// hand the caller a second URL the gateway never saw); proxies named in
+// the environment are not used (the proxy would make the connection, and
+// judge nothing).
+
+// blockedError is a callback the policy stopped; its text is for the
+// caller, in the invocation's status.
+type blockedError struct{ why string }
+
+func (e *blockedError) Error() string        { return e.why }
+func (e *blockedError) Is(target error) bool { return target == ErrCallbackBlocked }
+
+// redirectRefused is what CheckRedirect answers a 3xx with.
+type redirectRefused struct {
+	code int
+	to   string
+}
+
+func (e *redirectRefused) Error() string {
+	return fmt.Sprintf("the callback answered HTTP %d with a redirect to %s: callbacks follow no redirects", e.code, e.to)
+}
+
+// callbackPolicy is the queue's policy, with own as the platform's
+// addresses.
+func (q *Queue) callbackPolicy(own []netip.Addr) netpolicy.Policy {
+	return netpolicy.Policy{Allow: q.cfg.CallbackAllow, Own: own}
+}
+
+// callbackAddrAllowed is p.Check with an error for the caller.
+func callbackAddrAllowed(p netpolicy.Policy, a netip.Addr) error {
+	var de *netpolicy.DeniedError
+	if err := p.Check(a); errors.As(err, &de) {
+		return &blockedError{fmt.Sprintf("callbacks may not reach %s: it is %s; only public addresses are reached unless the operator allows others (--callback-allow)",
+			de.Addr, de.Class.Describe())}
+	}
+	return nil
+}
+
+// blockedBy returns the blockedError err carries (from the dialer or from
+// a refused redirect), or nil.
+func blockedBy(err error) error {
+	var b *blockedError
+	if errors.As(err, &b) {
+		return b
+	}
+	var rr *redirectRefused
+	if errors.As(err, &rr) {
+		return &blockedError{rr.Error()}
+	}
+	return nil
+}
+
+func redirectCode(err error) int {
+	var rr *redirectRefused
+	if errors.As(err, &rr) {
+		return rr.code
+	}
+	return 0
+}
+
+// newCallbackClient is the client callbacks are POSTed with: every
+// connection it makes is judged by the queue's policy, with this host's
+// addresses as the platform's own.
+func (q *Queue) newCallbackClient(timeout time.Duration) *http.Client {
+	dialer := &net.Dialer{
+		Timeout:   timeout,
+		KeepAlive: 30 * time.Second,
+		// address is the resolved IP:port about to be connected to.
+		Control: func(_, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return &blockedError{fmt.Sprintf("callbacks may not reach %q: not an IP address and port", address)}
+			}
+			return callbackAddrAllowed(q.callbackPolicy(hostAddrs()), ap.Addr())
+		},
+	}
+	return &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{
+			Proxy:                 nil, // never $HTTP_PROXY: the policy judges the callback's own address
+			DialContext:           dialer.DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConns:          100,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		},
+		CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+			code := 0
+			if req.Response != nil {
+				code = req.Response.StatusCode
+			}
+			return &redirectRefused{code: code, to: req.URL.String()}
+		},
+	}
+}
+
+// hostAddrs are this host's interface addresses: where the platform's
+// roles may listen, however public. Read at each dial, so an address
+// added since start-up counts too; none when they cannot be read (the
+// classes still hold).
+func hostAddrs() []netip.Addr {
+	ifas, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	out := make([]netip.Addr, 0, len(ifas))
+	for _, ifa := range ifas {
+		if n, ok := ifa.(*net.IPNet); ok {
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out
 }

@@ -8,10 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -80,20 +82,35 @@ type env struct {
 	trace   string
 	prog    []byte
 	client  *http.Client
+	// callbackAllow is the allow-list of the gateway's queue and of every
+	// worker the test starts; workerReg holds the metrics of those workers.
+	callbackAllow []netip.Prefix
+	workerReg     *prometheus.Registry
+	workers       int
 }
 
 type envConfig struct {
 	maxBody int64
 	noAgent bool
+	// callbackAllow is the operator's --callback-allow: the callbacks to
+	// test servers on 127.0.0.1 need loopback127.
+	callbackAllow []netip.Prefix
+	// seen, when set, records the requests that reach the gateway.
+	seen *arrivals
 }
+
+// loopback127 allows 127.0.0.1 alone, where test servers listen.
+var loopback127 = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 
 func newEnv(t testing.TB, ec envConfig) *env {
 	t.Helper()
 	prog := fnProgram(t)
 	s := teststack.Start(t, teststack.Options{NATS: true, NoAgent: ec.noAgent, NoWorker: true, Logger: testLogger(t),
-		Gateway: gateway.Config{Kernel: prog, MaxBodyBytes: ec.maxBody}})
+		Gateway: gateway.Config{Kernel: prog, MaxBodyBytes: ec.maxBody}, CallbackAllow: ec.callbackAllow,
+		WrapGateway: ec.seen.wrap})
 	e := &env{url: s.URL, stack: s, natsURL: s.NATSURL, queue: s.Queue, sched: s.SchedulerClient, reg: s.Metrics,
-		prog: prog, trace: filepath.Join(t.TempDir(), "trace"), client: &http.Client{Timeout: 30 * time.Second}}
+		prog: prog, trace: filepath.Join(t.TempDir(), "trace"), client: &http.Client{Timeout: 30 * time.Second},
+		callbackAllow: ec.callbackAllow, workerReg: prometheus.NewRegistry()}
 	e.nc = connect(t, e.natsURL)
 	return e
 }
@@ -141,7 +158,13 @@ func (e *env) startWorker(t testing.TB, cfg asyncq.WorkerConfig) (*asyncq.Worker
 	nc := connect(t, e.natsURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	q, err := asyncq.Open(ctx, nc, asyncq.Config{Logger: testLogger(t)})
+	// Every worker's metrics in one registry, told apart by a label.
+	var reg prometheus.Registerer
+	if e.workerReg != nil {
+		e.workers++
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"worker": strconv.Itoa(e.workers)}, e.workerReg)
+	}
+	q, err := asyncq.Open(ctx, nc, asyncq.Config{Logger: testLogger(t), CallbackAllow: e.callbackAllow, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

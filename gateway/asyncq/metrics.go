@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kiln_async_duplicates_total", Help: "Redeliveries of invocations already final, acknowledged without running.",
 		}),
 		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kiln_async_callbacks_total", Help: "Callback deliveries by outcome (delivered, retried, failed).",
+			Name: "kiln_async_callbacks_total", Help: "Callback deliveries by outcome (delivered, retried, failed, blocked: the callback policy refused the address or a redirect).",
 		}, []string{"outcome"}),
 	}
 	if reg != nil {

@@ -37,6 +37,9 @@ const (
 	CallbackPending   = "pending"
 	CallbackDelivered = "delivered"
 	CallbackFailed    = "failed"
+	// CallbackBlocked: the callback policy kept the POST from its address
+	// (or from where it redirected); Error says why. Never retried.
+	CallbackBlocked = "blocked"
 )
 
 // Status is the answer of GET /system/invocations/ID, and what the KV
@@ -94,7 +97,7 @@ type Attempt struct {
 // Callback is the delivery of the result to the caller's X-Callback-Url.
 type Callback struct {
 	URL         string     `json:"url"`
-	State       string     `json:"status"` // pending, delivered, failed
+	State       string     `json:"status"` // pending, delivered, failed, blocked
 	Attempts    int        `json:"attempts"`
 	StatusCode  int        `json:"status_code,omitempty"` // the callback's answer
 	Error       string     `json:"error,omitempty"`

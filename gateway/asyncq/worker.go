@@ -59,8 +59,6 @@ type WorkerConfig struct {
 	CallbackTimeout     time.Duration
 	CallbackAttempts    int
 	CallbackConcurrency int
-	// HTTPClient posts callbacks; nil → a client with CallbackTimeout.
-	HTTPClient *http.Client
 }
 
 // Worker pulls invocations and callbacks from the queue and runs them.
@@ -68,6 +66,8 @@ type Worker struct {
 	q   *Queue
 	cfg WorkerConfig
 	log *slog.Logger
+	// client POSTs callbacks, under the queue's callback policy.
+	client *http.Client
 
 	// ctx ends when in-flight work must be abandoned; fetchCtx when no new
 	// work may be taken.
@@ -102,9 +102,6 @@ func (q *Queue) StartWorker(ctx context.Context, cfg WorkerConfig) (*Worker, err
 	def(&cfg.CallbackTimeout, DefaultCallbackTimeout)
 	defInt(&cfg.CallbackAttempts, DefaultCallbackAttempts)
 	defInt(&cfg.CallbackConcurrency, DefaultCallbackConcurrency)
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: cfg.CallbackTimeout}
-	}
 
 	invoke, err := q.js.CreateOrUpdateConsumer(ctx, Stream, jetstream.ConsumerConfig{
 		Durable:       invokeConsumer,
@@ -134,7 +131,7 @@ func (q *Queue) StartWorker(ctx context.Context, cfg WorkerConfig) (*Worker, err
 		return nil, fmt.Errorf("%w: consumer %s: %v", ErrUnavailable, callbackCons, err)
 	}
 
-	w := &Worker{q: q, cfg: cfg, log: q.log.With("part", "async-worker")}
+	w := &Worker{q: q, cfg: cfg, log: q.log.With("part", "async-worker"), client: q.newCallbackClient(cfg.CallbackTimeout)}
 	w.ctx, w.abandon = context.WithCancel(context.Background())
 	w.fetchCtx, w.stopFetch = context.WithCancel(w.ctx)
 	for i := 0; i < cfg.Concurrency; i++ {

@@ -16,6 +16,8 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -78,6 +80,14 @@ type Options struct {
 	Worker asyncq.WorkerConfig
 	// NoWorker runs no async worker: the test starts its own.
 	NoWorker bool
+	// CallbackAllow lets async callbacks reach these prefixes (the
+	// gateway's --callback-allow): a callback to a test server on
+	// 127.0.0.1 needs 127.0.0.1/32 here.
+	CallbackAllow []netip.Prefix
+	// WrapGateway, when set, wraps the gateway's HTTP handler: a test
+	// sees every request that reaches the gateway (say, a callback that
+	// must not).
+	WrapGateway func(http.Handler) http.Handler
 
 	// Logger receives every part's log; nil: discard.
 	Logger *slog.Logger
@@ -174,12 +184,16 @@ func Start(t testing.TB, o Options) *Stack {
 	cfg := o.Gateway
 	cfg.Images, cfg.Scheduler = s.Images, s.SchedulerClient
 	gw, q, err := s.parts.BuildGateway(ctx, platform.GatewayOptions{Config: cfg, Stores: stores, NATS: s.Images.Conn(),
-		Worker: o.Worker, NoWorker: o.NoWorker, Logger: o.Logger})
+		Worker: o.Worker, NoWorker: o.NoWorker, CallbackAllow: o.CallbackAllow, Logger: o.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Queue = q
-	s.URL = s.parts.ServeHTTP(testnet.Listen(t), tracing.HTTPHandler(gw, "gateway"))
+	handler := tracing.HTTPHandler(gw, "gateway")
+	if o.WrapGateway != nil {
+		handler = o.WrapGateway(handler)
+	}
+	s.URL = s.parts.ServeHTTP(testnet.Listen(t), handler)
 	return s
 }
 

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -300,7 +301,11 @@ type GatewayOptions struct {
 	Worker asyncq.WorkerConfig
 	// NoWorker opens the queue but runs no worker here.
 	NoWorker bool
-	Logger   *slog.Logger
+	// CallbackAllow lets async callbacks reach these prefixes although
+	// the callback policy denies them (loopback, private, link-local...;
+	// asyncq.Config.CallbackAllow): `--callback-allow`.
+	CallbackAllow []netip.Prefix
+	Logger        *slog.Logger
 }
 
 // BuildGateway builds the gateway: its async queue and worker, its SLA recorder
@@ -328,11 +333,15 @@ func (p *Parts) BuildGateway(ctx context.Context, o GatewayOptions) (*gateway.Ga
 		cfg.Logger = o.Logger
 	}
 	if cfg.Async == nil && o.NATS != nil {
-		q, err := asyncq.Open(ctx, o.NATS, asyncq.Config{Registerer: p.Metrics, Logger: o.Logger.With("part", "async")})
+		q, err := asyncq.Open(ctx, o.NATS, asyncq.Config{Registerer: p.Metrics, Logger: o.Logger.With("part", "async"),
+			CallbackAllow: o.CallbackAllow})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %w", ErrStart, err)
 		}
 		cfg.Async = q
+		if len(o.CallbackAllow) > 0 {
+			o.Logger.Warn("async callbacks may reach these prefixes although the callback policy denies them", "callback_allow", o.CallbackAllow)
+		}
 		if !o.NoWorker {
 			wc := o.Worker
 			if wc.Scheduler == nil {
