@@ -15,6 +15,7 @@ import (
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/gateway/asyncq"
+	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 )
 
 // `kiln up` runs the async worker: through the user's own path (the CLI's
@@ -119,5 +120,61 @@ func TestInvocationSurvivesRestart(t *testing.T) {
 	st := e.waitStatus(t, a.ID, "the retry after the restart", final)
 	if st.State != asyncq.Failed || st.Attempts != 2 || len(st.History) != 2 || st.History[0].StatusCode != 503 {
 		t.Fatalf("status after the restart: %+v %+v", st, st.History)
+	}
+}
+
+// `kiln up` reads the operator's callback allow-list from
+// $KILN_CALLBACK_ALLOW (or --callback-allow): its gateway then accepts a
+// callback to 127.0.0.1 and its worker delivers it. Without it the same
+// call is refused (TestCallbackCannotReachThePlatform).
+func TestKilnUpCallbackAllow(t *testing.T) {
+	prog := fnProgram(t)
+	path := filepath.Join(t.TempDir(), "fn")
+	if err := os.WriteFile(path, prog, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KILN_CALLBACK_ALLOW", "127.0.0.1/32, 10.9.9.0/24")
+	addr := testnet.FreeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var out, errb bytes.Buffer // read once the command has returned
+	done := make(chan int, 1)
+	go func() {
+		done <- cli.Main(ctx, []string{"up", "--listen", addr, "--data", t.TempDir(), "--kernel", path, "--runtime", "process"},
+			strings.NewReader(""), &out, &errb)
+	}()
+	stop := func() int {
+		cancel()
+		return <-done
+	}
+	base := "http://" + addr
+	waitFor(t, "kiln up to serve", func() bool {
+		r, err := http.Get(base + "/healthz")
+		if err == nil {
+			r.Body.Close()
+		}
+		return err == nil && r.StatusCode == http.StatusOK
+	})
+	var o, eb bytes.Buffer
+	if code := cli.Main(ctx, []string{"--server", base, "deploy", "fn", "--binary", path, "--kind", "serve", "--async-retries", "0"},
+		strings.NewReader(""), &o, &eb); code != 0 {
+		stop()
+		t.Fatalf("deploy: %d %s", code, eb.String())
+	}
+	cb := newCallbackServer(t)
+	e := &env{url: base, client: http.DefaultClient}
+	id := e.accepted(t, "fn/x", "hi", http.Header{"X-Callback-Url": {cb.url + "/hook"}})
+	if got := cb.wait(t, 1)[0]; got.header.Get(asyncq.CallbackHeaderID) != id || got.path != "/hook" {
+		stop()
+		t.Fatalf("callback: %+v", got)
+	}
+	e.waitStatus(t, id, "the callback to be delivered", func(s *asyncq.Status) bool {
+		return s.Callback != nil && s.Callback.State == asyncq.CallbackDelivered
+	})
+	if code := stop(); code != 0 {
+		t.Fatalf("kiln up exited %d: %s", code, errb.String())
+	}
+	if !strings.Contains(errb.String(), "callback_allow=") || !strings.Contains(errb.String(), "10.9.9.0/24") {
+		t.Errorf("kiln up did not log its callback allow-list: %s", errb.String())
 	}
 }

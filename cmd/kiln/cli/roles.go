@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/internal/netpolicy"
 )
 
 // The cluster roles (docs/CLUSTER.md). Each flag falls back to an
@@ -35,6 +37,21 @@ type roleFlags struct {
 
 func (f *roleFlags) add(fl *pflag.FlagSet) {
 	fl.BoolVar(&f.debug, "debug", os.Getenv("KILN_DEBUG") == "1", "log every invocation ($KILN_DEBUG=1)")
+}
+
+// callbackAllowFlag is --callback-allow of `kiln up` and `kiln gateway`.
+func callbackAllowFlag(fl *pflag.FlagSet, s *string) {
+	fl.StringVar(s, "callback-allow", os.Getenv("KILN_CALLBACK_ALLOW"),
+		"CIDR[,CIDR...]: let async callbacks reach these addresses although they are loopback, private, link-local or this host's (default: public addresses only; $KILN_CALLBACK_ALLOW; docs/ASYNC.md)")
+}
+
+// parseCallbackAllow reads --callback-allow for command cmd.
+func parseCallbackAllow(cmd, s string) ([]netip.Prefix, error) {
+	l, err := netpolicy.ParseAllowList(s)
+	if err != nil {
+		return nil, &ExitError{Code: 2, Err: fmt.Errorf("%s: --callback-allow: %w", cmd, err)}
+	}
+	return l, nil
 }
 
 func (a *app) roleLogger(f *roleFlags, role string) *slog.Logger {
@@ -65,6 +82,7 @@ func (a *app) runRole(ctx context.Context, log *slog.Logger, name string, start 
 func (a *app) gatewayCmd() *cobra.Command {
 	var cfg platform.GatewayConfig
 	var rf roleFlags
+	var callbackAllow string
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run the gateway role: the public HTTP API of a Kiln cluster",
@@ -75,6 +93,10 @@ and a scheduler. It keeps no state of its own: run as many as you like.
 scheduler answer. See docs/CLUSTER.md.`,
 		Args: usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if cfg.CallbackAllow, err = parseCallbackAllow("gateway", callbackAllow); err != nil {
+				return err
+			}
 			log := a.roleLogger(&rf, "gateway")
 			cfg.Logger = log
 			return a.runRole(cmd.Context(), log, "gateway", func() (*platform.Role, error) {
@@ -89,6 +111,7 @@ scheduler answer. See docs/CLUSTER.md.`,
 	fl.StringVar(&cfg.Scheduler, "scheduler", envString("KILN_SCHEDULER", platform.DefaultSchedulerAddr), "the scheduler's gRPC address ($KILN_SCHEDULER)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel ELF packed into deployed images (default: $KILN_KERNEL, beside kiln, or build/kernel)")
 	fl.StringVar(&cfg.APIKeysFile, "api-keys-file", os.Getenv("KILN_API_KEYS_FILE"), "a keys file read beside the keys in Redis ($KILN_API_KEYS_FILE; docs/AUTH.md)")
+	callbackAllowFlag(fl, &callbackAllow)
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)
 	return cmd

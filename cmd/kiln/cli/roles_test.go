@@ -139,6 +139,8 @@ func TestRoleRefusals(t *testing.T) {
 		{nil, []string{"scheduler", "--heartbeat", "1ns"}, 2, "at least 10ms"},
 		{nil, []string{"scheduler", "extra"}, 2, "usage"},
 		{nil, []string{"gateway", "--kernel", "/nonexistent"}, 1, "no Redis URL (--redis, $KILN_REDIS_URL)"},
+		{nil, []string{"gateway", "--callback-allow", "localhost"}, 2, `gateway: --callback-allow: netpolicy: bad prefix: "localhost"`},
+		{map[string]string{"KILN_CALLBACK_ALLOW": "10.0.0.0/33"}, []string{"up"}, 2, `up: --callback-allow: netpolicy: bad prefix: "10.0.0.0/33"`},
 		{nil, []string{"agent", "--runtime", "process", "--data", data, "--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t)}, 1,
 			"no NATS URL (--nats, $KILN_NATS_URL)"},
 		{nil, []string{"agent", "--runtime", "process", "--data", data, "--nats", "nats://127.0.0.1:1",

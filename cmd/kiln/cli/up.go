@@ -14,7 +14,7 @@ import (
 
 func (a *app) upCmd() *cobra.Command {
 	var cfg platform.Config
-	var mem string
+	var mem, callbackAllow string
 	var debug bool
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -37,6 +37,10 @@ State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
 					return &ExitError{Code: 2, Err: fmt.Errorf("up: --mem: %w", err)}
 				}
 				cfg.MemoryBytes = m
+			}
+			var err error
+			if cfg.CallbackAllow, err = parseCallbackAllow("up", callbackAllow); err != nil {
+				return err
 			}
 			level := slog.LevelInfo
 			if debug {
@@ -68,6 +72,7 @@ State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
 	fl.BoolVar(&debug, "debug", false, "log every invocation")
 	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
+	callbackAllowFlag(fl, &callbackAllow)
 	return cmd
 }
 

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -51,7 +52,11 @@ type Config struct {
 	// OTLPEndpoint receives traces (docs/TRACING.md); "" →
 	// $OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off.
 	OTLPEndpoint string
-	Logger       *slog.Logger
+	// CallbackAllow lets async callbacks reach these prefixes although
+	// the callback policy denies them (docs/ASYNC.md); empty: public
+	// addresses only.
+	CallbackAllow []netip.Prefix
+	Logger        *slog.Logger
 }
 
 // Platform is a running Kiln. Close stops it.
@@ -158,7 +163,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 			SLA: gateway.SLAConfig{Nodes: func(ctx context.Context) (*kilnv1.ListNodesResponse, error) {
 				return sched.ListNodes(ctx, &kilnv1.ListNodesRequest{})
 			}}},
-		Stores: stores, NATS: images.Conn(), Logger: log.With("role", "gateway"),
+		Stores: stores, NATS: images.Conn(), CallbackAllow: cfg.CallbackAllow, Logger: log.With("role", "gateway"),
 	})
 	if err != nil {
 		return nil, err

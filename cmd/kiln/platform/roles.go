@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -235,7 +236,10 @@ type GatewayConfig struct {
 	// APIKeysFile holds keys beside those in Redis (docs/AUTH.md); optional.
 	APIKeysFile  string
 	OTLPEndpoint string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
-	Logger       *slog.Logger
+	// CallbackAllow lets async callbacks reach these prefixes although
+	// the callback policy denies them (docs/ASYNC.md).
+	CallbackAllow []netip.Prefix
+	Logger        *slog.Logger
 }
 
 // StartGateway runs the gateway role. It keeps nothing of its own, so any
@@ -281,7 +285,7 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 			SLA: gateway.SLAConfig{Nodes: func(ctx context.Context) (*kilnv1.ListNodesResponse, error) {
 				return sched.ListNodes(ctx, &kilnv1.ListNodesRequest{})
 			}}},
-		Stores: stores, NATS: images.Conn(), Logger: r.log,
+		Stores: stores, NATS: images.Conn(), CallbackAllow: cfg.CallbackAllow, Logger: r.log,
 	})
 	if err != nil {
 		return nil, err
