@@ -64,7 +64,7 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 
 	limit := min(g.bodyLimit(fn), q.MaxBodyBytes())
 	tooBig := fmt.Sprintf("request body too large for an async invocation: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
-	body, ok := readBody(r, limit, tooBig, byName)
+	body, ok := g.readBody(r, limit, tooBig, byName)
 	if !ok {
 		return
 	}

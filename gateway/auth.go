@@ -22,8 +22,9 @@ import (
 //   - The management API (every route under /system/) needs a valid API key
 //     as "Authorization: Bearer KEY" — except while no key exists at all,
 //     when callers on the gateway's own machine (loopback peers) may use it
-//     without one. That is how `kiln up` starts: open to its own host only,
-//     until the first `kiln keys create` closes it.
+//     without one, when they pass the bootstrap gate (bootstrap.go): no
+//     web page may use it. That is how `kiln up` starts: open to its own
+//     host only, until the first `kiln keys create` closes it.
 //   - A public function (the default) needs no key; a private one
 //     (deployed with --private) needs a key, with the same loopback rule.
 //
@@ -100,17 +101,16 @@ func (a *auth) check(ctx context.Context, r *http.Request) (string, error) {
 	if !isLoopback(r) {
 		return "", apikeys.ErrUnauthorized
 	}
-	if a.keys == nil {
-		return "", nil
+	if a.keys != nil {
+		any, err := a.keys.Any(ctx)
+		if err != nil {
+			return "", errors.Join(errKeyStore, err)
+		}
+		if any {
+			return "", apikeys.ErrUnauthorized
+		}
 	}
-	any, err := a.keys.Any(ctx)
-	if err != nil {
-		return "", errors.Join(errKeyStore, err)
-	}
-	if any {
-		return "", apikeys.ErrUnauthorized
-	}
-	return "", nil
+	return "", localGate(r)
 }
 
 func (a *auth) touch(ctx context.Context, name string) {
@@ -129,32 +129,45 @@ func (a *auth) touch(ctx context.Context, name string) {
 }
 
 // refuseCheck answers a failed check: Unauthorized (401) for the caller's
-// fault, KeyStoreUnavailable (503) for the store's.
+// fault, Forbidden (403) for a local caller the bootstrap gate refused,
+// KeyStoreUnavailable (503) for the store's.
 func refuseCheck(err error, refuse func(k outcome.Kind, msg string)) {
-	if errors.Is(err, errKeyStore) {
+	switch {
+	case errors.Is(err, errKeyStore):
 		refuse(outcome.KeyStoreUnavailable, errKeyStore.Error()+", retry shortly: "+err.Error())
-		return
+	case errors.Is(err, errNotLocal):
+		refuse(outcome.Forbidden, err.Error())
+	default:
+		refuse(outcome.Unauthorized, unauthorized)
 	}
-	refuse(outcome.Unauthorized, unauthorized)
 }
 
-// isManagement reports whether r is for the management API: every route
-// under /system/, whoever registered it, as the mux would route it.
-func (g *Gateway) isManagement(r *http.Request) bool {
+// managementRoute is the path pattern r is routed to (method stripped)
+// and whether it is the management API's: every route under /system/,
+// whoever registered it, as the mux would route it.
+func (g *Gateway) managementRoute(r *http.Request) (string, bool) {
 	_, pattern := g.mux.Handler(r)
 	if _, path, ok := strings.Cut(pattern, " "); ok {
 		pattern = path
 	}
-	return strings.HasPrefix(pattern, "/system/")
+	return pattern, strings.HasPrefix(pattern, "/system/")
 }
 
 // serveAuthorized runs the management gate in front of the mux.
 func (g *Gateway) serveAuthorized(w http.ResponseWriter, r *http.Request) {
-	if g.isManagement(r) {
+	if route, ok := g.managementRoute(r); ok {
 		name, err := g.auth.check(r.Context(), r)
+		if err == nil && name == "" {
+			err = bootstrapContentType(r, route)
+		}
 		if err != nil {
-			refuseCheck(err, func(k outcome.Kind, msg string) { writeRefusal(w, k, apiError{Error: msg}) })
-			g.log.Info("management request refused", "method", r.Method, "path", r.URL.Path, "peer", r.RemoteAddr, "err", err)
+			if errors.Is(err, errUnsupportedBody) {
+				writeError(w, http.StatusUnsupportedMediaType, apiError{Error: err.Error()})
+			} else {
+				refuseCheck(err, func(k outcome.Kind, msg string) { writeRefusal(w, k, apiError{Error: msg}) })
+			}
+			g.log.Info("management request refused", "method", r.Method, "path", r.URL.Path, "peer", r.RemoteAddr,
+				"host", r.Host, "origin", r.Header.Get("Origin"), "err", err)
 			return
 		}
 		if name != "" {
@@ -213,7 +226,10 @@ func (g *Gateway) createKey(w http.ResponseWriter, r *http.Request) {
 		Name string `json:"name"`
 	}
 	req.Name = r.URL.Query().Get("name")
-	if body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10)); err != nil {
+	if body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10)); bodyTimedOut(err) {
+		writeError(w, http.StatusRequestTimeout, apiError{Error: g.slowBody()})
+		return
+	} else if err != nil {
 		writeError(w, http.StatusBadRequest, apiError{Error: "reading the request: " + err.Error()})
 		return
 	} else if len(strings.TrimSpace(string(body))) > 0 {

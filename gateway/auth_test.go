@@ -43,6 +43,12 @@ func doKey(t *testing.T, auth, method, url, ctype string, body []byte) (*http.Re
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
+	return roundTrip(t, req)
+}
+
+// roundTrip sends req and reads the whole answer.
+func roundTrip(t *testing.T, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +234,7 @@ func TestBootstrapIsLoopbackOnly(t *testing.T) {
 		}
 		for peer, want := range map[string]int{"127.0.0.1:5000": 200, "[::1]:5000": 200, "192.0.2.7:5000": 401, "[2001:db8::1]:5000": 401, "10.0.0.1:80": 401} {
 			r := httptest.NewRequest("GET", "/system/functions", nil)
-			r.RemoteAddr = peer
+			r.RemoteAddr, r.Host = peer, "localhost:8080" // httptest's example.com is a foreign name (bootstrap.go)
 			w := httptest.NewRecorder()
 			gw.ServeHTTP(w, r)
 			if w.Code != want {
@@ -239,7 +245,7 @@ func TestBootstrapIsLoopbackOnly(t *testing.T) {
 		// loopback is let in, anyone else is not.
 		for peer, want := range map[string]int{"127.0.0.1:5000": 200, "192.0.2.7:5000": 401} {
 			r := httptest.NewRequest("GET", "/system/functions", nil)
-			r.RemoteAddr = peer
+			r.RemoteAddr, r.Host = peer, "localhost:8080" // httptest's example.com is a foreign name (bootstrap.go)
 			r.Header.Set("Authorization", "Bearer kiln_stale")
 			w := httptest.NewRecorder()
 			gw.ServeHTTP(w, r)
@@ -249,7 +255,7 @@ func TestBootstrapIsLoopbackOnly(t *testing.T) {
 		}
 		// Without a store there is nowhere to create keys.
 		r := httptest.NewRequest("POST", "/system/keys", strings.NewReader(`{"name":"a"}`))
-		r.RemoteAddr = "127.0.0.1:5000"
+		r.RemoteAddr, r.Host = "127.0.0.1:5000", "localhost:8080"
 		w := httptest.NewRecorder()
 		gw.ServeHTTP(w, r)
 		if keys == nil && (w.Code != 501 || !strings.Contains(w.Body.String(), "KILN_API_KEYS_FILE")) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kilnfaas/kiln/builder"
+	"github.com/kilnfaas/kiln/gateway/outcome"
 	"github.com/kilnfaas/kiln/store/registry"
 )
 
@@ -92,33 +93,66 @@ func (p DeployParams) Values() url.Values {
 	return v
 }
 
-// errTooBig marks an upload over the limit.
-var errTooBig = errors.New("too big")
+// A multipart deploy's parts other than the program (settings, env, args,
+// the "spec" JSON) are held in memory while the upload is read, so they are
+// bounded in number and size: without bounds 3,200 fields of 64 KiB took a
+// gateway from 90 to 349 MB (docs/SECURITY.md). The program itself is held
+// in memory too, up to MaxUploadBytes, because the image is built from it
+// in one piece; nothing spills to disk.
+const (
+	// maxFormParts bounds the parts of one upload: a deploy has a few
+	// dozen settings; env and args may repeat.
+	maxFormParts = 1000
+	// maxFieldBytes bounds one part other than the program.
+	maxFieldBytes = 64 << 10
+	// maxFormBytes bounds every part other than the program together.
+	maxFormBytes = 1 << 20
+	// uploadOverhead is what an upload may carry beyond the program:
+	// the parts other than it, their headers and the boundaries.
+	uploadOverhead = maxFormBytes + 1<<20
+)
+
+// Why an upload is refused with 413.
+var (
+	errTooBig       = errors.New("too big")
+	errFormTooLarge = errors.New("upload form too large")
+)
 
 func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 	var p DeployParams
 	p.fromValues(r.URL.Query())
 	limit := g.cfg.MaxUploadBytes
 	tooBig := fmt.Sprintf("program too big: the limit is %s; strip it (-s) or build it smaller", humanBytes(limit))
-	if r.ContentLength > limit+(1<<20) {
+	if r.ContentLength > limit+uploadOverhead {
 		writeError(w, http.StatusRequestEntityTooLarge, apiError{Error: tooBig, Function: p.Name})
 		return
 	}
+	// Whatever the parts, the whole upload is bounded too (a chunked one
+	// declares no length); MaxBytesReader also closes the connection
+	// after the answer rather than reading the rest.
+	body := http.MaxBytesReader(w, r.Body, limit+uploadOverhead)
 
 	var program []byte
 	var err error
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt == "multipart/form-data" {
-		program, err = readMultipart(multipart.NewReader(r.Body, params["boundary"]), &p, limit)
+		program, err = readMultipart(multipart.NewReader(body, params["boundary"]), &p, limit)
 	} else {
-		program, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+		program, err = io.ReadAll(io.LimitReader(body, limit+1))
 		if err == nil && int64(len(program)) > limit {
 			err = errTooBig
 		}
 	}
+	var overAll *http.MaxBytesError
 	switch {
-	case errors.Is(err, errTooBig):
+	case errors.Is(err, errTooBig), errors.As(err, &overAll):
 		writeError(w, http.StatusRequestEntityTooLarge, apiError{Error: tooBig, Function: p.Name})
+		return
+	case errors.Is(err, errFormTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, apiError{Error: err.Error(), Function: p.Name})
+		return
+	case bodyTimedOut(err):
+		writeError(w, outcome.SlowBody.Row().Status, apiError{Error: g.slowBody(), Function: p.Name})
 		return
 	case err != nil:
 		writeError(w, http.StatusBadRequest, apiError{Error: "reading the upload: " + err.Error(), Function: p.Name})
@@ -201,10 +235,14 @@ func (g *Gateway) deploy(w http.ResponseWriter, r *http.Request) {
 }
 
 // readMultipart takes settings from form fields and a "spec" JSON part, and
-// the program from the file part (named "binary", or the only file).
+// the program from the file part (named "binary", or the only file). Parts
+// other than the program are bounded: maxFormParts of them, maxFieldBytes
+// each, maxFormBytes together.
 func readMultipart(mr *multipart.Reader, p *DeployParams, limit int64) ([]byte, error) {
 	var program []byte
 	form := url.Values{}
+	var specs []DeployParams
+	parts, formBytes := 0, 0
 	for {
 		part, err := mr.NextPart()
 		if err == io.EOF {
@@ -213,8 +251,13 @@ func readMultipart(mr *multipart.Reader, p *DeployParams, limit int64) ([]byte, 
 		if err != nil {
 			return nil, err
 		}
-		switch {
-		case part.FormName() == "binary" || part.FileName() != "":
+		if parts++; parts > maxFormParts {
+			return nil, fmt.Errorf("%w: more than %d parts: a deploy needs its settings and one program", errFormTooLarge, maxFormParts)
+		}
+		if part.FormName() == "binary" || part.FileName() != "" {
+			if program != nil {
+				return nil, errors.New("two programs in one upload: send one file, as the part named \"binary\"")
+			}
 			program, err = io.ReadAll(io.LimitReader(part, limit+1))
 			if err != nil {
 				return nil, err
@@ -222,23 +265,30 @@ func readMultipart(mr *multipart.Reader, p *DeployParams, limit int64) ([]byte, 
 			if int64(len(program)) > limit {
 				return nil, errTooBig
 			}
-		case part.FormName() == "spec":
-			b, err := io.ReadAll(io.LimitReader(part, 64<<10))
-			if err != nil {
-				return nil, err
-			}
+			continue
+		}
+		b, err := io.ReadAll(io.LimitReader(part, maxFieldBytes+1))
+		if err != nil {
+			return nil, err
+		}
+		if len(b) > maxFieldBytes {
+			return nil, fmt.Errorf("%w: the part %q is over %s: settings are short; pass large data to the function some other way", errFormTooLarge, part.FormName(), humanBytes(maxFieldBytes))
+		}
+		if formBytes += len(b); formBytes > maxFormBytes {
+			return nil, fmt.Errorf("%w: the parts other than the program are over %s together", errFormTooLarge, humanBytes(maxFormBytes))
+		}
+		if part.FormName() == "spec" {
 			var js DeployParams
 			if err := json.Unmarshal(b, &js); err != nil {
 				return nil, fmt.Errorf("the \"spec\" part is not valid JSON: %v", err)
 			}
-			mergeParams(p, js)
-		default:
-			b, err := io.ReadAll(io.LimitReader(part, 64<<10))
-			if err != nil {
-				return nil, err
-			}
-			form.Add(part.FormName(), string(b))
+			specs = append(specs, js)
+			continue
 		}
+		form.Add(part.FormName(), string(b))
+	}
+	for _, js := range specs {
+		mergeParams(p, js)
 	}
 	p.fromValues(form)
 	return program, nil

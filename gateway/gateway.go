@@ -13,13 +13,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kilnfaas/kiln/builder/image"
 	"github.com/kilnfaas/kiln/gateway/asyncq"
 	"github.com/kilnfaas/kiln/gateway/outcome"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
@@ -32,7 +35,21 @@ import (
 const (
 	DefaultMaxBodyBytes   = 6 << 20
 	DefaultMaxUploadBytes = 64 << 20
+	// DefaultBodyTimeout carries the largest upload (64 MiB) at about
+	// 1 MB/s, and an invocation's 6 MiB at 100 KB/s.
+	DefaultBodyTimeout = time.Minute
 )
+
+// MaxAnswerTime bounds how long the gateway may take to answer a request:
+// the longest timeout a function may have (image.MaxTimeout), the
+// scheduler's slack beyond it, and a minute to send the answer. A server
+// of the gateway sets it as its WriteTimeout; an invocation tightens it to
+// its own function's timeout, a followed log lifts it line by line.
+const MaxAnswerTime = image.MaxTimeout + outcome.SchedulerSlack + answerSendTime
+
+// answerSendTime is what an answer may take to send once it is ready: a
+// 64 MiB body at about 1 MB/s.
+const answerSendTime = time.Minute
 
 // Images is the part of the image store a deploy needs.
 type Images interface {
@@ -55,6 +72,10 @@ type Config struct {
 	MaxBodyBytes int64
 	// MaxUploadBytes bounds a deployed program; 0 → 64 MiB.
 	MaxUploadBytes int64
+	// BodyTimeout bounds how long a request's body may take to arrive,
+	// from when its headers are in; 0 → DefaultBodyTimeout. A slower
+	// caller is answered 408 and its connection closed.
+	BodyTimeout time.Duration
 	// Registerer receives the gateway's metrics; Gatherer is what /metrics
 	// serves. When only Registerer is set and it is a *prometheus.Registry it
 	// serves both; when neither is set the gateway uses a registry of its own.
@@ -94,6 +115,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.MaxUploadBytes <= 0 {
 		cfg.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
 	}
 	if cfg.Registerer == nil && cfg.Gatherer == nil {
 		r := prometheus.NewRegistry()
@@ -137,7 +161,35 @@ func New(cfg Config) (*Gateway, error) {
 }
 
 // ServeHTTP implements http.Handler.
-func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.serveAuthorized(w, r) }
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.bodyDeadline(w, r)
+	g.serveAuthorized(w, r)
+}
+
+// bodyDeadline gives r's body BodyTimeout to arrive, so that a caller who
+// dribbles it holds a connection for that long at most. net/http lifts the
+// deadline by itself once the body has been read to its end (it then
+// watches the connection for the caller going away), so the handler's own
+// run is not cut short; a request without a body keeps no deadline at all.
+// A ResponseWriter that cannot set deadlines (a test's recorder) is served
+// without one: that is no network connection.
+func (g *Gateway) bodyDeadline(w http.ResponseWriter, r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(g.cfg.BodyTimeout))
+}
+
+// bodyTimedOut reports whether err is the body deadline passing.
+func bodyTimedOut(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// slowBody is the sentence of a 408.
+func (g *Gateway) slowBody() string {
+	return fmt.Sprintf("the request body did not arrive within %s: send it faster, or send less", g.cfg.BodyTimeout)
+}
 
 func (g *Gateway) healthz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

@@ -30,8 +30,15 @@ const (
 
 // invoke runs one synchronous invocation of /function/NAME[@REF][/PATH],
 // in this order: which version runs (the registry), whether the caller may
-// call it (auth.go) and within its limits (limits.go), the body, the
-// scheduler, the answer. Every way it ends is a row of the outcome table.
+// call it (auth.go), the body, whether the call is within the function's
+// limits (limits.go), the scheduler, the answer. Every way it ends is a
+// row of the outcome table.
+//
+// The body comes before the limits: a concurrency slot or rate token taken
+// first would be held by a caller sending its body slowly, and one such
+// caller kept a function of --max-concurrency 1 at 429 (docs/SECURITY.md).
+// Read first, a body costs its caller the body timeout and no one else
+// anything; a call refused 413 or 408 still takes no slot and no token.
 func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	id := uuid.NewString()
@@ -49,21 +56,24 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	if !g.callerMayInvoke(r, fn.Private, byName) {
 		return
 	}
+	limit := g.bodyLimit(fn)
+	tooBig := fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
+	body, ok := g.readBody(r, limit, tooBig, byName)
+	if !ok {
+		return
+	}
 	release, ok := g.withinLimits(w, fn, byName)
 	if !ok {
 		return
 	}
 	defer release()
 
-	limit := g.bodyLimit(fn)
-	tooBig := fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
-	body, ok := readBody(r, limit, tooBig, byName)
-	if !ok {
-		return
-	}
-
 	req := invokeRequest(r, "/function/", id, fn, body, nil)
 	timeout := time.Duration(fn.TimeoutMs) * time.Millisecond
+	// The server's write timeout is for the longest function there may
+	// be; a caller who stops reading this one's answer holds it only for
+	// this function's own timeout (see MaxAnswerTime).
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(timeout + outcome.SchedulerSlack + answerSendTime))
 	ctx, cancel := context.WithTimeout(r.Context(), timeout+outcome.SchedulerSlack)
 	defer cancel()
 	resp, err := g.cfg.Scheduler.Invoke(ctx, req)

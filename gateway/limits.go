@@ -120,16 +120,21 @@ func (g *Gateway) bodyLimit(fn registry.Function) int64 {
 	return g.cfg.MaxBodyBytes
 }
 
-// readBody reads r's body when it has at most limit bytes; else it refuses
-// the request (413, worded tooBig; 400 when the body cannot be read) and
-// reports false. A body without Content-Length is read to limit+1 bytes
-// at most.
-func readBody(r *http.Request, limit int64, tooBig string, refuse func(k outcome.Kind, msg string)) ([]byte, bool) {
+// readBody reads r's body when it has at most limit bytes and arrives
+// within the body timeout (bodyDeadline); else it refuses the request
+// (413, worded tooBig; 408 when it is too slow; 400 when it cannot be
+// read) and reports false. A body without Content-Length is read to
+// limit+1 bytes at most.
+func (g *Gateway) readBody(r *http.Request, limit int64, tooBig string, refuse func(k outcome.Kind, msg string)) ([]byte, bool) {
 	if r.ContentLength > limit {
 		refuse(outcome.TooLarge, tooBig)
 		return nil, false
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if bodyTimedOut(err) {
+		refuse(outcome.SlowBody, g.slowBody())
+		return nil, false
+	}
 	if err != nil {
 		refuse(outcome.BadRequest, "reading the request body: "+err.Error())
 		return nil, false

@@ -31,6 +31,10 @@ const (
 	logWriteTimeout = 5 * time.Second
 )
 
+// followWriteTimeout bounds how long one batch of a followed log may take
+// to reach the caller.
+const followWriteTimeout = time.Minute
+
 // Reasons a captured log was dropped, the label of kiln_gateway_logs_dropped_total.
 const (
 	dropQueueFull  = "queue_full"
@@ -227,6 +231,12 @@ func (g *Gateway) readLogs(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	rc := http.NewResponseController(w)
 	send := func(es []logstore.Entry) bool {
+		if follow {
+			// A followed log may stream for longer than the server's
+			// write timeout, so each batch gets its own: a caller who
+			// stops reading is let go after followWriteTimeout.
+			_ = rc.SetWriteDeadline(time.Now().Add(followWriteTimeout))
+		}
 		for _, e := range es {
 			if enc.Encode(e) != nil {
 				return false

@@ -140,7 +140,7 @@ type AliasRequest struct {
 func (g *Gateway) putAlias(w http.ResponseWriter, r *http.Request) {
 	name, alias := r.PathValue("name"), r.PathValue("alias")
 	var req AliasRequest
-	if !readJSONBody(w, r, &req, `{"version": 3} or {"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}`) {
+	if !g.readJSONBody(w, r, &req, `{"version": 3} or {"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}`) {
 		return
 	}
 	var to []registry.Target
@@ -183,7 +183,7 @@ type RollbackRequest struct {
 func (g *Gateway) rollback(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	var req RollbackRequest
-	if !readJSONBody(w, r, &req, `{"alias": "prod"}`) {
+	if !g.readJSONBody(w, r, &req, `{"alias": "prod"}`) {
 		return
 	}
 	if req.Alias == "" {
@@ -200,8 +200,8 @@ func (g *Gateway) rollback(w http.ResponseWriter, r *http.Request) {
 }
 
 // readJSONBody decodes exactly one JSON object with known fields into v, or
-// answers 400 showing the expected shape.
-func readJSONBody(w http.ResponseWriter, r *http.Request, v any, shape string) bool {
+// answers 400 showing the expected shape (408 when it arrives too slowly).
+func (g *Gateway) readJSONBody(w http.ResponseWriter, r *http.Request, v any, shape string) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAliasBody))
 	dec.DisallowUnknownFields()
 	var tooBig *http.MaxBytesError
@@ -214,6 +214,10 @@ func readJSONBody(w http.ResponseWriter, r *http.Request, v any, shape string) b
 		}
 	}
 	if err != nil {
+		if bodyTimedOut(err) {
+			writeError(w, http.StatusRequestTimeout, apiError{Error: g.slowBody()})
+			return false
+		}
 		if errors.As(err, &tooBig) {
 			writeError(w, http.StatusRequestEntityTooLarge, apiError{Error: fmt.Sprintf("body larger than %d bytes: send %s", maxAliasBody, shape)})
 			return false

@@ -75,9 +75,11 @@ const (
 
 	BadRequest          // a malformed NAME@REF, an unreadable body, a bad callback URL
 	Unauthorized        // a private function, or the management API, without a valid key
+	Forbidden           // a caller let in without a key (no key exists yet) that a web page may have sent
 	NotFound            // no such function, version or alias
 	MethodNotAllowed    // an async invocation that is not a POST
 	TooLarge            // the body is over the limit
+	SlowBody            // the body did not arrive within the gateway's body timeout
 	Limited             // over the function's rate or concurrency limit
 	RegistryUnavailable // the registry failed the lookup
 	KeyStoreUnavailable // the API key store failed the check
@@ -209,9 +211,11 @@ var table = [numKinds]Row{
 
 	BadRequest:          {Name: "bad_request", Status: http.StatusBadRequest},
 	Unauthorized:        {Name: "unauthorized", Status: http.StatusUnauthorized, Header: bearerRealm},
+	Forbidden:           {Name: "forbidden", Status: http.StatusForbidden},
 	NotFound:            {Name: "not_found", Status: http.StatusNotFound},
 	MethodNotAllowed:    {Name: "method_not_allowed", Status: http.StatusMethodNotAllowed},
 	TooLarge:            {Name: "too_large", Status: http.StatusRequestEntityTooLarge},
+	SlowBody:            {Name: "slow_body", Status: http.StatusRequestTimeout},
 	Limited:             {Name: "limited", Status: http.StatusTooManyRequests},
 	RegistryUnavailable: {Name: "registry_unavailable", Status: http.StatusServiceUnavailable},
 	KeyStoreUnavailable: {Name: "key_store_unavailable", Status: http.StatusServiceUnavailable, Header: retryAfter1},

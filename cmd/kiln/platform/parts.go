@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/internal/tracing"
 )
 
@@ -29,6 +30,27 @@ const maxMessage = 64<<20 + 1<<20
 
 // grace bounds how long a part waits for requests in flight when it stops.
 const grace = 10 * time.Second
+
+// Timeouts of every HTTP server of the parts (the gateway's, each role's
+// metrics and health), so that a caller who sends or reads slowly, or
+// keeps an idle connection, holds it for a bounded time.
+const (
+	// httpReadHeaderTimeout: a request's headers.
+	httpReadHeaderTimeout = 10 * time.Second
+	// httpReadTimeout: a whole request, body included, as a backstop: the
+	// largest upload (64 MiB) at about 0.5 MB/s. The gateway gives a body
+	// its own, shorter deadline (gateway.Config.BodyTimeout). net/http
+	// lifts the read deadline once a body has been read, so a handler
+	// that runs longer than this is not cut off.
+	httpReadTimeout = 2 * time.Minute
+	// httpWriteTimeout: from the end of a request's headers to the end of
+	// its answer: the longest sync invocation there may be, and a minute
+	// to send the answer (gateway.MaxAnswerTime). The gateway tightens it
+	// per invocation and lifts it for a followed log.
+	httpWriteTimeout = gateway.MaxAnswerTime
+	// httpIdleTimeout: a kept-alive connection between requests.
+	httpIdleTimeout = 2 * time.Minute
+)
 
 var (
 	serverOpts = []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage), tracing.ServerOption()}
@@ -114,7 +136,8 @@ func (p *Parts) StartTracing(ctx context.Context, service, endpoint string) erro
 // ServeHTTP serves h on lis until Close, which gives requests in flight
 // the grace period. It returns the base URL, e.g. http://127.0.0.1:8080.
 func (p *Parts) ServeHTTP(lis net.Listener, h http.Handler) string {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: httpReadHeaderTimeout, ReadTimeout: httpReadTimeout,
+		WriteTimeout: httpWriteTimeout, IdleTimeout: httpIdleTimeout}
 	p.goroutine(func() {
 		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.log.Error("HTTP server stopped", "err", err)
