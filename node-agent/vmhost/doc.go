@@ -35,6 +35,14 @@
 // is the agent's to handle), and dies with the agent (Pdeathsig, and its
 // control socket's EOF).
 //
+// Watchdog (watchdog.go): the agent never waits on a worker without a
+// deadline. It pings each worker every second, and a worker that leaves a
+// ping unanswered for 30 s, or a boot, a close or a canceled Run's result
+// for 2 minutes (deadlines far above what a loaded worker takes under
+// emulation, measured by TestKVMAnswerLatency), is killed with its process
+// group: its VMs end with ErrWorker, "worker N stopped answering for Xs:
+// killed", and the next Boot goes to another worker.
+//
 // Protocol: one SOCK_SEQPACKET socketpair per worker, one reader goroutine
 // per side dispatching by VM id, writes serialized. A message is a 17-byte
 // header (type, VM id, tag) and a body. The worker speaks first (hello:
@@ -44,10 +52,11 @@
 // the worker opens Snapshot.Path() itself and caches opened snapshots),
 // stdin/stdout/stderr as the caller's own file or a pipe this side copies.
 // Then run, cancel (Run's context ended), stats (64 bytes back), close
-// (answered once freed); the worker reports booted, OnSnapshot and
-// OnFirstWait (it holds the guest until the agent's callback returned,
-// as in process), the first read of a copied stdin, and the result with
-// its error's vmm sentinels, which the agent's side wraps again.
+// (answered once freed), ping (answered by the worker's reader); the
+// worker reports booted, OnSnapshot and OnFirstWait (it holds the guest
+// until the agent's callback returned, as in process), the first read of
+// a copied stdin, and the result with its error's vmm sentinels, which
+// the agent's side wraps again.
 //
 // Counters: the agent reads a VM's vmm.Stats once per warm call, and a
 // round trip to the worker for it cost about 2 ms per call under

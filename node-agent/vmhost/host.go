@@ -25,6 +25,17 @@ type Config struct {
 	MaxWorkers int          // 0 → 64; beyond PerWorker*MaxWorkers, VMs go to the least loaded worker
 	Exe        string       // worker executable; "" → this one (/proc/self/exe, else os.Executable())
 	Logger     *slog.Logger // nil → discard
+
+	// The watchdog (watchdog.go): a worker that leaves a ping or a stats
+	// request unanswered for AnswerWithin, or a boot, a close or a
+	// canceled Run's result for WorkWithin, is killed with its VMs.
+	PingEvery    time.Duration // 0 → DefaultPingEvery, or AnswerWithin/4 if less
+	AnswerWithin time.Duration // 0 → DefaultAnswerWithin
+	WorkWithin   time.Duration // 0 → DefaultWorkWithin
+	// OnKill, if set, is called once for each worker the watchdog killed,
+	// with what it left unanswered (KillHeartbeat, KillBoot, …): the
+	// agent's kiln_agent_workers_killed_total.
+	OnKill func(reason string)
 }
 
 // Host runs VMs in worker processes. Its methods are safe for concurrent
@@ -34,6 +45,9 @@ type Host struct {
 	exe      string
 	log      *slog.Logger
 	ids      atomic.Uint64
+
+	pingEvery, answerWithin, workWithin time.Duration
+	onKill                              func(reason string)
 
 	spawnc chan spawnReq
 	done   chan struct{} // closed by Close
@@ -46,7 +60,17 @@ type Host struct {
 // New returns a Host; workers start with the first Boot.
 func New(cfg Config) (*Host, error) {
 	h := &Host{per: cfg.PerWorker, max: cfg.MaxWorkers, exe: cfg.Exe, log: cfg.Logger,
+		pingEvery: cfg.PingEvery, answerWithin: cfg.AnswerWithin, workWithin: cfg.WorkWithin, onKill: cfg.OnKill,
 		spawnc: make(chan spawnReq), done: make(chan struct{})}
+	if h.answerWithin <= 0 {
+		h.answerWithin = DefaultAnswerWithin
+	}
+	if h.pingEvery <= 0 {
+		h.pingEvery = min(DefaultPingEvery, h.answerWithin/4)
+	}
+	if h.workWithin <= 0 {
+		h.workWithin = DefaultWorkWithin
+	}
 	if h.per <= 0 {
 		h.per = 256
 	}
@@ -210,8 +234,9 @@ func (h *Host) Close() error {
 	return nil
 }
 
-// workers' pids, oldest first (tests, diagnostics).
-func (h *Host) pids() []int {
+// Workers lists the pids of the running workers, oldest first (tests,
+// diagnostics).
+func (h *Host) Workers() []int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var p []int
@@ -244,6 +269,14 @@ type worker struct {
 	closing atomic.Bool   // Host.Close killed it
 	dead    chan struct{} // closed once its reader stopped: every wait on it gives up
 	why     string        // how it ended; set before dead is closed
+	killed  bool          // … by the watchdog (why says so)
+
+	// The watchdog's (watchdog.go).
+	pong     atomic.Uint64 // the last ping answered
+	killOnce sync.Once
+	procMu   sync.Mutex // guards reaped and hungWhy
+	reaped   bool       // its process was waited for: its pid may be reused
+	hungWhy  string     // set when the watchdog killed it
 
 	mu    sync.Mutex // guards the fields below
 	vms   map[uint64]*VM
@@ -365,7 +398,10 @@ func (w *worker) start() error {
 		return fmt.Errorf("%w: starting %s: %w", ErrWorker, w.h.exe, err)
 	}
 	w.cmd, w.pid = cmd, cmd.Process.Pid
-	if w.c, err = newConn(ours); err != nil {
+	if w.c, err = newConn(ours); err == nil {
+		w.c.sendWithin = w.h.answerWithin
+	}
+	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
 		logR.Close()
@@ -379,6 +415,7 @@ func (w *worker) start() error {
 	if err := w.awaitHello(); err != nil {
 		return err
 	}
+	go w.watch()
 	w.h.log.Debug("vmhost: worker started", "pid", w.pid)
 	return nil
 }
@@ -449,16 +486,21 @@ func (w *worker) read() {
 	// A worker whose socket failed or closed is of no use: make sure it
 	// is gone before saying how it ended.
 	w.cmd.Process.Kill()
-	waitErr := w.cmd.Wait()
+	exited, waitErr := w.reap()
 	w.c.close()
 	// Its last words (a panic) are logged before its death is.
 	select {
 	case <-w.logsDone:
 	case <-time.After(time.Second):
 	}
+	hung := w.hung()
 	switch {
 	case w.closing.Load():
 		w.why = "the host was closed"
+	case hung != "":
+		w.why, w.killed = hung, true
+	case !exited:
+		w.why = fmt.Sprintf("killed, but not yet exited after %v", reapWithin)
 	case failure != nil:
 		w.why = fmt.Sprintf("%v (control socket: %v)", waitErr, failure)
 	case waitErr != nil:
@@ -470,8 +512,8 @@ func (w *worker) read() {
 	w.mu.Lock()
 	n := len(w.vms)
 	w.mu.Unlock()
-	if w.closing.Load() {
-		w.h.log.Debug("vmhost: worker ended", "pid", w.pid, "vms", n)
+	if w.closing.Load() || w.killed {
+		w.h.log.Debug("vmhost: worker ended", "pid", w.pid, "vms", n, "why", w.why)
 	} else {
 		w.h.log.Error("vmhost: worker exited; its VMs are gone", "pid", w.pid, "vms", n, "why", w.why)
 	}
@@ -496,6 +538,10 @@ func (w *worker) dispatch(m message) {
 		default:
 			close(w.hello)
 		}
+		return
+	}
+	if m.typ == mPong {
+		w.pong.Store(m.tag)
 		return
 	}
 	if m.typ == mStats {
@@ -548,6 +594,9 @@ func (w *worker) dispatch(m message) {
 // gone is how a VM on a dead worker ended.
 func (w *worker) gone() (*vmm.Result, error) {
 	msg := "the VM's host process exited: " + w.why
+	if w.killed {
+		msg = w.why // "worker N stopped answering for Xs: killed"
+	}
 	return &vmm.Result{Reason: vmm.ReasonInternal, Status: -1, Message: msg}, fmt.Errorf("%w: %s", ErrWorker, msg)
 }
 

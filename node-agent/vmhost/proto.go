@@ -37,6 +37,8 @@ const (
 	mResult                    // W→A: resultMsg (JSON)
 	mClosed                    // W→A: the VM is freed; body: its final Stats
 	mHello                     // W→A: first, the worker loop runs (RunWorker was called); no VM
+	mPing                      // A→W: tag; the watchdog's heartbeat (watchdog.go)
+	mPong                      // W→A: tag; the ping answered by the worker's reader itself
 )
 
 const (
@@ -74,6 +76,10 @@ type conn struct {
 	wmu sync.Mutex
 	buf []byte
 	oob []byte
+	// sendWithin bounds one send (0: none). The agent's side sets it: a
+	// stopped worker stops reading, its socket's buffer fills, and an
+	// unbounded send would hold wmu, and every sender behind it, forever.
+	sendWithin time.Duration
 }
 
 // newConn takes over f, a SOCK_SEQPACKET socket.
@@ -106,6 +112,9 @@ func (c *conn) send(typ byte, id, tag uint64, body []byte, fds ...int) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.sendWithin > 0 {
+		c.c.SetWriteDeadline(time.Now().Add(c.sendWithin))
+	}
 	_, _, err := c.c.WriteMsgUnix(b, oob, nil)
 	return err
 }

@@ -50,6 +50,10 @@ func installStandIn() {
 //
 // It calls OnSnapshot with an error (it takes no snapshot) and OnFirstWait
 // before its first read; its context ending gives ReasonTimeout.
+//
+// Its hostname can make it hang, as a stuck VMM would (watchdog tests):
+// "hang-boot" never finishes its boot, "hang-close" its Close, and
+// "hang-cancel" never stops its Run.
 type echoVM struct {
 	cfg    vmm.Config
 	ctx    context.Context // ended by Close
@@ -66,6 +70,9 @@ func newEchoVM(cfg vmm.Config) (machine, error) {
 	if cfg.Hostname == "crash" {
 		os.Exit(9)
 	}
+	if cfg.Hostname == "hang-boot" {
+		select {}
+	}
 	if cfg.Hostname == "refuse" {
 		return nil, fmt.Errorf("%w: the stand-in refuses hostname %q", vmm.ErrMemSize, cfg.Hostname)
 	}
@@ -80,6 +87,9 @@ func (e *echoVM) Stats() vmm.Stats {
 }
 
 func (e *echoVM) Close() error {
+	if e.cfg.Hostname == "hang-close" {
+		select {}
+	}
 	e.cancel()
 	e.mu.Lock()
 	running := e.running
@@ -100,6 +110,9 @@ func (e *echoVM) Run(ctx context.Context) (*vmm.Result, error) {
 	e.running = make(chan struct{})
 	defer close(e.running)
 	e.mu.Unlock()
+	if e.cfg.Hostname == "hang-cancel" {
+		ctx = context.Background()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(e.ctx, cancel)()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -158,7 +159,7 @@ func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 	w.mu.Lock()
 	w.vms[id] = v
 	w.mu.Unlock()
-	if err := w.c.send(mBoot, id, 0, body, fds...); err != nil {
+	if err := w.send(mBoot, id, 0, body, fds...); err != nil {
 		w.forget(id)
 		return fail(fmt.Errorf("%w: sending the boot: %w", ErrWorker, err))
 	}
@@ -170,14 +171,9 @@ func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 		f.Close()
 	}
 	fds, theirs = nil, nil
-	select {
-	case err = <-v.booted:
-	case <-w.dead:
-		select {
-		case err = <-v.booted:
-		default:
-			_, err = w.gone()
-		}
+	err, ok := await(w, v.booted, w.h.workWithin, KillBoot)
+	if !ok {
+		_, err = w.gone()
 	}
 	if err != nil {
 		w.forget(id)
@@ -286,9 +282,9 @@ func (v *VM) Run(ctx context.Context) (*vmm.Result, error) {
 	v.mu.Unlock()
 	defer close(running)
 
-	v.w.c.send(mRun, v.id, 0, nil) // on failure the worker is dying: wait sees it
-	stop := context.AfterFunc(ctx, func() { v.w.c.send(mCancel, v.id, 0, nil) })
-	r, err := v.wait()
+	v.w.send(mRun, v.id, 0, nil) // on failure the worker is dying: wait sees it
+	stop := context.AfterFunc(ctx, func() { v.w.send(mCancel, v.id, 0, nil) })
+	r, err := v.wait(ctx)
 	stop()
 	v.pumps.Wait()
 	v.setLast(r.Stats)
@@ -296,13 +292,38 @@ func (v *VM) Run(ctx context.Context) (*vmm.Result, error) {
 }
 
 // wait serves the VM's callbacks until its result, or the worker's death.
-func (v *VM) wait() (*vmm.Result, error) {
+// Once ctx is done (the worker was asked to cancel the Run), the worker
+// must say something of the VM within WorkWithin, or it is killed.
+func (v *VM) wait(ctx context.Context) (*vmm.Result, error) {
+	canceled := ctx.Done()
+	var deadline <-chan time.Time
+	var t *time.Timer
+	var since time.Time
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
 	for {
 		select {
 		case m := <-v.events:
 			if r, err, ok := v.event(m); ok {
 				return r, err
 			}
+			if t != nil {
+				// It answered: the deadline starts again from now (the
+				// callback just served ran on the agent's time).
+				t.Reset(v.w.h.workWithin)
+				since = time.Now()
+			}
+		case <-canceled:
+			canceled = nil
+			since = time.Now()
+			t = time.NewTimer(v.w.h.workWithin)
+			deadline = t.C
+		case <-deadline:
+			deadline = nil
+			v.w.kill(KillCancel, time.Since(since))
 		case <-v.w.dead:
 			// Everything the worker sent is queued by now.
 			for {
@@ -327,12 +348,12 @@ func (v *VM) event(m message) (*vmm.Result, error, bool) {
 		if v.onSnapshot != nil {
 			v.onSnapshot(decodeErr(m.body))
 		}
-		v.w.c.send(mAck, v.id, 0, nil)
+		v.w.send(mAck, v.id, 0, nil)
 	case mFirstWait:
 		if v.onFirstWait != nil {
 			v.onFirstWait()
 		}
-		v.w.c.send(mAck, v.id, 0, nil)
+		v.w.send(mAck, v.id, 0, nil)
 	case mResult:
 		var rm resultMsg
 		if err := json.Unmarshal(m.body, &rm); err != nil || rm.Result == nil {
@@ -369,14 +390,10 @@ func (v *VM) Stats() vmm.Stats {
 	tag := w.tag
 	w.stats[tag] = ch
 	w.mu.Unlock()
-	if w.c.send(mStats, v.id, tag, nil) == nil {
-		select {
-		case r := <-ch:
-			if r.ok {
-				v.setLast(r.s)
-				return r.s
-			}
-		case <-w.dead:
+	if w.send(mStats, v.id, tag, nil) == nil {
+		if r, ok := await(w, ch, w.h.answerWithin, KillStats); ok && r.ok {
+			v.setLast(r.s)
+			return r.s
 		}
 	}
 	w.mu.Lock()
@@ -404,11 +421,8 @@ func (v *VM) Close() error {
 	running := v.running
 	v.mu.Unlock()
 	w := v.w
-	if w.c.send(mClose, v.id, 0, nil) == nil {
-		select {
-		case <-v.freed:
-		case <-w.dead:
-		}
+	if w.send(mClose, v.id, 0, nil) == nil {
+		await(w, v.freed, w.h.workWithin, KillClose)
 	} else {
 		<-w.dead
 	}

@@ -41,7 +41,7 @@ func newHost(t *testing.T, cfg Config) *Host {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		pids := h.pids()
+		pids := h.Workers()
 		h.Close()
 		for _, p := range pids {
 			if alive(p) {
@@ -535,7 +535,7 @@ func TestWorkerCrash(t *testing.T) {
 		}
 		vms, ins = append(vms, v), append(ins, inW)
 	}
-	pids := h.pids()
+	pids := h.Workers()
 	if len(pids) != 1 {
 		t.Fatalf("workers %v, want one", pids)
 	}
@@ -583,7 +583,7 @@ func TestWorkerCrash(t *testing.T) {
 		t.Fatalf("after the crash: %q, %v", out.String(), err)
 	}
 	v.Close()
-	if p := h.pids(); len(p) != 1 || p[0] == pids[0] {
+	if p := h.Workers(); len(p) != 1 || p[0] == pids[0] {
 		t.Fatalf("workers %v after the crash of %d", p, pids[0])
 	}
 	if n := logs.count("worker exited"); n != 1 {
@@ -619,7 +619,7 @@ func TestPlacement(t *testing.T) {
 	for range 6 {
 		boot()
 	}
-	pids := h.pids()
+	pids := h.Workers()
 	if len(pids) != 3 {
 		t.Fatalf("%d workers for 6 VMs at 2 each", len(pids))
 	}
@@ -636,8 +636,8 @@ func TestPlacement(t *testing.T) {
 	for range 3 {
 		counts[boot().w.pid]++
 	}
-	if len(counts) != 3 || len(h.pids()) != 3 {
-		t.Fatalf("past the limit, VMs went to %v; workers %v", counts, h.pids())
+	if len(counts) != 3 || len(h.Workers()) != 3 {
+		t.Fatalf("past the limit, VMs went to %v; workers %v", counts, h.Workers())
 	}
 	for _, v := range vms {
 		v.Close()
@@ -664,7 +664,7 @@ func TestHostClose(t *testing.T) {
 		}
 		vms = append(vms, v)
 	}
-	pids := h.pids()
+	pids := h.Workers()
 	if len(pids) != 2 {
 		t.Fatalf("workers %v", pids)
 	}
@@ -719,7 +719,7 @@ func TestMissingHook(t *testing.T) {
 		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("%s: the Boot took %v to fail", exe, d)
 		}
-		if p := h.pids(); len(p) != 0 {
+		if p := h.Workers(); len(p) != 0 {
 			t.Errorf("%s: workers %v left", exe, p)
 		}
 		h.Close()
@@ -841,32 +841,38 @@ func TestAgentDeathEndsWorkers(t *testing.T) {
 			fmt.Println("error", err)
 			os.Exit(1)
 		}
-		fmt.Println("worker", h.pids()[0])
+		fmt.Println("worker", h.Workers()[0])
 		select {}
 	}
-	exe, _ := os.Executable()
-	cmd := exec.Command(exe, "-test.run=^TestAgentDeathEndsWorkers$")
-	cmd.Env = append(os.Environ(), "KILN_VMHOST_TEST_AGENT=1")
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	var pid int
-	if _, err := fmt.Fscanf(out, "worker %d\n", &pid); err != nil {
-		t.Fatalf("helper agent: %v", err)
-	}
-	if pg, err := unix.Getpgid(pid); err != nil || pg != pid {
-		t.Fatalf("worker %d in process group %d (%v), want its own", pid, pg, err)
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	deadline := time.Now().Add(10 * time.Second)
-	for !gone(pid) {
-		if time.Now().After(deadline) {
-			unix.Kill(pid, unix.SIGKILL)
-			t.Fatalf("worker %d outlived its agent", pid)
+	// A stopped worker (SIGSTOP: it cannot see its socket close) goes too.
+	for _, stop := range []bool{false, true} {
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe, "-test.run=^TestAgentDeathEndsWorkers$")
+		cmd.Env = append(os.Environ(), "KILN_VMHOST_TEST_AGENT=1")
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		defer cmd.Process.Kill()
+		var pid int
+		if _, err := fmt.Fscanf(out, "worker %d\n", &pid); err != nil {
+			t.Fatalf("helper agent: %v", err)
+		}
+		if pg, err := unix.Getpgid(pid); err != nil || pg != pid {
+			t.Fatalf("worker %d in process group %d (%v), want its own", pid, pg, err)
+		}
+		if stop {
+			unix.Kill(pid, unix.SIGSTOP)
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		deadline := time.Now().Add(10 * time.Second)
+		for !gone(pid) {
+			if time.Now().After(deadline) {
+				unix.Kill(pid, unix.SIGKILL)
+				t.Fatalf("worker %d (stopped: %v) outlived its agent", pid, stop)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }

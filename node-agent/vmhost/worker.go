@@ -144,6 +144,13 @@ func (w *workerLoop) handle(m message) {
 		return
 	}
 	m.closeFDs()
+	if m.typ == mPing {
+		// Answered here, by the reader itself: while the process runs
+		// and reads its socket, the agent's watchdog hears back, however
+		// busy its VMs are.
+		w.c.send(mPong, 0, m.tag, nil)
+		return
+	}
 	v := w.get(m.id)
 	if v == nil {
 		// A VM already freed: a late cancel or ack, or a Stats racing
