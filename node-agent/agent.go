@@ -66,6 +66,11 @@ type Config struct {
 	// worker that crashes takes only its own VMs. -1 runs the VMs in the
 	// agent's own process. Only with Boot nil.
 	VMsPerWorker int
+	// WorkerAnswerWithin and WorkerWorkWithin override the deadlines of
+	// vmhost's watchdog (vmhost.Config.AnswerWithin, WorkWithin), past
+	// which a worker process that stopped answering is killed with its
+	// VMs; 0 → vmhost's defaults. Only with Boot nil.
+	WorkerAnswerWithin, WorkerWorkWithin time.Duration
 	// MaxColdStarts bounds the starts (restores or boots) for live calls
 	// in flight on this node; calls beyond it queue for the first
 	// instance to come free or start slot to open. 0 → the number of CPUs,
@@ -143,7 +148,10 @@ func New(cfg Config) (*Agent, error) {
 		a.now = time.Now
 	}
 	if a.boot == nil && cfg.VMsPerWorker >= 0 {
-		h, err := vmhost.New(vmhost.Config{PerWorker: cfg.VMsPerWorker, Logger: a.log.With("part", "vmhost")})
+		h, err := vmhost.New(vmhost.Config{PerWorker: cfg.VMsPerWorker, Logger: a.log.With("part", "vmhost"),
+			AnswerWithin: cfg.WorkerAnswerWithin, WorkWithin: cfg.WorkerWorkWithin,
+			// a.m is set below, before any VM boots.
+			OnKill: func(reason string) { a.m.workersKilled.WithLabelValues(reason).Inc() }})
 		if err != nil {
 			return nil, err
 		}
@@ -176,7 +184,15 @@ func (a *Agent) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.
 	if name == "" {
 		name = "unnamed"
 	}
-	resp, start := a.invoke(ctx, req)
+	resp, start, lost := a.invoke(ctx, req)
+	if lost != nil {
+		// Not the function's failure: the platform's, answered as one
+		// (the scheduler passes Unavailable on; the gateway says
+		// platform_error, 503, retry).
+		a.m.invocations.WithLabelValues(name, start.Label(), "platform_error").Inc()
+		a.log.Warn("invocation failed: its VM's worker process failed", "function", name, "id", req.InvocationId, "error", lost)
+		return nil, status.Errorf(codes.Unavailable, "nodeagent: the invocation's VM was lost with its worker process: %v", lost)
+	}
 	resp.Node = a.cfg.Node
 	resp.Start = start
 	outcome := strings.ToLower(strings.TrimPrefix(resp.Outcome.String(), "OUTCOME_"))
@@ -193,10 +209,12 @@ func (a *Agent) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.
 	return resp, nil
 }
 
-func (a *Agent) invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind) {
+// invoke runs req; lost is not nil when its VM was lost with its worker
+// process (vmhost.ErrWorker), and then resp is nil.
+func (a *Agent) invoke(ctx context.Context, req *kilnv1.InvokeRequest) (resp *kilnv1.InvokeResponse, start kilnv1.StartKind, lost error) {
 	s, resp := a.resolve(ctx, req)
 	if resp != nil {
-		return resp, kilnv1.StartKind_START_UNSPECIFIED
+		return resp, kilnv1.StartKind_START_UNSPECIFIED, nil
 	}
 	ctx, cancel := context.WithDeadline(ctx, s.deadline)
 	defer cancel()

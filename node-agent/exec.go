@@ -31,9 +31,10 @@ func (c *capped) Write(p []byte) (int, error) {
 // runExec runs an exec function on a VM of its own: a restore of its
 // snapshot (taken at its first read of stdin, so its start-up work is done
 // once per node) or a boot that takes it.
-func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind) {
+// lost: as Agent.invoke.
+func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind, error) {
 	if err := a.reserve(s.mem); err != nil {
-		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err), kilnv1.StartKind_START_UNSPECIFIED
+		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", err), kilnv1.StartKind_START_UNSPECIFIED, nil
 	}
 	handedOff := false // to the teardown goroutine, which releases the memory
 	defer func() {
@@ -55,22 +56,22 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	})
 	kind := plan.kind()
 	t0 := a.now()
-	m, err := a.boot(cfg)
+	m, err := a.bootVM(cfg)
 	if err != nil && plan.restore != nil {
 		a.log.Warn("restore failed; booting", "function", s.name, "err", err)
 		a.snaps.drop(plan.key)
 		cfg.Snapshot, kind, t0 = nil, kilnv1.StartKind_START_BOOT, a.now()
-		m, err = a.boot(cfg)
+		m, err = a.bootVM(cfg)
 	}
 	if err != nil {
 		if plan.take != "" {
 			a.snaps.abandon(plan.key)
 		}
-		return bootOutcome(err), kind
+		return bootOutcome(err), kind, nil
 	}
 	if !a.trackMachine(m) {
 		m.Close()
-		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed), kind
+		return fail(kilnv1.Outcome_OUTCOME_NO_CAPACITY, "%v", ErrClosed), kind, nil
 	}
 	res, runErr := m.Run(ctx)
 	// Tearing a VM down (unmapping its memory, closing its KVM objects)
@@ -94,6 +95,9 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	if res != nil {
 		exits = res.Stats.Exits
 	}
+	if lostWithWorker(runErr) {
+		return nil, kind, runErr
+	}
 	outcome, msg := classify(res, runErr)
 	resp := &kilnv1.InvokeResponse{Outcome: outcome, Error: msg, StartNs: bootNS.Nanoseconds(), ExecNs: execNS.Nanoseconds(), VmExits: exits}
 	switch outcome {
@@ -111,5 +115,5 @@ func (a *Agent) runExec(ctx context.Context, s *spec, req *kilnv1.InvokeRequest)
 	}
 	resp.Stderr = stderr.since(0)
 	tracing.Invocation(ctx, kind.Label(), 0, resp.StartNs, resp.ExecNs, resp.Error)
-	return resp, kind
+	return resp, kind, nil
 }

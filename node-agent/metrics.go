@@ -26,6 +26,9 @@ type metrics struct {
 	reaped      prometheus.Counter
 	prewarmed   *prometheus.CounterVec
 	queued      *prometheus.CounterVec
+	// workersKilled: vmhost worker processes its watchdog killed for not
+	// answering, by what they left unanswered (vmhost.Kill*).
+	workersKilled *prometheus.CounterVec
 }
 
 // newMetrics creates the agent's metrics, with the memory budget set, and
@@ -64,6 +67,10 @@ func newMetrics(budget uint64, reg prometheus.Registerer) (metrics, error) {
 			Name: "kiln_agent_queued_total",
 			Help: "Invocations queued for an instance to come free instead of starting one, by reason: busy_sooner (a busy instance was expected to free sooner than a start), start_limit (MaxColdStarts), max_instances, memory.",
 		}, []string{"reason"}),
+		workersKilled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_workers_killed_total",
+			Help: "VM worker processes killed for not answering, with their VMs, by what they left unanswered: heartbeat, boot, close, stats, cancel, send.",
+		}, []string{"reason"}),
 		memUsed:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_used", Help: "Guest memory of live VMs."}),
 		memBudget: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_budget", Help: "Guest memory this node may hand out."}),
 		exits:     prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_vm_exits_total", Help: "VM exits taken during invocations."}),
@@ -71,7 +78,7 @@ func newMetrics(budget uint64, reg prometheus.Registerer) (metrics, error) {
 	m.memBudget.Set(float64(budget))
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.invocations, m.boot, m.restore, m.exec, m.total, m.vms, m.warm,
-			m.memUsed, m.memBudget, m.exits, m.snapshots, m.evictions, m.reaped, m.prewarmed, m.queued} {
+			m.memUsed, m.memBudget, m.exits, m.snapshots, m.evictions, m.reaped, m.prewarmed, m.queued, m.workersKilled} {
 			if err := reg.Register(c); err != nil {
 				return metrics{}, fmt.Errorf("nodeagent: registering metrics: %w", err)
 			}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/kilnfaas/kiln/node-agent/vmhost"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
@@ -34,6 +35,23 @@ func classify(res *vmm.Result, err error) (kilnv1.Outcome, string) {
 		return kilnv1.Outcome_OUTCOME_TIMEOUT, "ran past its deadline; VM destroyed"
 	}
 	return kilnv1.Outcome_OUTCOME_CRASHED, msg
+}
+
+// lostWithWorker reports whether a VM's end or a boot's failure is its
+// worker process's (vmhost.ErrWorker: the worker crashed, or its watchdog
+// killed it for not answering), which is the platform's failure, not the
+// function's.
+func lostWithWorker(err error) bool { return errors.Is(err, vmhost.ErrWorker) }
+
+// bootVM boots cfg. A boot lost with its worker process is tried once
+// more: the Host starts it on another worker.
+func (a *Agent) bootVM(cfg vmm.Config) (Machine, error) {
+	m, err := a.boot(cfg)
+	if lostWithWorker(err) {
+		a.log.Warn("a boot was lost with its worker process; booting again", "err", err)
+		m, err = a.boot(cfg)
+	}
+	return m, err
 }
 
 // bootOutcome maps a failure of Booter to an outcome.

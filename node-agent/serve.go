@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,19 +54,26 @@ type parsed struct {
 	err  error
 }
 
-func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind) {
+// lost: as Agent.invoke.
+func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, kilnv1.StartKind, error) {
 	frame, err := requestFrame(req)
 	if err != nil {
-		return fail(kilnv1.Outcome_OUTCOME_CRASHED, "request cannot be framed: %v", err), kilnv1.StartKind_START_UNSPECIFIED
+		return fail(kilnv1.Outcome_OUTCOME_CRASHED, "request cannot be framed: %v", err), kilnv1.StartKind_START_UNSPECIFIED, nil
 	}
 	inst, start, wait, resp := a.acquire(ctx, s)
 	if resp != nil {
-		return resp, start
+		return resp, start, nil
 	}
 	cold := start != kilnv1.StartKind_START_WARM
 	resp = inst.invoke(ctx, frame, cold)
 	resp.WaitNs = wait.Nanoseconds()
 	ok := resp.Outcome == kilnv1.Outcome_OUTCOME_OK
+	if !ok && inst.dead() && lostWithWorker(inst.runErr) {
+		// Its worker process failed under it: neither the function's
+		// init nor its snapshot is to blame.
+		a.release(inst, false)
+		return nil, start, inst.runErr
+	}
 	if ok {
 		a.observe(inst.pool, time.Duration(resp.StartNs), time.Duration(resp.ExecNs))
 	}
@@ -86,7 +94,7 @@ func (a *Agent) runServe(ctx context.Context, s *spec, req *kilnv1.InvokeRequest
 	if resp.Outcome == kilnv1.Outcome_OUTCOME_TIMEOUT {
 		go a.logTimeout(inst, start)
 	}
-	return resp, start
+	return resp, start, nil
 }
 
 // logTimeout tells the operator where a timed-out instance was once its
@@ -156,7 +164,7 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 	plan := a.plan(s, &cfg, nil)
 	inst.snap = plan.key
 	inst.kind = plan.kind()
-	m, err := a.boot(cfg)
+	m, err := a.bootVM(cfg)
 	if err != nil && plan.restore != nil {
 		// The snapshot would not restore: forget it and boot instead.
 		a.log.Warn("restore failed; booting", "function", s.name, "err", err)
@@ -164,7 +172,7 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 		cfg.Snapshot = nil
 		inst.kind = kilnv1.StartKind_START_BOOT
 		inst.bootStart = a.now()
-		m, err = a.boot(cfg)
+		m, err = a.bootVM(cfg)
 	}
 	if err != nil {
 		if plan.take != "" {
@@ -194,6 +202,7 @@ func (a *Agent) startInstance(s *spec, p *pool) (*instance, kilnv1.StartKind, *k
 		if plan.take != "" && inst.firstWait.at() == 0 {
 			a.snaps.abandon(plan.key)
 		}
+		a.endedIdle(inst)
 	}()
 	go func() {
 		for {
@@ -227,7 +236,9 @@ func (in *instance) warmUp(s *spec) *kilnv1.InvokeResponse {
 		return nil
 	case <-in.exited:
 		msg := endedBy(in.res, in.runErr)
-		in.a.initFailed(in.pool, "exited before asking for input: "+msg+tailNote(in.stderr.tail(TailLines, 0)))
+		if !lostWithWorker(in.runErr) { // a worker's failure is not the function's
+			in.a.initFailed(in.pool, "exited before asking for input: "+msg+tailNote(in.stderr.tail(TailLines, 0)))
+		}
 		return fail(kilnv1.Outcome_OUTCOME_CRASHED, "exited before asking for input: %s", msg)
 	case <-t.C:
 		return fail(kilnv1.Outcome_OUTCOME_TIMEOUT, "did not ask for input within %s", s.timeout)
@@ -257,6 +268,26 @@ func (in *instance) dead() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// endedIdle destroys an instance whose VM ended while it sat idle (its
+// worker process failed, or the guest exited between calls), so that its
+// memory is free at once and min_warm starts a replacement. An instance
+// in use is its invocation's to release.
+func (a *Agent) endedIdle(in *instance) {
+	a.mu.Lock()
+	p := in.pool
+	n := len(p.idle)
+	p.idle = slices.DeleteFunc(p.idle, func(x *instance) bool { return x == in })
+	idle := len(p.idle) != n
+	if idle {
+		a.updateWarmLocked(p)
+	}
+	a.mu.Unlock()
+	if idle {
+		in.destroy()
+		a.kickMaintain()
 	}
 }
 
