@@ -29,9 +29,9 @@ import (
 func TestKVMWorkerFrozen(t *testing.T) {
 	kvmtest.Require(t)
 	kernel := kvmtest.Artifact(t, "kernel/kiln-kernel.elf")
-	const answerWithin = 2 * time.Second
+	const answerWithin = 3 * time.Second
 	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, VMsPerWorker: 2, MaintainEvery: 50 * time.Millisecond,
-		WorkerAnswerWithin: answerWithin, WorkerWorkWithin: 5 * time.Second})
+		WorkerAnswerWithin: answerWithin, WorkerWorkWithin: 20 * time.Second})
 	d := h.add(t, "echo", image.KindServe, kernel, kvmtest.Artifact(t, "guests/echo-serve"), 30*time.Second)
 	fn := &kilnv1.FunctionSpec{Name: "echo", ImageDigest: d, MinWarm: 2}
 	expect(t, h.invokeFn(t, fn, "/", "x"), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
@@ -121,7 +121,7 @@ func TestKVMWorkerFrozenExec(t *testing.T) {
 	kvmtest.Require(t)
 	kernel := kvmtest.Artifact(t, "kernel/kiln-kernel.elf")
 	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, NoSnapshots: true,
-		WorkerAnswerWithin: 2 * time.Second, WorkerWorkWithin: 5 * time.Second})
+		WorkerAnswerWithin: 3 * time.Second, WorkerWorkWithin: 20 * time.Second})
 	spin := h.add(t, "spin", image.KindExec, kernel, kvmtest.Artifact(t, "vmmguests/spin"), 60*time.Second)
 	cat := h.add(t, "cat", image.KindExec, kernel, kvmtest.Artifact(t, "guests/cat"), 20*time.Second)
 	expect(t, h.invoke(t, "cat", cat, "/", "warm the worker"), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
@@ -141,7 +141,7 @@ func TestKVMWorkerFrozenExec(t *testing.T) {
 		if st, _ := status.FromError(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "stopped answering") {
 			t.Fatalf("exec on the frozen worker: %v", err)
 		}
-	case <-time.After(15 * time.Second):
+	case <-time.After(20 * time.Second):
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatal("the exec call on the frozen worker is still waiting")
 	}

@@ -316,8 +316,8 @@ func TestKVMWatchdogFrozenWorker(t *testing.T) {
 	echo := kvmtest.Artifact(t, "guests/echo-serve")
 	before := runtime.NumGoroutine()
 	var kills killLog
-	const answerWithin = 2 * time.Second
-	h := newHost(t, Config{AnswerWithin: answerWithin, WorkWithin: 5 * time.Second, OnKill: kills.add})
+	const answerWithin = 3 * time.Second
+	h := newHost(t, Config{AnswerWithin: answerWithin, WorkWithin: 20 * time.Second, OnKill: kills.add})
 
 	type server struct {
 		v       *VM
