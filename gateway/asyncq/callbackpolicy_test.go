@@ -185,8 +185,11 @@ func gatewayAddr(t *testing.T, e *env) netip.AddrPort {
 	return ap
 }
 
+// callbackEnded: the invocation is final and its callback too. The
+// callback message is queued before the final status is stored, so the
+// callback's verdict may be recorded first.
 func callbackEnded(s *asyncq.Status) bool {
-	return s.Callback != nil && s.Callback.State != asyncq.CallbackPending
+	return s.State.Final() && s.Callback != nil && s.Callback.State != asyncq.CallbackPending
 }
 
 // noRetry checks that a blocked callback is not tried again: the stream
