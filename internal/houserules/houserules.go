@@ -68,7 +68,7 @@ var Layers = []Layer{
 		Why: "the node-agent reaches the scheduler through proto/kiln/v1 only",
 	},
 	{
-		From: []string{"store/...", "builder/...", "proto/...", "sdk/...", "unikernel/...", "internal/boltfile/...", "internal/tracing/..."},
+		From: []string{"store/...", "builder/...", "proto/...", "sdk/...", "unikernel/...", "internal/boltfile/...", "internal/tracing/...", "internal/netpolicy/..."},
 		To:   []string{"gateway/...", "scheduler/...", "node-agent/...", "cmd/..."},
 		Why:  "stores, the builder, contracts, the SDK, the unikernel and shared plumbing are used by the roles, never the other way round",
 	},
