@@ -79,6 +79,7 @@ var byOutcome = map[kilnv1.Outcome]Kind{
 	kilnv1.Outcome_OUTCOME_TIMEOUT:        Timeout,
 	kilnv1.Outcome_OUTCOME_NO_CAPACITY:    NoCapacity,
 	kilnv1.Outcome_OUTCOME_BAD_IMAGE:      BadImage,
+	kilnv1.Outcome_OUTCOME_PLATFORM_ERROR: NotStarted,
 }
 
 // Label is the metric outcome label of the scheduler's answer (resp, or

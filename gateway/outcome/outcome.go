@@ -64,6 +64,7 @@ const (
 	Timeout                    // the node stopped it at its timeout (OUTCOME_TIMEOUT)
 	NoCapacity                 // no node could take it (OUTCOME_NO_CAPACITY)
 	BadImage                   // OUTCOME_BAD_IMAGE
+	NotStarted                 // OUTCOME_PLATFORM_ERROR: the node could not start it (its image store failed)
 	UnknownOutcome             // an Outcome this gateway does not know
 	NoAnswer                   // gRPC DeadlineExceeded: no answer within timeout + SchedulerSlack
 	Unavailable                // gRPC Unavailable: a node or the scheduler failed (see the package doc)
@@ -180,6 +181,11 @@ var table = [numKinds]Row{
 	BadImage: {Name: "bad_image", Label: LabelBadImage, Status: http.StatusBadGateway, Async: AsyncFailed, Retry: true,
 		say: func(f facts) string {
 			return "the function's image could not be loaded" + suffix(f.why) + "; redeploy it with `kiln deploy`"
+		}},
+	NotStarted: {Name: "not_started", Label: LabelPlatformError, Status: http.StatusServiceUnavailable, Header: retryAfter1,
+		Async: AsyncFailed, Retry: true,
+		say: func(f facts) string {
+			return "the platform could not start the function" + suffix(f.why) + "; nothing ran, retry shortly"
 		}},
 	UnknownOutcome: {Name: "unknown_outcome", Label: LabelUnknown, Status: http.StatusBadGateway, Async: AsyncFailed, Retry: true,
 		say: func(f facts) string { return "the platform returned an unknown outcome " + f.outcome + suffix(f.why) }},
