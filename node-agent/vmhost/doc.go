@@ -37,7 +37,7 @@
 //
 // Watchdog (watchdog.go): the agent never waits on a worker without a
 // deadline. It pings each worker every second, and a worker that leaves a
-// ping unanswered for 30 s, or a boot, a close or a canceled Run's result
+// ping unanswered for a minute, or a boot, a close or a canceled Run's result
 // for 2 minutes (deadlines far above what a loaded worker takes under
 // emulation, measured by TestKVMAnswerLatency), is killed with its process
 // group: its VMs end with ErrWorker, "worker N stopped answering for Xs:

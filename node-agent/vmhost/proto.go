@@ -112,12 +112,28 @@ func (c *conn) send(typ byte, id, tag uint64, body []byte, fds ...int) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	var end time.Time
 	if c.sendWithin > 0 {
-		c.c.SetWriteDeadline(time.Now().Add(c.sendWithin))
+		end = time.Now().Add(c.sendWithin)
 	}
-	_, _, err := c.c.WriteMsgUnix(b, oob, nil)
-	return err
+	for {
+		// The peer's queue holds only net.unix.max_dgram_qlen messages
+		// (10 by default): a send waits for it to drain, and is tried
+		// again every retrySend in case the wake-up never comes.
+		try := time.Now().Add(retrySend)
+		if !end.IsZero() && try.After(end) {
+			try = end
+		}
+		c.c.SetWriteDeadline(try)
+		_, _, err := c.c.WriteMsgUnix(b, oob, nil)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || (!end.IsZero() && !time.Now().Before(end)) {
+			return err
+		}
+	}
 }
+
+// retrySend is how often a send waiting for room is tried again.
+const retrySend = time.Second
 
 // recv reads the next message. Descriptors come in close-on-exec (the Go
 // runtime asks for MSG_CMSG_CLOEXEC).
