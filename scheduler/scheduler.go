@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -36,7 +37,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
@@ -72,9 +75,18 @@ type Config struct {
 	Placer            Placer        // WarmFirst{StaleAfter: MissedHeartbeats × interval}
 	Clock             func() time.Time
 	// DialOptions are used to dial agents (message size bounds, …) when
-	// Dial is nil; the default is plaintext gRPC.
+	// Dial is nil.
 	DialOptions []grpc.DialOption
-	Dial        Dialer // tests only; see Dialer
+	// AgentCredentials are the transport credentials to dial the agent
+	// registered as node: under mTLS, ones that accept only that node's
+	// certificate. nil: plaintext gRPC.
+	AgentCredentials func(node string) credentials.TransportCredentials
+	Dial             Dialer // tests only; see Dialer
+	// Authenticate says under which identity the peer of a Connect
+	// stream (ctx) holds the node name it registers, or refuses it with
+	// a gRPC status error. A name connected under one identity cannot be
+	// taken by another while the first is connected. nil → PeerHost.
+	Authenticate func(ctx context.Context, node string) (identity string, err error)
 	// StartupGrace: for this long after New, an invocation that finds no
 	// node registered waits for one instead of failing — after a restart
 	// the agents take up to their reconnect backoff (2 s) to come back.
@@ -106,9 +118,10 @@ type link struct {
 // node is a registered agent and the connection it is reached by.
 type node struct {
 	Node
-	session uint64        // which Connect stream owns this entry
-	gone    chan struct{} // closed when the scheduler drops the node
-	link    *link
+	session  uint64        // which Connect stream owns this entry
+	identity string        // who registered it (Config.Authenticate)
+	gone     chan struct{} // closed when the scheduler drops the node
+	link     *link
 
 	sendMu sync.Mutex // a gRPC stream takes one Send at a time
 	stream grpc.BidiStreamingServer[kilnv1.AgentMessage, kilnv1.SchedulerMessage]
@@ -127,7 +140,8 @@ type Scheduler struct {
 	interval time.Duration
 	placer   Placer
 	now      func() time.Time
-	dial     Dialer
+	dial     func(node, address string) (kilnv1.AgentClient, io.Closer, error)
+	auth     func(ctx context.Context, node string) (string, error)
 	log      *slog.Logger
 
 	trackSent bool // dialled with sentTracker: a failed call's sentKey is meaningful
@@ -156,7 +170,7 @@ func New(cfg Config) (*Scheduler, error) {
 		interval: cfg.HeartbeatInterval,
 		placer:   cfg.Placer,
 		now:      cfg.Clock,
-		dial:     cfg.Dial,
+		auth:     cfg.Authenticate,
 		log:      cfg.Logger,
 		nodes:    map[string]*node{},
 		stop:     make(chan struct{}),
@@ -173,11 +187,19 @@ func New(cfg Config) (*Scheduler, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.dial == nil {
-		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)
-		opts = append(opts, grpc.WithStatsHandler(sentTracker{}))
-		s.dial = func(address string) (kilnv1.AgentClient, io.Closer, error) {
-			conn, err := grpc.NewClient(address, opts...)
+	if s.auth == nil {
+		s.auth = PeerHost
+	}
+	if cfg.Dial != nil {
+		s.dial = func(_, address string) (kilnv1.AgentClient, io.Closer, error) { return cfg.Dial(address) }
+	} else {
+		opts := append(cfg.DialOptions[:len(cfg.DialOptions):len(cfg.DialOptions)], grpc.WithStatsHandler(sentTracker{}))
+		s.dial = func(node, address string) (kilnv1.AgentClient, io.Closer, error) {
+			var creds credentials.TransportCredentials = insecure.NewCredentials()
+			if cfg.AgentCredentials != nil {
+				creds = cfg.AgentCredentials(node)
+			}
+			conn, err := grpc.NewClient(address, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, opts...)...)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -407,7 +429,16 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 	if reg == nil || reg.Node == "" || reg.Address == "" {
 		return status.Error(codes.InvalidArgument, "scheduler: the first message must be Register with node and address")
 	}
+	identity, err := s.auth(stream.Context(), reg.Node)
+	if err != nil {
+		s.log.Warn("registration refused", "node", reg.Node, "address", reg.Address, "err", err)
+		return err
+	}
 	s.mu.Lock()
+	if err := s.takenLocked(reg.Node, identity); err != nil {
+		s.mu.Unlock()
+		return err
+	}
 	// A node that reconnects (its old stream not yet seen as broken)
 	// replaces its old entry and the old stream ends. If it is still at
 	// the same address its connection is kept: invocations in flight on
@@ -422,7 +453,7 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 	}
 	s.mu.Unlock()
 	if l == nil {
-		client, closer, err := s.dial(reg.Address)
+		client, closer, err := s.dial(reg.Node, reg.Address)
 		if err != nil {
 			return status.Errorf(codes.InvalidArgument, "scheduler: cannot dial agent at %q: %v", reg.Address, err)
 		}
@@ -435,6 +466,11 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 		l.close()
 		return status.Error(codes.Unavailable, "scheduler: shutting down")
 	}
+	if err := s.takenLocked(reg.Node, identity); err != nil {
+		s.mu.Unlock()
+		l.close()
+		return err
+	}
 	if _, ok := s.nodes[reg.Node]; ok { // a concurrent registration of the same name loses
 		s.dropLocked(reg.Node, false)
 		s.drains.WithLabelValues("replaced").Inc()
@@ -446,10 +482,11 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 			Name: reg.Node, Address: reg.Address, MemoryTotal: reg.MemoryBytesTotal,
 			LastHeartbeat: s.now(),
 		},
-		session: session,
-		gone:    make(chan struct{}),
-		link:    l,
-		stream:  stream,
+		session:  session,
+		identity: identity,
+		gone:     make(chan struct{}),
+		link:     l,
+		stream:   stream,
 	}
 	s.nodes[reg.Node] = n
 	close(s.joined)
@@ -498,6 +535,35 @@ func (s *Scheduler) Connect(stream grpc.BidiStreamingServer[kilnv1.AgentMessage,
 		// Returning ends the stream, which also ends the receiver.
 		return status.Error(codes.Unavailable, "scheduler: node removed (missed heartbeats or replaced)")
 	}
+}
+
+// takenLocked refuses a registration of name under identity while the
+// name is connected under another: the name's calls (bodies, headers,
+// env) go to whoever holds it, so a second certificate — or, without
+// mTLS, a second host — cannot take it over (issue 13, finding 3). The
+// holder itself may reconnect and replace its entry. s.mu must be held.
+func (s *Scheduler) takenLocked(name, identity string) error {
+	if old, ok := s.nodes[name]; ok && old.identity != identity {
+		s.log.Warn("registration refused: the node name is connected under another identity", "node", name)
+		return status.Errorf(codes.AlreadyExists,
+			"scheduler: node %q is connected under another identity; it may register again once that one has left or been drained", name)
+	}
+	return nil
+}
+
+// PeerHost is the default Config.Authenticate, for plaintext gRPC: the
+// identity is the peer's IP address ("unix" over a unix socket), and any
+// peer may register any name. Without certificates nothing better is
+// known; it still keeps another host from taking a connected node's name.
+func PeerHost(ctx context.Context, _ string) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return "", nil
+	}
+	if a, ok := p.Addr.(*net.TCPAddr); ok {
+		return a.IP.String(), nil
+	}
+	return p.Addr.Network(), nil
 }
 
 // leave drops the node if the entry still belongs to this stream, and

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/kilnfaas/kiln/internal/teststack/testnet"
@@ -608,5 +611,93 @@ func TestStartupGraceWaitsForFirstNode(t *testing.T) {
 	r, _ := s2.Invoke(context.Background(), &kilnv1.InvokeRequest{Function: &kilnv1.FunctionSpec{ImageDigest: dA, MemoryBytes: 1 << 20}})
 	if r.GetOutcome() != kilnv1.Outcome_OUTCOME_NO_CAPACITY || time.Since(t0) > time.Second {
 		t.Fatalf("%+v after %v", r, time.Since(t0))
+	}
+}
+
+// A node name connected under one identity cannot be taken by another
+// (a rogue agent would receive the node's calls): the second Register is
+// refused with AlreadyExists while the first holds the name, the holder
+// itself may reconnect, and once it has left the name is free again. The
+// identity here comes from the caller's metadata; in the cluster it is
+// the agent's certificate (cmd/kiln/platform, rolecert.AuthenticateAgent).
+func TestConnectedNameNotTakenOver(t *testing.T) {
+	s, err := New(Config{HeartbeatInterval: time.Hour, Authenticate: func(ctx context.Context, node string) (string, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if who := md.Get("who"); len(who) == 1 {
+			return who[0], nil
+		}
+		return "", status.Error(codes.Unauthenticated, "who are you")
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	addr := testnet.ServeGRPC(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s) })
+	e := &env{s: s, client: kilnv1.NewSchedulerClient(testnet.Dial(t, addr))}
+	as := func(who string) context.Context {
+		return metadata.AppendToOutgoingContext(context.Background(), "who", who)
+	}
+	register := func(ctx context.Context, name, addr string) (agentStream, error) {
+		st, err := e.client.Connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := st.Send(&kilnv1.AgentMessage{Msg: &kilnv1.AgentMessage_Register{Register: &kilnv1.Register{
+			Node: name, Address: addr, MemoryBytesTotal: 1 << 30}}}); err != nil {
+			return nil, err
+		}
+		_, err = st.Recv()
+		return st, err
+	}
+
+	holder, err := register(as("real"), "n1", "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := register(as("rogue"), "n1", "127.0.0.1:9"); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("rogue Register of a connected name: %v, want AlreadyExists", err)
+	}
+	if _, err := register(context.Background(), "n2", "127.0.0.1:9"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Register refused by Authenticate: %v", err)
+	}
+	if n := s.Nodes(); len(n) != 1 || n[0].Address != "127.0.0.1:1" {
+		t.Fatalf("after the rogue: nodes %+v", n)
+	}
+	// The holder reconnects (its old stream not yet seen as broken).
+	if _, err := register(as("real"), "n1", "127.0.0.1:2"); err != nil {
+		t.Fatalf("the holder's reconnect: %v", err)
+	}
+	if _, err := holder.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("replaced stream: %v", err)
+	}
+	// Gone for good: the name is free.
+	s.Close()
+	s2, err := New(Config{HeartbeatInterval: time.Hour, Authenticate: s.auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s2.Close() })
+	addr = testnet.ServeGRPC(t, func(srv *grpc.Server) { kilnv1.RegisterSchedulerServer(srv, s2) })
+	e.client = kilnv1.NewSchedulerClient(testnet.Dial(t, addr))
+	first, err := register(as("real"), "n1", "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.CloseSend()
+	waitFor(t, "n1 to leave", func() bool { return nodeNames(s2) == "" })
+	if _, err := register(as("other"), "n1", "127.0.0.1:3"); err != nil {
+		t.Fatalf("Register of a name its holder left: %v", err)
+	}
+}
+
+// Without certificates the identity is the peer's host.
+func TestPeerHost(t *testing.T) {
+	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 7), Port: 4242}})
+	if id, err := PeerHost(ctx, "n1"); err != nil || id != "10.0.0.7" {
+		t.Fatalf("PeerHost = %q, %v", id, err)
+	}
+	ctx = peer.NewContext(context.Background(), &peer.Peer{Addr: &net.UnixAddr{Name: "@", Net: "unix"}})
+	if id, _ := PeerHost(ctx, "n1"); id != "unix" {
+		t.Fatalf("PeerHost over a unix socket = %q", id)
 	}
 }
