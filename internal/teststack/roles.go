@@ -11,6 +11,7 @@ import (
 
 	"github.com/kilnfaas/kiln/cmd/kiln/platform"
 	"github.com/kilnfaas/kiln/internal/redistest"
+	"github.com/kilnfaas/kiln/internal/rolecert/rolecerttest"
 	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 )
 
@@ -32,10 +33,13 @@ type RolesOptions struct {
 // Roles are the three cluster roles (`kiln scheduler`, `kiln agent`,
 // `kiln gateway`) started in this process through the very functions those
 // commands call, on a real redis-server and nats-server, each on its own
-// 127.0.0.1 addresses.
+// 127.0.0.1 addresses, speaking mTLS on certificates of a CA made for the
+// test by the code of `kiln ca`.
 type Roles struct {
 	Scheduler, Agent, Gateway *platform.Role
 	RedisURL, NATSURL         string
+	// CA signed the roles' certificates; a test issues more with it.
+	CA *rolecerttest.CA
 }
 
 // StartRoles starts the roles and waits until every one is ready (the
@@ -55,24 +59,25 @@ func StartRoles(t testing.TB, o RolesOptions) *Roles {
 	if o.Runtime == "" {
 		o.Runtime = platform.RuntimeProcess
 	}
-	r := &Roles{RedisURL: redistest.Start(t, "the cluster roles"), NATSURL: testnet.NATS(t)}
+	r := &Roles{RedisURL: redistest.Start(t, "the cluster roles"), NATSURL: testnet.NATS(t), CA: rolecerttest.New(t)}
 	ctx := context.Background()
 	var err error
 	r.Scheduler, err = platform.StartScheduler(ctx, platform.SchedulerConfig{GRPCAddr: testnet.FreeAddr(t), HTTPAddr: testnet.FreeAddr(t),
-		HeartbeatInterval: o.HeartbeatInterval})
+		HeartbeatInterval: o.HeartbeatInterval, GRPCSecurity: platform.GRPCSecurity{TLS: r.CA.Scheduler(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Scheduler.Close() })
 	r.Agent, err = platform.StartAgent(ctx, platform.AgentConfig{Node: o.Node, GRPCAddr: testnet.FreeAddr(t), HTTPAddr: testnet.FreeAddr(t),
 		Scheduler: r.Scheduler.GRPCAddr, NATSURL: r.NATSURL, DataDir: filepath.Join(t.TempDir(), "agent"), MemoryBytes: o.AgentMemory,
-		Runtime: o.Runtime})
+		Runtime: o.Runtime, GRPCSecurity: platform.GRPCSecurity{TLS: r.CA.Agent(t, o.Node)}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Agent.Close() })
 	r.Gateway, err = platform.StartGateway(ctx, platform.GatewayConfig{HTTPAddr: testnet.FreeAddr(t), RedisURL: r.RedisURL,
-		NATSURL: r.NATSURL, Scheduler: r.Scheduler.GRPCAddr, KernelPath: o.KernelPath})
+		NATSURL: r.NATSURL, Scheduler: r.Scheduler.GRPCAddr, KernelPath: o.KernelPath,
+		GRPCSecurity: platform.GRPCSecurity{TLS: r.CA.Gateway(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}

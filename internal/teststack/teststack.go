@@ -168,7 +168,7 @@ func Start(t testing.TB, o Options) *Stack {
 		t.Fatal(err)
 	}
 	s.SchedulerAddr = lis.Addr().String()
-	conn, err := s.parts.DialScheduler(s.SchedulerAddr)
+	conn, err := s.parts.DialScheduler(s.SchedulerAddr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

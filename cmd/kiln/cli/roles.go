@@ -39,6 +39,15 @@ func (f *roleFlags) add(fl *pflag.FlagSet) {
 	fl.BoolVar(&f.debug, "debug", os.Getenv("KILN_DEBUG") == "1", "log every invocation ($KILN_DEBUG=1)")
 }
 
+// tlsFlags are the gRPC security flags of every cluster role.
+func tlsFlags(fl *pflag.FlagSet, sec *platform.GRPCSecurity) {
+	fl.StringVar(&sec.TLS.CA, "tls-ca", os.Getenv("KILN_TLS_CA"), "the cluster CA's certificate, for mTLS between the roles ($KILN_TLS_CA; `kiln ca init`)")
+	fl.StringVar(&sec.TLS.Cert, "tls-cert", os.Getenv("KILN_TLS_CERT"), "this role's certificate ($KILN_TLS_CERT; `kiln ca issue`)")
+	fl.StringVar(&sec.TLS.Key, "tls-key", os.Getenv("KILN_TLS_KEY"), "this role's key ($KILN_TLS_KEY)")
+	fl.BoolVar(&sec.Insecure, "insecure-grpc", os.Getenv("KILN_INSECURE_GRPC") == "1",
+		"plaintext gRPC that trusts anyone who can reach it, instead of --tls-*: only on a network nobody else is on ($KILN_INSECURE_GRPC=1)")
+}
+
 // callbackAllowFlag is --callback-allow of `kiln up` and `kiln gateway`.
 func callbackAllowFlag(fl *pflag.FlagSet, s *string) {
 	fl.StringVar(s, "callback-allow", os.Getenv("KILN_CALLBACK_ALLOW"),
@@ -112,6 +121,7 @@ scheduler answer. See docs/CLUSTER.md.`,
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel ELF packed into deployed images (default: $KILN_KERNEL, beside kiln, or build/kernel)")
 	fl.StringVar(&cfg.APIKeysFile, "api-keys-file", os.Getenv("KILN_API_KEYS_FILE"), "a keys file read beside the keys in Redis ($KILN_API_KEYS_FILE; docs/AUTH.md)")
 	callbackAllowFlag(fl, &callbackAllow)
+	tlsFlags(fl, &cfg.GRPCSecurity)
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)
 	return cmd
@@ -150,6 +160,7 @@ See docs/CLUSTER.md.`,
 	fl := cmd.Flags()
 	fl.StringVar(&cfg.GRPCAddr, "listen", envString("KILN_LISTEN", platform.DefaultSchedulerAddr), "gRPC listen address for agents and gateways ($KILN_LISTEN)")
 	fl.StringVar(&cfg.HTTPAddr, "http", envString("KILN_HTTP_LISTEN", platform.DefaultSchedulerHTTPAddr), "listen address of /healthz, /readyz, /metrics, /nodes ($KILN_HTTP_LISTEN)")
+	tlsFlags(fl, &cfg.GRPCSecurity)
 	fl.StringVar(&heartbeat, "heartbeat", os.Getenv("KILN_HEARTBEAT"), "heartbeat interval agents are told to use; a node silent for 4 of them is drained (default 500ms; $KILN_HEARTBEAT)")
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)
@@ -214,7 +225,8 @@ See docs/CLUSTER.md.`,
 	fl.StringVar(&cfg.HTTPAddr, "http", envString("KILN_HTTP_LISTEN", platform.DefaultAgentHTTPAddr), "listen address of /healthz, /readyz, /metrics ($KILN_HTTP_LISTEN)")
 	fl.StringVar(&cfg.Scheduler, "scheduler", envString("KILN_SCHEDULER", platform.DefaultSchedulerAddr), "the scheduler's gRPC address ($KILN_SCHEDULER)")
 	fl.StringVar(&cfg.NATSURL, "nats", os.Getenv("KILN_NATS_URL"), "NATS URL of the image store, nats://HOST:PORT ($KILN_NATS_URL)")
-	fl.StringVar(&cfg.Node, "name", os.Getenv("KILN_NODE_NAME"), "this node's name in the cluster (default: the host name; $KILN_NODE_NAME)")
+	fl.StringVar(&cfg.Node, "name", os.Getenv("KILN_NODE_NAME"), "this node's name in the cluster (default: the one in --tls-cert, else the host name; $KILN_NODE_NAME)")
+	tlsFlags(fl, &cfg.GRPCSecurity)
 	fl.StringVar(&mem, "mem", os.Getenv("KILN_NODE_MEMORY"), "guest memory this node may hand out, like 8G (default half of RAM; $KILN_NODE_MEMORY)")
 	fl.StringVar(&cfg.DataDir, "data", "", "image cache directory (default $KILN_DATA/agent, else ~/.kiln/agent)")
 	fl.StringVar(&cacheSize, "cache-size", os.Getenv("KILN_CACHE_SIZE"), "bound of the on-disk image cache, like 20G; least recently used images go first (default 10G; $KILN_CACHE_SIZE)")

@@ -18,6 +18,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kilnfaas/kiln/cmd/kiln/cli"
+	"github.com/kilnfaas/kiln/internal/rolecert"
+	"github.com/kilnfaas/kiln/internal/rolecert/rolecerttest"
 	"github.com/kilnfaas/kiln/internal/teststack/testnet"
 )
 
@@ -47,6 +49,11 @@ func TestSchedulerRoleFromEnv(t *testing.T) {
 	t.Setenv("KILN_LISTEN", grpcAddr)
 	t.Setenv("KILN_HTTP_LISTEN", httpAddr)
 	t.Setenv("KILN_HEARTBEAT", "250ms")
+	ca := rolecerttest.New(t)
+	tlsFiles := ca.Scheduler(t)
+	t.Setenv("KILN_TLS_CA", tlsFiles.CA)
+	t.Setenv("KILN_TLS_CERT", tlsFiles.Cert)
+	t.Setenv("KILN_TLS_KEY", tlsFiles.Key)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out, errb lockedBuffer
@@ -84,7 +91,10 @@ func TestSchedulerRoleFromEnv(t *testing.T) {
 			t.Errorf("%s: %d %.200s (want %q)", path, r.StatusCode, b, want)
 		}
 	}
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Its gRPC is mTLS on the certificates of $KILN_TLS_*: a gateway's
+	// certificate gets the health service, plaintext gets nothing.
+	gw := rolecerttest.Credentials(t, ca.Gateway(t))
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(gw.Client(rolecert.Identity{Role: rolecert.RoleScheduler})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +104,14 @@ func TestSchedulerRoleFromEnv(t *testing.T) {
 	h, err := healthpb.NewHealthClient(conn).Check(hctx, &healthpb.HealthCheckRequest{Service: "kiln.v1.Scheduler"})
 	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("gRPC health: %v %v", h, err)
+	}
+	plain, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := healthpb.NewHealthClient(plain).Check(hctx, &healthpb.HealthCheckRequest{}); err == nil {
+		t.Fatal("a plaintext client was answered by a scheduler started with TLS")
 	}
 	if !strings.Contains(out.String(), "gRPC on "+grpcAddr) {
 		t.Errorf("stdout does not say where it serves: %q", out.String())
@@ -127,6 +145,15 @@ func TestRoleRefusals(t *testing.T) {
 		return c, errb.String()
 	}
 	data := t.TempDir()
+	ca := rolecerttest.New(t)
+	gwTLS, n1TLS := ca.Gateway(t), ca.Agent(t, "node1")
+	tlsArgs := func(f rolecert.Files) []string {
+		return []string{"--tls-ca", f.CA, "--tls-cert", f.Cert, "--tls-key", f.Key}
+	}
+	agentArgs := func(extra ...string) []string {
+		return append([]string{"agent", "--runtime", "process", "--data", data, "--nats", "nats://127.0.0.1:1",
+			"--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t)}, extra...)
+	}
 	cases := []struct {
 		env  map[string]string
 		args []string
@@ -141,10 +168,20 @@ func TestRoleRefusals(t *testing.T) {
 		{nil, []string{"gateway", "--kernel", "/nonexistent"}, 1, "no Redis URL (--redis, $KILN_REDIS_URL)"},
 		{nil, []string{"gateway", "--callback-allow", "localhost"}, 2, `gateway: --callback-allow: netpolicy: bad prefix: "localhost"`},
 		{map[string]string{"KILN_CALLBACK_ALLOW": "10.0.0.0/33"}, []string{"up"}, 2, `up: --callback-allow: netpolicy: bad prefix: "10.0.0.0/33"`},
-		{nil, []string{"agent", "--runtime", "process", "--data", data, "--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t)}, 1,
-			"no NATS URL (--nats, $KILN_NATS_URL)"},
-		{nil, []string{"agent", "--runtime", "process", "--data", data, "--nats", "nats://127.0.0.1:1",
-			"--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t)}, 1, "NATS unavailable"},
+		{nil, []string{"agent", "--runtime", "process", "--data", data, "--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t),
+			"--insecure-grpc"}, 1, "no NATS URL (--nats, $KILN_NATS_URL)"},
+		{nil, agentArgs("--insecure-grpc"), 1, "NATS unavailable"},
+		{nil, agentArgs(tlsArgs(n1TLS)...), 1, "NATS unavailable"},
+		// Nobody runs plaintext by accident.
+		{nil, agentArgs(), 1, "no TLS between the roles: give --tls-ca, --tls-cert and --tls-key"},
+		{nil, []string{"scheduler", "--listen", testnet.FreeAddr(t), "--http", testnet.FreeAddr(t)}, 1, "or --insecure-grpc"},
+		{nil, []string{"gateway", "--redis", "redis://127.0.0.1:1/0", "--kernel", "/nonexistent"}, 1, "no TLS between the roles"},
+		{map[string]string{"KILN_INSECURE_GRPC": "1"}, agentArgs(tlsArgs(n1TLS)...), 1, "--insecure-grpc and --tls-* both given"},
+		{nil, agentArgs("--tls-ca", n1TLS.CA, "--tls-cert", n1TLS.Cert), 1, "give all of the CA certificate"},
+		{nil, agentArgs(tlsArgs(gwTLS)...), 1, "is the certificate of kiln://gateway, not of a agent"},
+		{nil, agentArgs(append(tlsArgs(n1TLS), "--name", "node2")...), 1, `--name "node2", but the certificate`},
+		{nil, agentArgs(tlsArgs(rolecert.Files{CA: rolecerttest.New(t).CACert(), Cert: n1TLS.Cert, Key: n1TLS.Key})...), 1,
+			"is not a valid certificate of the CA"},
 	}
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		cases = append(cases, struct {
@@ -152,7 +189,7 @@ func TestRoleRefusals(t *testing.T) {
 			args []string
 			code int
 			want string
-		}{nil, []string{"agent", "--data", data, "--nats", "nats://127.0.0.1:1"}, 1, "--runtime process runs functions as plain host processes"})
+		}{nil, []string{"agent", "--data", data, "--nats", "nats://127.0.0.1:1", "--insecure-grpc"}, 1, "--runtime process runs functions as plain host processes"})
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {

@@ -99,7 +99,7 @@ kiln.yaml holds the function's deploy settings ('kiln new' writes one), so
 		a.buildCmd(), a.newCmd(), a.keysCmd())
 	root.AddCommand(a.versionsCmd(), a.aliasCmd(), a.rollbackCmd())
 	root.AddCommand(a.describeCmd(), a.deleteCmd())
-	root.AddCommand(a.gatewayCmd(), a.schedulerCmd(), a.agentCmd())
+	root.AddCommand(a.gatewayCmd(), a.schedulerCmd(), a.agentCmd(), a.caCmd())
 	root.AddCommand(a.slaCmd())
 	root.AddCommand(a.logsCmd())
 	return root

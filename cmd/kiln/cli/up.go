@@ -20,8 +20,9 @@ func (a *app) upCmd() *cobra.Command {
 		Use:   "up",
 		Short: "Run the whole platform on this machine (gateway, scheduler, agent, registry, image store)",
 		Long: `Run the whole platform on this machine: the gateway (HTTP), the scheduler and a
-node-agent (gRPC on 127.0.0.1), the function registry and the image store.
-State lives in --data (default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
+node-agent (gRPC between them on unix sockets in DATA/sock that only you may
+open), the function registry and the image store. State lives in --data
+(default $KILN_DATA, else ~/.kiln). Stop with Ctrl-C.`,
 		Args: usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfg.DataDir == "" {

@@ -20,12 +20,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kilnfaas/kiln/gateway"
 	"github.com/kilnfaas/kiln/gateway/asyncq"
+	"github.com/kilnfaas/kiln/internal/rolecert"
 	nodeagent "github.com/kilnfaas/kiln/node-agent"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/scheduler"
@@ -158,7 +159,13 @@ type SchedulerOptions struct {
 	HeartbeatInterval time.Duration
 	// StartupGrace: how long invocations wait for a first agent (scheduler.Config).
 	StartupGrace time.Duration
-	Logger       *slog.Logger
+	// TLS, when set, is the scheduler's certificate: its gRPC is mTLS,
+	// Invoke and ListNodes answer gateways only, Connect agents only and
+	// each for the node its certificate names, and agents are dialled
+	// expecting that node's certificate. nil: plaintext, every caller
+	// trusted (kiln up's 0600 unix sockets, --insecure-grpc).
+	TLS    *rolecert.Credentials
+	Logger *slog.Logger
 }
 
 // BuildScheduler builds the scheduler and serves its gRPC, with the gRPC health
@@ -166,18 +173,25 @@ type SchedulerOptions struct {
 // moment, then drops the nodes (their agents reconnect to the next
 // scheduler).
 func (p *Parts) BuildScheduler(o SchedulerOptions) (*scheduler.Scheduler, error) {
-	sched, err := scheduler.New(scheduler.Config{
+	cfg := scheduler.Config{
 		HeartbeatInterval: o.HeartbeatInterval,
 		DialOptions:       dialOpts,
 		StartupGrace:      o.StartupGrace,
 		Registerer:        p.Metrics,
 		Logger:            o.Logger,
-	})
+	}
+	if o.TLS != nil {
+		cfg.Authenticate = rolecert.AuthenticateAgent
+		cfg.AgentCredentials = func(node string) credentials.TransportCredentials {
+			return o.TLS.Client(rolecert.Identity{Role: rolecert.RoleAgent, Node: node})
+		}
+	}
+	sched, err := scheduler.New(cfg)
 	if err != nil {
 		o.Listener.Close()
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
 	}
-	srv := grpc.NewServer(serverOpts...)
+	srv := grpcServer(o.TLS, rolecert.SchedulerPolicy)
 	kilnv1.RegisterSchedulerServer(srv, sched)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -232,9 +246,13 @@ type AgentOptions struct {
 	Scheduler kilnv1.SchedulerClient
 	// Listener is where the agent serves gRPC; BuildAgent owns it.
 	Listener net.Listener
-	// Advertise is the address the scheduler dials; "" → Listener's.
+	// Advertise is the address the scheduler dials; "" → Listener's
+	// (unix:///PATH for a unix socket).
 	Advertise string
-	Logger    *slog.Logger
+	// TLS, when set, is the agent's certificate: its gRPC is mTLS and
+	// answers the scheduler only. nil: plaintext, every caller trusted.
+	TLS    *rolecert.Credentials
+	Logger *slog.Logger
 }
 
 // BuildAgent builds a node-agent, serves its gRPC on o.Listener and keeps it
@@ -263,8 +281,11 @@ func (p *Parts) BuildAgent(o AgentOptions) (*nodeagent.Agent, error) {
 	advertise := o.Advertise
 	if advertise == "" {
 		advertise = o.Listener.Addr().String()
+		if o.Listener.Addr().Network() == "unix" {
+			advertise = "unix://" + advertise
+		}
 	}
-	srv := grpc.NewServer(serverOpts...)
+	srv := grpcServer(o.TLS, rolecert.AgentPolicy)
 	kilnv1.RegisterAgentServer(srv, agent)
 	p.serveGRPC(o.Listener, srv)
 

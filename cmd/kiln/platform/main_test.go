@@ -1,6 +1,8 @@
 package platform_test
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"testing"
 
@@ -15,5 +17,25 @@ func TestMain(m *testing.M) {
 	if vmhost.IsWorker() {
 		os.Exit(vmhost.RunWorker())
 	}
+	if path := os.Getenv(dialUnixEnv); path != "" {
+		os.Exit(dialUnix(path))
+	}
 	os.Exit(m.Run())
+}
+
+// dialUnixEnv makes this binary, re-executed by TestUpSocketsPrivate as
+// another user, only try to connect to the unix socket it names.
+const dialUnixEnv = "KILN_TEST_DIAL_UNIX"
+
+// dialUnix connects to the socket at path and says how it went: exit 0
+// and "connected", or exit 3 and the error.
+func dialUnix(path string) int {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		fmt.Println(err)
+		return 3
+	}
+	c.Close()
+	fmt.Println("connected")
+	return 0
 }

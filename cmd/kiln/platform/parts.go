@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/internal/rolecert"
 	"github.com/kilnfaas/kiln/internal/tracing"
 )
 
@@ -54,8 +55,9 @@ const (
 
 var (
 	serverOpts = []grpc.ServerOption{grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage), tracing.ServerOption()}
-	dialOpts   = []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	// dialOpts are every role's client options but the transport
+	// credentials, which depend on whom it dials (transportFor).
+	dialOpts = []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 		tracing.DialOption(),
 	}
@@ -68,6 +70,26 @@ var (
 		MinConnectTimeout: 2 * time.Second,
 	}))
 )
+
+// grpcServer is a role's gRPC server: mTLS and the role checks of policy
+// when creds are given (rolecert.ServerOptions), plaintext otherwise
+// (`kiln up` on its 0600 unix sockets, --insecure-grpc).
+func grpcServer(creds *rolecert.Credentials, policy rolecert.Policy) *grpc.Server {
+	opts := serverOpts
+	if creds != nil {
+		opts = append(opts[:len(opts):len(opts)], rolecert.ServerOptions(creds, policy)...)
+	}
+	return grpc.NewServer(opts...)
+}
+
+// transportFor is how a role with creds dials the role want: mTLS that
+// accepts only want's certificate, or plaintext without creds.
+func transportFor(creds *rolecert.Credentials, want rolecert.Identity) grpc.DialOption {
+	if creds == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials())
+	}
+	return grpc.WithTransportCredentials(creds.Client(want))
+}
 
 // Parts are the running pieces of one process (stores, servers, roles) and
 // what stops them. Up, each cluster role and the test stack
@@ -182,12 +204,15 @@ func gracefulStop(srv *grpc.Server, d time.Duration) {
 }
 
 // DialScheduler opens the long-lived client connection to the scheduler's
-// gRPC address; Close closes it.
-func (p *Parts) DialScheduler(addr string) (*grpc.ClientConn, error) {
+// gRPC address (HOST:PORT, or unix:///PATH), presenting creds and
+// accepting only a scheduler's certificate (nil: plaintext); Close closes
+// it.
+func (p *Parts) DialScheduler(addr string, creds *rolecert.Credentials) (*grpc.ClientConn, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("%w: no scheduler address (--scheduler, $KILN_SCHEDULER)", ErrStart)
 	}
-	conn, err := grpc.NewClient(addr, roleDialOpts...)
+	opts := append(roleDialOpts[:len(roleDialOpts):len(roleDialOpts)], transportFor(creds, rolecert.Identity{Role: rolecert.RoleScheduler}))
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: scheduler %s: %v", ErrStart, addr, err)
 	}

@@ -1,7 +1,7 @@
 // Package platform wires every Kiln role into one process: the embedded
 // NATS image store, the bbolt registry, the scheduler and a node-agent
-// (each serving real gRPC on 127.0.0.1, exactly as they would across
-// machines), and the gateway's HTTP server. `kiln up` and the end-to-end
+// (each serving real gRPC, as they would across machines, on a unix
+// socket only this user may open), and the gateway's HTTP server. `kiln up` and the end-to-end
 // tests both start Kiln through Up, so what the tests prove is what a user
 // runs.
 package platform
@@ -76,7 +76,8 @@ type Platform struct {
 // Up starts the platform and returns once the gateway accepts requests. The
 // parts keep running after ctx ends; call Close. It opens the embedded
 // dependencies and builds each role with the builders the cluster roles use
-// (build.go), in this process, gRPC between them on 127.0.0.1.
+// (build.go), in this process, gRPC between them on unix sockets in
+// DataDir/sock (listenLocal).
 func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if cfg.DataDir == "" {
 		return nil, fmt.Errorf("%w: no data directory", ErrStart)
@@ -121,7 +122,11 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		return nil, err
 	}
 
-	lis, err := listenLocal()
+	sockDir, err := p.socketDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	lis, err := listenLocal(sockDir, "scheduler.sock")
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +135,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if err != nil {
 		return nil, err
 	}
-	schedConn, err := p.DialScheduler(lis.Addr().String())
+	schedConn, err := p.DialScheduler("unix://"+lis.Addr().String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +149,7 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		case err != nil:
 			return nil, err
 		default:
-			lis, err := listenLocal()
+			lis, err := listenLocal(sockDir, "agent.sock")
 			if err != nil {
 				return nil, err
 			}
@@ -177,11 +182,54 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	return p, nil
 }
 
-// listenLocal listens on a free port of 127.0.0.1, for gRPC between the
-// roles of one process.
-func listenLocal() (net.Listener, error) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+// SocketDir is where Up's roles serve their gRPC, under the data
+// directory: scheduler.sock and agent.sock.
+const SocketDir = "sock"
+
+// maxSocketPath is below the 108 bytes of sockaddr_un's sun_path, NUL
+// included.
+const maxSocketPath = 100
+
+// socketDir makes the directory of Up's sockets: dataDir/sock, or, when
+// that path is too long for a socket, a new directory in $TMPDIR removed
+// on Close. Either is 0700 (made so even if it existed), so nobody else
+// can reach a socket even in the moment between its bind and its chmod.
+func (p *Parts) socketDir(dataDir string) (string, error) {
+	dir := filepath.Join(dataDir, SocketDir)
+	if len(filepath.Join(dir, "scheduler.sock")) >= maxSocketPath {
+		tmp, err := os.MkdirTemp("", "kiln-sock-")
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrStart, err)
+		}
+		p.OnClose(func() error { return os.RemoveAll(tmp) })
+		return tmp, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	return dir, nil
+}
+
+// listenLocal listens on the unix socket dir/name, 0600, for gRPC between
+// the roles of one process: no other user of the machine may connect
+// (issue 13, finding 3; a TCP port on 127.0.0.1 was open to every local
+// user). A socket left by a process that died is replaced: the stores
+// Up opened first are locked, so no other Up on this data directory
+// runs.
+func listenLocal(dir, name string) (net.Listener, error) {
+	path := filepath.Join(dir, name)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	lis, err := net.Listen("unix", path)
 	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
 		return nil, fmt.Errorf("%w: %v", ErrStart, err)
 	}
 	return lis, nil

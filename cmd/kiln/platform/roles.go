@@ -4,9 +4,11 @@ package platform
 // run one of these in its own process (docs/CLUSTER.md). Unlike Up, which
 // embeds everything, a role reaches the others over the network: Redis for
 // the registry and API keys, an external NATS with JetStream for images and
-// the async queue, plaintext gRPC between gateway, scheduler and agents.
-// Each opens its dependencies from URLs, builds itself with the builders Up
-// uses too (build.go) and serves /healthz, /readyz and /metrics (ops.go).
+// the async queue, gRPC between gateway, scheduler and agents — mutual TLS
+// on certificates of the cluster's CA (internal/rolecert), or plaintext
+// only when the operator says --insecure-grpc. Each opens its dependencies
+// from URLs, builds itself with the builders Up uses too (build.go) and
+// serves /healthz, /readyz and /metrics (ops.go).
 
 import (
 	"context"
@@ -22,13 +24,14 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kilnfaas/kiln/gateway"
+	"github.com/kilnfaas/kiln/internal/rolecert"
 	"github.com/kilnfaas/kiln/internal/tracing"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
-// Default listen addresses of the roles. Loopback by default: the gRPC
-// between roles is neither encrypted nor authenticated, so binding it to a
-// wider network is a decision to make on purpose (docs/CLUSTER.md).
+// Default listen addresses of the roles. Loopback by default: exposing a
+// role to a wider network is a decision to make on purpose
+// (docs/CLUSTER.md).
 const (
 	DefaultSchedulerAddr     = "127.0.0.1:7070"
 	DefaultSchedulerHTTPAddr = "127.0.0.1:7071"
@@ -68,6 +71,43 @@ func newRole(ctx context.Context, log *slog.Logger, service, endpoint string) (*
 	return r, nil
 }
 
+// GRPCSecurity is how a role's gRPC is protected: TLS files, or Insecure.
+// One of them must be given, so that nobody runs plaintext by accident.
+type GRPCSecurity struct {
+	// TLS are the CA, the role's certificate and key (`kiln ca`;
+	// --tls-ca, --tls-cert, --tls-key).
+	TLS rolecert.Files
+	// Insecure runs plaintext gRPC that trusts every caller who can
+	// reach the port (--insecure-grpc): for a network nobody else is on.
+	Insecure bool
+}
+
+// roleTLS loads role's credentials, or says loudly that there are none.
+func roleTLS(log *slog.Logger, role string, sec GRPCSecurity) (*rolecert.Credentials, error) {
+	switch {
+	case sec.Insecure && !sec.TLS.Empty():
+		return nil, fmt.Errorf("%w: --insecure-grpc and --tls-* both given: choose one", ErrStart)
+	case sec.Insecure:
+		log.Warn("INSECURE gRPC: no TLS between the roles — anyone who can reach this role's gRPC can call it (run private functions, register as a node); only for a network nobody else is on (--insecure-grpc)")
+		return nil, nil
+	case sec.TLS.Empty():
+		return nil, fmt.Errorf("%w: no TLS between the roles: give --tls-ca, --tls-cert and --tls-key ($KILN_TLS_CA, $KILN_TLS_CERT, $KILN_TLS_KEY; make them with `kiln ca init` and `kiln ca issue`, docs/CLUSTER.md), or --insecure-grpc to run plaintext on a network nobody else is on", ErrStart)
+	}
+	creds, err := rolecert.Load(sec.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	if creds.Identity.Role != role {
+		return nil, fmt.Errorf("%w: %s is the certificate of %s, not of a %s (issue one with `kiln ca issue --role %s`)",
+			ErrStart, sec.TLS.Cert, creds.Identity, role, role)
+	}
+	log.Info("gRPC is mutual TLS", "identity", creds.Identity.String(), "cert", sec.TLS.Cert, "expires", creds.NotAfter.Format(time.DateOnly))
+	if left := time.Until(creds.NotAfter); left < 30*24*time.Hour {
+		log.Warn("this role's certificate expires soon: issue a new one with `kiln ca issue` and restart the role", "expires", creds.NotAfter)
+	}
+	return creds, nil
+}
+
 // closeIfFailed stops what a Start function built when it fails (*err).
 func (r *Role) closeIfFailed(err *error) {
 	if *err != nil {
@@ -82,7 +122,8 @@ type SchedulerConfig struct {
 	// HeartbeatInterval agents are told to use; 0 → scheduler.DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
 	OTLPEndpoint      string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
-	Logger            *slog.Logger
+	GRPCSecurity
+	Logger *slog.Logger
 }
 
 // StartScheduler runs the scheduler role. It keeps no durable state: after
@@ -101,12 +142,16 @@ func StartScheduler(ctx context.Context, cfg SchedulerConfig) (_ *Role, err erro
 		return nil, err
 	}
 	defer r.closeIfFailed(&err)
+	creds, err := roleTLS(r.log, rolecert.RoleScheduler, cfg.GRPCSecurity)
+	if err != nil {
+		return nil, err
+	}
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: scheduler gRPC: %v", ErrStart, err)
 	}
 	sched, err := r.BuildScheduler(SchedulerOptions{Listener: lis, HeartbeatInterval: cfg.HeartbeatInterval,
-		StartupGrace: startupGrace, Logger: r.log})
+		StartupGrace: startupGrace, TLS: creds, Logger: r.log})
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +168,7 @@ func StartScheduler(ctx context.Context, cfg SchedulerConfig) (_ *Role, err erro
 
 // AgentConfig configures StartAgent.
 type AgentConfig struct {
-	Node      string // this node's name; "" → the host name
+	Node      string // this node's name; "" → the one in the certificate, else the host name
 	GRPCAddr  string // listen address of the Agent service; "" → DefaultAgentAddr
 	Advertise string // address the scheduler dials; "" → the listen address
 	HTTPAddr  string // "" → DefaultAgentHTTPAddr
@@ -143,7 +188,8 @@ type AgentConfig struct {
 	// the default, -1 → VMs in the agent's own process.
 	VMsPerWorker int
 	OTLPEndpoint string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
-	Logger       *slog.Logger
+	GRPCSecurity
+	Logger *slog.Logger
 }
 
 // StartAgent runs the node-agent role: it serves the Agent service, joins
@@ -160,9 +206,6 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 	if cfg.DataDir == "" {
 		return nil, fmt.Errorf("%w: no data directory (--data, $KILN_DATA)", ErrStart)
 	}
-	if cfg.Node == "" {
-		cfg.Node = hostName()
-	}
 	if cfg.MemoryBytes == 0 {
 		cfg.MemoryBytes = halfOfRAM()
 	}
@@ -171,6 +214,19 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 		return nil, err
 	}
 	defer r.closeIfFailed(&err)
+	creds, err := roleTLS(r.log, rolecert.RoleAgent, cfg.GRPCSecurity)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case creds != nil && cfg.Node == "":
+		cfg.Node = creds.Identity.Node
+	case creds != nil && cfg.Node != creds.Identity.Node:
+		// The scheduler would refuse every Register: say so now.
+		return nil, fmt.Errorf("%w: --name %q, but the certificate %s is for node %q", ErrStart, cfg.Node, cfg.TLS.Cert, creds.Identity.Node)
+	case cfg.Node == "":
+		cfg.Node = hostName()
+	}
 	boot, err := BooterFor(cfg.Runtime, cfg.DataDir, r.log)
 	if errors.Is(err, ErrNoKVM) {
 		return nil, fmt.Errorf("%w: %w (the kvm runtime needs /dev/kvm; for development and tests only, --runtime process runs functions as plain host processes without isolation)", ErrStart, err)
@@ -187,7 +243,7 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 	if err != nil {
 		return nil, err
 	}
-	schedConn, err := r.DialScheduler(cfg.Scheduler)
+	schedConn, err := r.DialScheduler(cfg.Scheduler, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +258,7 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 	agent, err := r.BuildAgent(AgentOptions{
 		Node: cfg.Node, MemoryBytes: cfg.MemoryBytes, CacheDir: filepath.Join(cfg.DataDir, "cache"), CacheBytes: cfg.CacheBytes,
 		Kernel: kernel, VMsPerWorker: cfg.VMsPerWorker, Boot: boot, Images: images,
-		Scheduler: kilnv1.NewSchedulerClient(schedConn), Listener: lis, Advertise: cfg.Advertise, Logger: r.log,
+		Scheduler: kilnv1.NewSchedulerClient(schedConn), Listener: lis, Advertise: cfg.Advertise, TLS: creds, Logger: r.log,
 	})
 	if err != nil {
 		return nil, err
@@ -239,7 +295,8 @@ type GatewayConfig struct {
 	// CallbackAllow lets async callbacks reach these prefixes although
 	// the callback policy denies them (docs/ASYNC.md).
 	CallbackAllow []netip.Prefix
-	Logger        *slog.Logger
+	GRPCSecurity
+	Logger *slog.Logger
 }
 
 // StartGateway runs the gateway role. It keeps nothing of its own, so any
@@ -257,6 +314,10 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 		return nil, err
 	}
 	defer r.closeIfFailed(&err)
+	creds, err := roleTLS(r.log, rolecert.RoleGateway, cfg.GRPCSecurity)
+	if err != nil {
+		return nil, err
+	}
 	kernel, kernelPath, err := readKernel(cfg.KernelPath)
 	if err != nil {
 		return nil, fmt.Errorf("%w (give --kernel or $KILN_KERNEL)", err)
@@ -275,7 +336,7 @@ func StartGateway(ctx context.Context, cfg GatewayConfig) (_ *Role, err error) {
 	if err != nil {
 		return nil, err
 	}
-	schedConn, err := r.DialScheduler(cfg.Scheduler)
+	schedConn, err := r.DialScheduler(cfg.Scheduler, creds)
 	if err != nil {
 		return nil, err
 	}
