@@ -93,7 +93,6 @@ func (vm *VM) runLoop(ctx context.Context) *Result {
 // loop is the vCPU thread: KVM_RUN, decode the exit, serve it, repeat.
 func (vm *VM) loop(ctx context.Context) *Result {
 	run := vm.cpu.run
-	le := binary.LittleEndian
 	for {
 		if ctx.Err() != nil {
 			return vm.timeout(ctx)
@@ -107,63 +106,88 @@ func (vm *VM) loop(ctx context.Context) *Result {
 		if interrupted {
 			continue
 		}
-		reason := le.Uint32(run[runExitReason:])
-		if reason == exitIntr {
+		d := decodeExit(run)
+		if d.exit == exitIntr {
 			continue
 		}
 		vm.stats.exits.Add(1)
-		u := run[runExitUnion:]
-		switch reason {
+		switch d.exit {
 		case exitMMIO:
 			vm.stats.mmioExits.Add(1)
-			phys := le.Uint64(u[0:])
-			n := le.Uint32(u[16:])
-			isWrite := u[20] != 0
-			data := u[8:16]
-			if n <= 8 {
-				data = data[:n]
-			}
-			nr, gpa, bad := doorbell(phys, data, isWrite)
-			if bad != nil {
-				return vm.badHypercall(bad)
-			}
-			if r := vm.hypercall(ctx, nr, gpa); r != nil {
-				return r
-			}
 		case exitIO:
 			vm.stats.ioExits.Add(1)
-			out := u[0] == 1
-			size := u[1]
-			port := le.Uint16(u[2:])
-			count := le.Uint32(u[4:])
-			off := le.Uint64(u[8:])
-			var data []byte
-			if end := off + uint64(size)*uint64(count); off < uint64(len(run)) && end <= uint64(len(run)) && end >= off {
-				data = run[off:end]
-			}
-			nr, gpa, bad := portCall(port, out, size, count, data)
-			if bad != nil {
-				return vm.badHypercall(bad)
-			}
-			if r := vm.hypercall(ctx, nr, gpa); r != nil {
-				return r
-			}
-		case exitShutdown:
-			return vm.abnormal(ReasonTripleFault, "triple fault (KVM_EXIT_SHUTDOWN): the guest took an exception it could not handle")
-		case exitHLT:
-			return vm.abnormal(ReasonUnknownExit, "the guest halted (KVM_EXIT_HLT) with no way to wake up")
-		case exitFailEntry:
-			return vm.abnormal(ReasonUnknownExit, fmt.Sprintf("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason %#x", le.Uint64(u[0:])))
-		case exitInternalError:
-			return vm.abnormal(ReasonUnknownExit, fmt.Sprintf("KVM_EXIT_INTERNAL_ERROR: suberror %d", le.Uint32(u[0:])))
-		default:
-			name := exitNames[reason]
-			if name == "" {
-				name = fmt.Sprintf("exit reason %d", reason)
-			}
-			return vm.abnormal(ReasonUnknownExit, "unhandled KVM exit: "+name)
+		}
+		if d.msg != "" {
+			return vm.abnormal(d.end, d.msg)
+		}
+		if r := vm.hypercall(ctx, d.nr, d.gpa); r != nil {
+			return r
 		}
 	}
+}
+
+// exitDecision is what one KVM exit asks of the VMM, read from the kvm_run
+// page alone: run again (exit is exitIntr: a kick or a stray signal, not
+// the guest's doing), serve hypercall nr with its argument address gpa
+// (msg empty), or end the VM with reason end and message msg.
+type exitDecision struct {
+	exit    uint32 // kvm_run.exit_reason
+	nr, gpa uint64
+	end     Reason
+	msg     string
+}
+
+// decodeExit decides what the exit described by run (the kvm_run mapping,
+// filled in by KVM_RUN; every byte of its exit union is the guest's doing)
+// asks for. Pure, so a fuzzer can feed it any page (FuzzExit); it reads
+// nothing outside run, however the guest shaped the exit.
+func decodeExit(run []byte) exitDecision {
+	le := binary.LittleEndian
+	d := exitDecision{exit: le.Uint32(run[runExitReason:])}
+	u := run[runExitUnion:]
+	var bad *badHypercall
+	switch d.exit {
+	case exitIntr:
+		return d
+	case exitMMIO:
+		phys := le.Uint64(u[0:])
+		n := le.Uint32(u[16:])
+		isWrite := u[20] != 0
+		data := u[8:16]
+		if n <= 8 {
+			data = data[:n]
+		}
+		d.nr, d.gpa, bad = doorbell(phys, data, isWrite)
+	case exitIO:
+		out := u[0] == 1
+		size := u[1]
+		port := le.Uint16(u[2:])
+		count := le.Uint32(u[4:])
+		off := le.Uint64(u[8:])
+		var data []byte
+		if end := off + uint64(size)*uint64(count); off < uint64(len(run)) && end <= uint64(len(run)) && end >= off {
+			data = run[off:end]
+		}
+		d.nr, d.gpa, bad = portCall(port, out, size, count, data)
+	case exitShutdown:
+		d.end, d.msg = ReasonTripleFault, "triple fault (KVM_EXIT_SHUTDOWN): the guest took an exception it could not handle"
+	case exitHLT:
+		d.end, d.msg = ReasonUnknownExit, "the guest halted (KVM_EXIT_HLT) with no way to wake up"
+	case exitFailEntry:
+		d.end, d.msg = ReasonUnknownExit, fmt.Sprintf("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason %#x", le.Uint64(u[0:]))
+	case exitInternalError:
+		d.end, d.msg = ReasonUnknownExit, fmt.Sprintf("KVM_EXIT_INTERNAL_ERROR: suberror %d", le.Uint32(u[0:]))
+	default:
+		name := exitNames[d.exit]
+		if name == "" {
+			name = fmt.Sprintf("exit reason %d", d.exit)
+		}
+		d.end, d.msg = ReasonUnknownExit, "unhandled KVM exit: "+name
+	}
+	if bad != nil {
+		d.nr, d.gpa, d.end, d.msg = 0, 0, ReasonBadHypercall, badHypercallMsg(bad)
+	}
+	return d
 }
 
 func (vm *VM) abnormal(r Reason, msg string) *Result {
@@ -171,8 +195,10 @@ func (vm *VM) abnormal(r Reason, msg string) *Result {
 }
 
 func (vm *VM) badHypercall(b *badHypercall) *Result {
-	return vm.abnormal(ReasonBadHypercall, "bad hypercall: "+b.msg)
+	return vm.abnormal(ReasonBadHypercall, badHypercallMsg(b))
 }
+
+func badHypercallMsg(b *badHypercall) string { return "bad hypercall: " + b.msg }
 
 func (vm *VM) internal(err error) *Result {
 	return vm.abnormal(ReasonInternal, "host: "+err.Error())
