@@ -183,7 +183,9 @@ func (s *Snapshot) verify() error {
 		return err
 	}
 	hb := make([]byte, binary.Size(snapHeader{}))
-	if _, err := s.f.ReadAt(hb, 0); err != nil {
+	if _, err := s.f.ReadAt(hb, 0); errors.Is(err, io.EOF) {
+		return fmt.Errorf("file is %d bytes, too short for a snapshot header", st.Size())
+	} else if err != nil {
 		return fmt.Errorf("header: %w", err)
 	}
 	h := &s.hdr
@@ -209,21 +211,33 @@ func (s *Snapshot) verify() error {
 	if s.state.MSRs.NMSRs > uint32(len(s.state.MSRs.Entries)) || s.state.XCRs.NXCRs > uint32(len(s.state.XCRs.XCRs)) {
 		return errors.New("state: bad MSR or XCR count")
 	}
-	want := h.Sum
-	sum := sha256.New()
-	hashHeader(sum, h)
-	sum.Write(sb)
 	s.nonZero = make([]uint64, (h.MemSize/pageSize+63)/64)
-	pages, err := hashPages(sum, s.f, h.MemOff, h.MemSize, func(gpa uint64) {
+	sum, pages, err := snapshotSum(s.f, h, sb, func(gpa uint64) {
 		s.nonZero[gpa/pageSize/64] |= 1 << (gpa / pageSize % 64)
 	})
 	if err != nil {
 		return err
 	}
-	if pages != h.Pages || !bytes.Equal(sum.Sum(nil), want[:]) {
+	if pages != h.Pages || sum != h.Sum {
 		return errors.New("checksum mismatch: the file is corrupt")
 	}
 	return nil
+}
+
+// snapshotSum is the checksum of the snapshot file f as its header's Sum
+// holds it: over the header h (Sum zeroed), the state bytes sb and every
+// non-zero page of the memory image h places in f, each named to mark if
+// set. It also returns how many pages. The writer and OpenSnapshot both
+// compute it here, so they cannot disagree on what it covers.
+func snapshotSum(f *os.File, h *snapHeader, sb []byte, mark func(gpa uint64)) (sum [32]byte, pages uint64, err error) {
+	d := sha256.New()
+	hashHeader(d, h)
+	d.Write(sb)
+	if pages, err = hashPages(d, f, h.MemOff, h.MemSize, mark); err != nil {
+		return sum, 0, err
+	}
+	copy(sum[:], d.Sum(nil))
+	return sum, pages, nil
 }
 
 // hashHeader feeds w the header with its Sum field zeroed.
@@ -371,13 +385,9 @@ func writeSnapshot(path string, cfg *Config, mem *Memory, khz uint64, st *snapSt
 	}
 	// The sum is computed as OpenSnapshot will: over the file's data
 	// extents (a second pass, from the page cache, paid once per function).
-	sum := sha256.New()
-	hashHeader(sum, &h)
-	sum.Write(sb.Bytes())
-	if _, err := hashPages(sum, tmp, snapMemOff, mem.Size(), nil); err != nil {
+	if h.Sum, _, err = snapshotSum(tmp, &h, sb.Bytes(), nil); err != nil {
 		return err
 	}
-	copy(h.Sum[:], sum.Sum(nil))
 	var hb bytes.Buffer
 	_ = binary.Write(&hb, binary.LittleEndian, &h)
 	if _, err := tmp.WriteAt(hb.Bytes(), 0); err != nil {
