@@ -73,6 +73,11 @@ func (r *ring) tail(n int, since int64) []byte {
 // lastLines is the suffix of b holding its last n lines (all of b if it has
 // fewer); a final newline does not start another line.
 func lastLines(b []byte, n int) []byte {
+	if n <= 0 {
+		// No lines: nothing (b[pos+1:] below would be past the end when b
+		// has no final newline; FuzzRing found it).
+		return nil
+	}
 	pos := len(b)
 	if pos > 0 && b[pos-1] == '\n' {
 		pos--
