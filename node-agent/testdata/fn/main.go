@@ -42,6 +42,8 @@ func main() {
 			time.Sleep(300 * time.Millisecond)
 		case "/hold20":
 			time.Sleep(20 * time.Millisecond)
+		case "/hold3s":
+			time.Sleep(3 * time.Second)
 		case "/garbage":
 			os.Stdout.Write([]byte("this is not a frame at all, not at all"))
 			time.Sleep(time.Minute)
