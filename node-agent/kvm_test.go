@@ -196,8 +196,10 @@ func TestKVMInitCrashBackoff(t *testing.T) {
 // A spinning invocation is stopped at its deadline and only its instance
 // dies: the warm pool keeps serving and refills to min_warm.
 func TestKVMSpinUnderWarmPool(t *testing.T) {
-	h, kernel := kvmHarness(t)
-	h.a.cfg.MaintainEvery = 50 * time.Millisecond
+	kvmtest.Require(t)
+	kernel := kvmtest.Artifact(t, "kernel/kiln-kernel.elf")
+	// Set before New: the maintain loop reads it from its own goroutine.
+	h := newHarnessConfig(t, Config{MemoryBytes: 1 << 30, MaintainEvery: 50 * time.Millisecond})
 	d := h.add(t, "echo", image.KindServe, kernel, kvmtest.Artifact(t, "guests/echo-serve"), time.Second)
 	fn := &kilnv1.FunctionSpec{Name: "echo", ImageDigest: d, MinWarm: 2}
 	expect(t, h.invokeFn(t, fn, "/", "x"), kilnv1.Outcome_OUTCOME_OK, kilnv1.StartKind_START_BOOT)
