@@ -63,7 +63,8 @@ type podSpec struct {
 			Type string `yaml:"type"`
 		} `yaml:"hostPath"`
 		Secret *struct {
-			SecretName string `yaml:"secretName"`
+			SecretName  string `yaml:"secretName"`
+			DefaultMode *int   `yaml:"defaultMode"`
 		} `yaml:"secret"`
 		ConfigMap *struct {
 			Name string `yaml:"name"`
@@ -228,6 +229,7 @@ func TestKubernetesManifests(t *testing.T) {
 		builtRepos[repo] = true
 	}
 
+	tlsSecrets := operatorSecrets(t)
 	roles := map[string]*k8sObject{}   // kiln role → its workload
 	listens := map[string][]listener{} // workload → what its kiln container listens on
 	for _, o := range objs {
@@ -244,7 +246,7 @@ func TestKubernetesManifests(t *testing.T) {
 		volumes := map[string]int{}
 		for i, v := range pod.Volumes {
 			volumes[v.Name] = i
-			if v.Secret != nil && find(objs, "Secret", v.Secret.SecretName) == nil {
+			if v.Secret != nil && tlsSecrets[v.Secret.SecretName] == nil && find(objs, "Secret", v.Secret.SecretName) == nil {
 				t.Errorf("%s %s: volume %s: no Secret %s", o.Kind, o.Metadata.Name, v.Name, v.Secret.SecretName)
 			}
 			if v.ConfigMap != nil && find(objs, "ConfigMap", v.ConfigMap.Name) == nil {
@@ -322,6 +324,7 @@ func TestKubernetesManifests(t *testing.T) {
 			if f := flags["api-keys-file"]; f != "" {
 				checkMountedKeys(t, objs, pod, mounts, where, f)
 			}
+			checkK8sTLS(t, tlsSecrets, pod, role, flags, mounts, where)
 			if role == "agent" {
 				checkKVM(t, pod, c, mounts, where)
 				if flags["advertise"] == "" {

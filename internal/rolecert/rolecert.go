@@ -185,11 +185,15 @@ type Request struct {
 	Hosts []string
 	// Validity; 0 → CertValidity.
 	Validity time.Duration
+	// OutDir, when set, receives the certificate, its key and a copy of
+	// the CA's certificate (ca.crt): everything the role needs and
+	// nothing else, ready to mount into it. "": the CA's directory.
+	OutDir string
 }
 
 // Issue signs a certificate for r with the CA in dir and writes it and its
-// key (0600) to the files CertFiles names, replacing older ones. It
-// returns their paths.
+// key (0600) to the files CertFiles names in r.OutDir (else dir),
+// replacing older ones. It returns their paths.
 func Issue(dir string, r Request) (certPath, keyPath string, err error) {
 	if err := r.Identity.validate(); err != nil {
 		return "", "", err
@@ -237,7 +241,18 @@ func Issue(dir string, r Request) (certPath, keyPath string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	certPath, keyPath = CertFiles(dir, r.Identity)
+	out := dir
+	if r.OutDir != "" {
+		out = r.OutDir
+		if err := os.MkdirAll(out, 0o700); err != nil {
+			return "", "", fmt.Errorf("%w: %v", ErrBadFiles, err)
+		}
+		caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})
+		if err := writeFile(filepath.Join(out, CACertFile), caPEM, 0o644); err != nil {
+			return "", "", err
+		}
+	}
+	certPath, keyPath = CertFiles(out, r.Identity)
 	return certPath, keyPath, writePair(certPath, keyPath, der, key)
 }
 

@@ -160,6 +160,10 @@ type Cluster struct {
 	mu    sync.Mutex
 	procs []*proc
 
+	// CADir holds the cluster's CA and the roles' certificates, made
+	// with `kiln ca init` and `kiln ca issue`.
+	CADir string
+
 	RedisPort, NATSPort      int
 	RedisURL, NATSURL        string
 	SchedAddr, SchedHTTP     string
@@ -217,16 +221,19 @@ func newCluster(t *testing.T, gateways, agents int, limit time.Duration) *Cluste
 	c.start("nats", bins.nats, "-a", "127.0.0.1", "-p", fmt.Sprint(c.NATSPort), "-js", "-sd", filepath.Join(c.dir, "nats"))
 	c.waitTCP(addr(c.NATSPort))
 
+	c.CADir = filepath.Join(c.dir, "pki")
+	c.caRun("init", "--dir", c.CADir)
+
 	c.schedPort, c.schedHTTPPort = freePort(t), freePort(t)
 	c.SchedAddr, c.SchedHTTP = addr(c.schedPort), "http://"+addr(c.schedHTTPPort)
-	c.schedArgs = []string{"scheduler", "--listen", c.SchedAddr, "--http", addr(c.schedHTTPPort)}
+	c.schedArgs = append([]string{"scheduler", "--listen", c.SchedAddr, "--http", addr(c.schedHTTPPort)}, c.tlsArgs("scheduler", "")...)
 	c.sched = c.start("scheduler", bins.kiln, c.schedArgs...)
 	c.waitReady(c.SchedHTTP)
 
 	for i := range gateways {
 		port := freePort(t)
-		c.start(fmt.Sprintf("gateway%d", i+1), bins.kiln, "gateway", "--listen", addr(port),
-			"--redis", c.RedisURL, "--nats", c.NATSURL, "--scheduler", c.SchedAddr, "--kernel", bins.kernel)
+		c.start(fmt.Sprintf("gateway%d", i+1), bins.kiln, append([]string{"gateway", "--listen", addr(port),
+			"--redis", c.RedisURL, "--nats", c.NATSURL, "--scheduler", c.SchedAddr, "--kernel", bins.kernel}, c.tlsArgs("gateway", "")...)...)
 		c.Gateways = append(c.Gateways, "http://"+addr(port))
 	}
 	for i := range agents {
@@ -236,6 +243,7 @@ func newCluster(t *testing.T, gateways, agents int, limit time.Duration) *Cluste
 		c.agentArgs[name] = []string{"agent", "--name", name, "--runtime", "process", "--mem", "256M",
 			"--listen", addr(freePort(t)), "--http", httpAddr,
 			"--scheduler", c.SchedAddr, "--nats", c.NATSURL, "--data", filepath.Join(c.dir, name)}
+		c.agentArgs[name] = append(c.agentArgs[name], c.tlsArgs("agent", name)...)
 		c.Agents[name] = c.start(name, bins.kiln, c.agentArgs[name]...)
 	}
 	for _, g := range c.Gateways {
@@ -246,6 +254,31 @@ func newCluster(t *testing.T, gateways, agents int, limit time.Duration) *Cluste
 	}
 	c.waitNodes(agents)
 	return c
+}
+
+// caRun runs `kiln ca ARGS...`.
+func (c *Cluster) caRun(args ...string) {
+	c.t.Helper()
+	cmd := exec.Command(bins.kiln, append([]string{"ca"}, args...)...)
+	cmd.Env = cleanEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		c.t.Fatalf("kiln ca %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// tlsArgs issues the certificate of role (an agent: of node) with `kiln
+// ca issue` and returns the flags that start the role with it.
+func (c *Cluster) tlsArgs(role, node string) []string {
+	c.t.Helper()
+	args := []string{"issue", "--dir", c.CADir, "--role", role, "--host", "127.0.0.1"}
+	base := role
+	if node != "" {
+		args = append(args, "--node", node)
+		base += "-" + node
+	}
+	c.caRun(args...)
+	return []string{"--tls-ca", filepath.Join(c.CADir, "ca.crt"),
+		"--tls-cert", filepath.Join(c.CADir, base+".crt"), "--tls-key", filepath.Join(c.CADir, base+".key")}
 }
 
 // start runs bin with args, its output going to a log file.

@@ -5,14 +5,15 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/kilnfaas/kiln/internal/rolecert"
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 )
 
@@ -45,8 +46,15 @@ func TestHopLatency(t *testing.T) {
 			MemoryBytes: fn.MemoryBytes, TimeoutMs: fn.TimeoutMs},
 		Method: "POST", Path: "/", Body: []byte("x"),
 	}
-	dial := func(a string) *grpc.ClientConn {
-		conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// The test calls the agent as the scheduler does, and the scheduler
+	// as a gateway does: with their certificates.
+	dial := func(a string, as, want rolecert.Identity) *grpc.ClientConn {
+		cert, key := rolecert.CertFiles(c.CADir, as)
+		creds, err := rolecert.Load(rolecert.Files{CA: filepath.Join(c.CADir, rolecert.CACertFile), Cert: cert, Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(creds.Client(want)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,8 +62,9 @@ func TestHopLatency(t *testing.T) {
 		return conn
 	}
 	agentAddr := c.agentArgs["node1"][slices.Index(c.agentArgs["node1"], "--listen")+1]
-	agent := kilnv1.NewAgentClient(dial(agentAddr))
-	sched := kilnv1.NewSchedulerClient(dial(c.SchedAddr))
+	schedID := rolecert.Identity{Role: rolecert.RoleScheduler}
+	agent := kilnv1.NewAgentClient(dial(agentAddr, schedID, rolecert.Identity{Role: rolecert.RoleAgent, Node: "node1"}))
+	sched := kilnv1.NewSchedulerClient(dial(c.SchedAddr, rolecert.Identity{Role: rolecert.RoleGateway}, schedID))
 	hc := &http.Client{Timeout: 10 * time.Second}
 
 	ways := []struct {

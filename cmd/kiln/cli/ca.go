@@ -62,16 +62,16 @@ func (a *app) caInitCmd() *cobra.Command {
 }
 
 func (a *app) caIssueCmd() *cobra.Command {
-	var dir, role, node, hosts string
+	var dir, role, node, hosts, out string
 	cmd := &cobra.Command{
-		Use:   "issue --dir DIR --role gateway|scheduler|agent [--node NAME] [--host H,IP...]",
+		Use:   "issue --dir DIR --role gateway|scheduler|agent [--node NAME] [--host H,IP...] [--out DIR]",
 		Short: "Issue a role's certificate and key with the CA in DIR",
 		Args:  usage(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if dir == "" || role == "" {
 				return &ExitError{Code: 2, Err: errors.New("ca issue: --dir and --role are required")}
 			}
-			r := rolecert.Request{Identity: rolecert.Identity{Role: role, Node: node}}
+			r := rolecert.Request{Identity: rolecert.Identity{Role: role, Node: node}, OutDir: out}
 			if hosts != "" {
 				r.Hosts = strings.Split(hosts, ",")
 			}
@@ -82,7 +82,7 @@ func (a *app) caIssueCmd() *cobra.Command {
 				return fmt.Errorf("ca issue: %w", err)
 			}
 			fmt.Fprintf(a.out, "%s: %s, key %s (0600)\n  start it with --tls-ca %s --tls-cert %s --tls-key %s\n",
-				r.Identity, cert, key, filepath.Join(dir, rolecert.CACertFile), cert, key)
+				r.Identity, cert, key, filepath.Join(filepath.Dir(cert), rolecert.CACertFile), cert, key)
 			return nil
 		},
 	}
@@ -90,6 +90,7 @@ func (a *app) caIssueCmd() *cobra.Command {
 	fl.StringVar(&dir, "dir", "", "directory of the CA (kiln ca init); the certificate is written there")
 	fl.StringVar(&role, "role", "", "gateway, scheduler or agent")
 	fl.StringVar(&node, "node", "", "an agent's node name (its --name); required for --role agent")
+	fl.StringVar(&out, "out", "", "write the certificate, its key and a copy of ca.crt here instead of in --dir: a directory to mount into the role (made 0700)")
 	fl.StringVar(&hosts, "host", "", "DNS names and IP addresses to add to the certificate, comma-separated (Kiln checks the role, not the host; for other tools)")
 	return cmd
 }

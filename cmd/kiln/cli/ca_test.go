@@ -48,6 +48,23 @@ func TestCACommands(t *testing.T) {
 			t.Fatalf("ca issue %v: loads as %v, %v", tc.args, c, err)
 		}
 	}
+	// --out: the role's files and the CA's certificate, not its key.
+	out := filepath.Join(t.TempDir(), "agent2")
+	if code, _, errs := run("issue", "--dir", dir, "--role", "agent", "--node", "agent2", "--out", out); code != 0 {
+		t.Fatalf("ca issue --out: %d %s", code, errs)
+	}
+	entries, _ := os.ReadDir(out)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "agent-agent2.crt agent-agent2.key ca.crt" {
+		t.Fatalf("ca issue --out wrote %v", names)
+	}
+	if _, err := rolecert.Load(rolecert.Files{CA: filepath.Join(out, "ca.crt"), Cert: filepath.Join(out, "agent-agent2.crt"),
+		Key: filepath.Join(out, "agent-agent2.key")}); err != nil {
+		t.Fatalf("the files of --out: %v", err)
+	}
 	for _, tc := range []struct {
 		args []string
 		code int
