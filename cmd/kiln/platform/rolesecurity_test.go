@@ -39,6 +39,27 @@ func dialWith(t *testing.T, addr string, creds credentials.TransportCredentials)
 	return conn
 }
 
+// caller is who calls a role in expectRefused, and the code it must get.
+type caller struct {
+	who   string
+	creds credentials.TransportCredentials
+	want  codes.Code
+}
+
+// expectRefused makes call (named what) at addr as each caller and checks
+// the code each gets.
+func expectRefused(t *testing.T, addr, what string, call func(context.Context, *grpc.ClientConn) error, callers []caller) {
+	t.Helper()
+	for _, c := range callers {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := call(ctx, dialWith(t, addr, c.creds))
+		cancel()
+		if status.Code(err) != c.want {
+			t.Errorf("%s: %s answered %v; want %v", c.who, what, err, c.want)
+		}
+	}
+}
+
 // register opens a Connect stream on conn, sends Register for node and
 // returns the stream and the error of the answer.
 func register(conn *grpc.ClientConn, node, addr string) (grpc.BidiStreamingClient[kilnv1.AgentMessage, kilnv1.SchedulerMessage], error) {
@@ -111,24 +132,16 @@ func TestRolesRefuseCallersWithoutTheirCertificate(t *testing.T) {
 	otherCA := rolecerttest.New(t)
 
 	t.Run("Agent.Invoke", func(t *testing.T) {
-		for _, tc := range []struct {
-			who   string
-			creds credentials.TransportCredentials
-			want  codes.Code
-		}{
+		expectRefused(t, roles.Agent.GRPCAddr, "Agent.Invoke", func(ctx context.Context, conn *grpc.ClientConn) error {
+			_, err := kilnv1.NewAgentClient(conn).Invoke(ctx, attack)
+			return err
+		}, []caller{
 			{"plaintext, as in the finding", insecure.NewCredentials(), codes.Unavailable},
 			{"TLS without a certificate", noCert, codes.Unauthenticated},
 			{"a gateway's certificate", as(ca.Gateway(t), agentID), codes.PermissionDenied},
 			{"an agent's certificate", as(ca.Agent(t, "n2"), agentID), codes.PermissionDenied},
 			{"a scheduler's certificate of another CA", as(otherCA.Scheduler(t), agentID), codes.Unavailable},
-		} {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			resp, err := kilnv1.NewAgentClient(dialWith(t, roles.Agent.GRPCAddr, tc.creds)).Invoke(ctx, attack)
-			cancel()
-			if status.Code(err) != tc.want {
-				t.Errorf("%s: Agent.Invoke answered %v %v; want %v", tc.who, resp, err, tc.want)
-			}
-		}
+		})
 		// The scheduler's certificate is what the agent answers: the
 		// same request then runs, env and all.
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -140,37 +153,26 @@ func TestRolesRefuseCallersWithoutTheirCertificate(t *testing.T) {
 	})
 
 	t.Run("Scheduler.Invoke", func(t *testing.T) {
-		for _, tc := range []struct {
-			who   string
-			creds credentials.TransportCredentials
-			want  codes.Code
-		}{
+		callers := []caller{
 			{"plaintext", insecure.NewCredentials(), codes.Unavailable},
 			{"TLS without a certificate", noCert, codes.Unauthenticated},
 			{"an agent's certificate", as(ca.Agent(t, "n1"), schedID), codes.PermissionDenied},
-		} {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			resp, err := kilnv1.NewSchedulerClient(dialWith(t, roles.Scheduler.GRPCAddr, tc.creds)).Invoke(ctx, attack)
-			cancel()
-			if status.Code(err) != tc.want {
-				t.Errorf("%s: Scheduler.Invoke answered %v %v; want %v", tc.who, resp, err, tc.want)
-			}
-			ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-			_, err = kilnv1.NewSchedulerClient(dialWith(t, roles.Scheduler.GRPCAddr, tc.creds)).ListNodes(ctx, &kilnv1.ListNodesRequest{})
-			cancel()
-			if status.Code(err) != tc.want {
-				t.Errorf("%s: ListNodes answered %v; want %v", tc.who, err, tc.want)
-			}
 		}
+		expectRefused(t, roles.Scheduler.GRPCAddr, "Scheduler.Invoke", func(ctx context.Context, conn *grpc.ClientConn) error {
+			_, err := kilnv1.NewSchedulerClient(conn).Invoke(ctx, attack)
+			return err
+		}, callers)
+		expectRefused(t, roles.Scheduler.GRPCAddr, "Scheduler.ListNodes", func(ctx context.Context, conn *grpc.ClientConn) error {
+			_, err := kilnv1.NewSchedulerClient(conn).ListNodes(ctx, &kilnv1.ListNodesRequest{})
+			return err
+		}, callers)
 	})
 
 	t.Run("Connect", func(t *testing.T) {
-		addr := roles.Agent.GRPCAddr
-		for _, tc := range []struct {
-			who   string
-			creds credentials.TransportCredentials
-			want  codes.Code
-		}{
+		expectRefused(t, roles.Scheduler.GRPCAddr, "Register as n1", func(_ context.Context, conn *grpc.ClientConn) error {
+			_, err := register(conn, "n1", roles.Agent.GRPCAddr)
+			return err
+		}, []caller{
 			{"plaintext", insecure.NewCredentials(), codes.Unavailable},
 			{"TLS without a certificate", noCert, codes.Unauthenticated},
 			{"a gateway's certificate", as(ca.Gateway(t), schedID), codes.PermissionDenied},
@@ -179,11 +181,7 @@ func TestRolesRefuseCallersWithoutTheirCertificate(t *testing.T) {
 			// A second certificate for n1 while n1 is connected: the
 			// name is held under the first one's identity.
 			{"a second certificate of n1", as(ca.Files(t, agentID), schedID), codes.AlreadyExists},
-		} {
-			if _, err := register(dialWith(t, roles.Scheduler.GRPCAddr, tc.creds), "n1", addr); status.Code(err) != tc.want {
-				t.Errorf("%s: Register as n1 answered %v; want %v", tc.who, err, tc.want)
-			}
-		}
+		})
 		// n2's certificate registers n2 itself: Connect works for the
 		// right identity.
 		st, err := register(dialWith(t, roles.Scheduler.GRPCAddr, as(ca.Agent(t, "n2"), schedID)), "n2", "127.0.0.1:1")

@@ -4,6 +4,7 @@
 package rolecerttest
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/kilnfaas/kiln/internal/rolecert"
@@ -37,7 +38,7 @@ func (ca *CA) Files(t testing.TB, id rolecert.Identity) rolecert.Files {
 }
 
 // CACert is the path of the CA's certificate.
-func (ca *CA) CACert() string { return ca.Dir + "/" + rolecert.CACertFile }
+func (ca *CA) CACert() string { return filepath.Join(ca.Dir, rolecert.CACertFile) }
 
 // Gateway, Scheduler and Agent issue the certificate of a role.
 func (ca *CA) Gateway(t testing.TB) rolecert.Files {
