@@ -96,6 +96,7 @@ var Layers = []Layer{
 var testHelpers = []string{
 	"internal/teststack/...", "internal/kvmtest/...", "internal/redistest/...", "internal/cctest/...",
 	"store/registry/registrytest/...", "store/logstore/logstoretest/...", "store/slaledger/ledgertest/...",
+	"internal/rolecert/rolecerttest/...",
 }
 
 // Check walks the Go module rooted at root (the directory holding go.mod)
