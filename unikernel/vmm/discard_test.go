@@ -120,7 +120,7 @@ func smapsSum(t *testing.T, path, field string) uint64 {
 	in := false
 	for _, l := range strings.Split(string(raw), "\n") {
 		if f := strings.Fields(l); len(f) > 0 && !strings.HasSuffix(f[0], ":") {
-			in = f[len(f)-1] == path
+			in = len(f) > 5 && strings.Join(f[5:], " ") == path
 			continue
 		}
 		var kb uint64
@@ -143,7 +143,8 @@ func stormConfig(t *testing.T, mem uint64, mib int, when string) vmm.Config {
 }
 
 // snapshotStorm boots cfg, taking its snapshot at the first read of stdin,
-// lets it run its storm, and opens the snapshot.
+// lets it run its storm, opens the snapshot and names its restores' mapping
+// in /proc/self/smaps (the sealed copy, not the file).
 func snapshotStorm(t *testing.T, cfg vmm.Config) (storm, *vmm.Snapshot, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "storm.snap")
@@ -160,7 +161,8 @@ func snapshotStorm(t *testing.T, cfg vmm.Config) (storm, *vmm.Snapshot, string) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { snap.Close() })
-	return booted, snap, path
+	// Restores map the snapshot's sealed copy, not the file (OpenSnapshot).
+	return booted, snap, "/memfd:kiln-snapshot:storm.snap (deleted)"
 }
 
 // TestDiscardStormRestored: the benign program of the issue — 51,200

@@ -91,7 +91,11 @@ type snapState struct {
 // number of concurrent restores (each maps the file copy-on-write, so they
 // share the page cache); Close it when none will follow.
 type Snapshot struct {
+	// f is a sealed memfd holding the verified file's bytes (sealedCopy):
+	// what restores map is what verify hashed, whatever later happens to
+	// the file at path.
 	f     *os.File
+	path  string
 	hdr   snapHeader
 	state snapState
 	// nonZero has bit i set when page i of the memory image is not zero,
@@ -106,10 +110,17 @@ func (s *Snapshot) MemSize() uint64 { return s.hdr.MemSize }
 // Pages is the number of non-zero 4 KiB pages the file holds.
 func (s *Snapshot) Pages() uint64 { return s.hdr.Pages }
 
-// Path is the file the snapshot was opened from.
-func (s *Snapshot) Path() string { return s.f.Name() }
+// Path is the file the snapshot was opened from. Opening it again verifies
+// the bytes it holds then, which need not be the bytes s holds.
+func (s *Snapshot) Path() string { return s.path }
 
-// Close releases the file; VMs already restored from it keep running.
+// File is the sealed memfd restores map (Snapshot.f). It can be handed to
+// another process (SCM_RIGHTS), which opens it with OpenSnapshotFile
+// without copying it again. It stays s's: Close closes it.
+func (s *Snapshot) File() *os.File { return s.f }
+
+// Close releases the sealed copy; VMs already restored from it keep
+// running (their mappings hold it).
 func (s *Snapshot) Close() error { return s.f.Close() }
 
 // configSum digests the parts of a Config that shape a booted guest
@@ -164,26 +175,110 @@ func (s *Snapshot) Matches(cfg Config) error {
 // every byte that matters, and a TSC rate equal to this host's (the guest's
 // clocks are TSC ticks). It reads the whole file once; restores then only
 // map it.
+//
+// Restores never map the file itself: a MAP_PRIVATE mapping shows later
+// writes to the file in every page the guest has not written yet (and a
+// hole read as zero by discard could then read anything), so a file
+// changed after it was verified would reach running and future guests.
+// The bytes verify hashes are copied, as they are hashed, into a memfd
+// sealed against writing, shrinking and growing (sealedCopy); restores map
+// that. It costs the snapshot's non-zero pages in shared memory per
+// process that opened it (docs/SNAPSHOTS.md, docs/BENCHMARKS.md).
 func OpenSnapshot(path string) (*Snapshot, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSnapshot, err)
 	}
-	s := &Snapshot{f: f}
-	if err := s.verify(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w: %s: %w", ErrSnapshot, path, err)
+	defer f.Close()
+	return openSnapshot(f, path)
+}
+
+// OpenSnapshotFile is OpenSnapshot on an open file, such as a descriptor
+// another process handed over (Snapshot.File). A memfd already sealed
+// against writing, shrinking and growing is verified and mapped as it is
+// (nobody can change it); any other file is verified into a sealed copy
+// like OpenSnapshot's. f stays the caller's.
+func OpenSnapshotFile(f *os.File) (*Snapshot, error) {
+	return openSnapshot(f, f.Name())
+}
+
+func openSnapshot(src *os.File, name string) (*Snapshot, error) {
+	s := &Snapshot{path: name}
+	if err := s.verify(src); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrSnapshot, name, err)
 	}
 	return s, nil
 }
 
-func (s *Snapshot) verify() error {
-	st, err := s.f.Stat()
+// snapSeals are the seals that make a memfd's bytes immutable: no write,
+// no shared writable mapping, no shrink or growth, no seal removed.
+const snapSeals = unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
+// sealed says whether f is a memfd nobody can change any more.
+func sealed(f *os.File) bool {
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	return err == nil && seals&snapSeals == snapSeals
+}
+
+// sealedCopy is a memfd being filled with a snapshot's verified bytes
+// through a shared mapping, then unmapped and sealed.
+type sealedCopy struct {
+	f *os.File
+	b []byte
+}
+
+// newSealedCopy makes the memfd for the snapshot file name, named after it
+// so that /proc/PID/maps says which snapshot a mapping is
+// ("/memfd:kiln-snapshot:NAME (deleted)").
+func newSealedCopy(name string, size int64) (*sealedCopy, error) {
+	name = "kiln-snapshot:" + filepath.Base(name)
+	fd, err := unix.MemfdCreate(name[:min(len(name), 249)], unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd: %w", err)
+	}
+	c := &sealedCopy{f: os.NewFile(uintptr(fd), "/memfd:"+name)}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		c.f.Close()
+		return nil, fmt.Errorf("memfd: %w", err)
+	}
+	if c.b, err = unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		c.f.Close()
+		return nil, fmt.Errorf("memfd: %w", err)
+	}
+	return c, nil
+}
+
+// seal unmaps the copy (a shared writable mapping would refuse
+// F_SEAL_WRITE) and seals it; abort drops it.
+func (c *sealedCopy) seal() (*os.File, error) {
+	err := unix.Munmap(c.b)
+	c.b = nil
+	if err == nil {
+		_, err = unix.FcntlInt(c.f.Fd(), unix.F_ADD_SEALS, snapSeals)
+	}
+	if err != nil {
+		c.f.Close()
+		return nil, fmt.Errorf("sealing the copy: %w", err)
+	}
+	return c.f, nil
+}
+
+func (c *sealedCopy) abort() {
+	if c.b != nil {
+		unix.Munmap(c.b)
+	}
+	c.f.Close()
+}
+
+// verify checks src and sets s.f: src itself (dup'ed) when it is a sealed
+// memfd, else a sealed copy of exactly the bytes checked.
+func (s *Snapshot) verify(src *os.File) (err error) {
+	st, err := src.Stat()
 	if err != nil {
 		return err
 	}
 	hb := make([]byte, binary.Size(snapHeader{}))
-	if _, err := s.f.ReadAt(hb, 0); errors.Is(err, io.EOF) {
+	if _, err := src.ReadAt(hb, 0); errors.Is(err, io.EOF) {
 		return fmt.Errorf("file is %d bytes, too short for a snapshot header", st.Size())
 	} else if err != nil {
 		return fmt.Errorf("header: %w", err)
@@ -204,16 +299,32 @@ func (s *Snapshot) verify() error {
 		return fmt.Errorf("file is %d bytes, want %d (truncated?)", st.Size(), h.MemOff+h.MemSize)
 	}
 	sb := make([]byte, stateLen)
-	if _, err := s.f.ReadAt(sb, snapStateAt); err != nil {
+	if _, err := src.ReadAt(sb, snapStateAt); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	_ = binary.Read(bytes.NewReader(sb), binary.LittleEndian, &s.state)
 	if s.state.MSRs.NMSRs > uint32(len(s.state.MSRs.Entries)) || s.state.XCRs.NXCRs > uint32(len(s.state.XCRs.XCRs)) {
 		return errors.New("state: bad MSR or XCR count")
 	}
+	var cp *sealedCopy
+	if !sealed(src) {
+		if cp, err = newSealedCopy(src.Name(), st.Size()); err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil {
+				cp.abort()
+			}
+		}()
+		copy(cp.b, hb)
+		copy(cp.b[snapStateAt:], sb)
+	}
 	s.nonZero = make([]uint64, (h.MemSize/pageSize+63)/64)
-	sum, pages, err := snapshotSum(s.f, h, sb, func(gpa uint64) {
+	sum, pages, err := snapshotSum(src, h, sb, func(gpa uint64, pg []byte) {
 		s.nonZero[gpa/pageSize/64] |= 1 << (gpa / pageSize % 64)
+		if cp != nil {
+			copy(cp.b[h.MemOff+gpa:], pg)
+		}
 	})
 	if err != nil {
 		return err
@@ -221,15 +332,24 @@ func (s *Snapshot) verify() error {
 	if pages != h.Pages || sum != h.Sum {
 		return errors.New("checksum mismatch: the file is corrupt")
 	}
+	if cp != nil {
+		s.f, err = cp.seal()
+		return err
+	}
+	fd, err := unix.FcntlInt(src.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("dup: %w", err)
+	}
+	s.f = os.NewFile(uintptr(fd), src.Name())
 	return nil
 }
 
 // snapshotSum is the checksum of the snapshot file f as its header's Sum
 // holds it: over the header h (Sum zeroed), the state bytes sb and every
-// non-zero page of the memory image h places in f, each named to mark if
-// set. It also returns how many pages. The writer and OpenSnapshot both
+// non-zero page of the memory image h places in f, each named (with its
+// bytes, valid only during the call) to mark if set. It also returns how many pages. The writer and OpenSnapshot both
 // compute it here, so they cannot disagree on what it covers.
-func snapshotSum(f *os.File, h *snapHeader, sb []byte, mark func(gpa uint64)) (sum [32]byte, pages uint64, err error) {
+func snapshotSum(f *os.File, h *snapHeader, sb []byte, mark func(gpa uint64, page []byte)) (sum [32]byte, pages uint64, err error) {
 	d := sha256.New()
 	hashHeader(d, h)
 	d.Write(sb)
@@ -248,9 +368,9 @@ func hashHeader(w io.Writer, h *snapHeader) {
 }
 
 // hashPages feeds every non-zero page of the memory image (address, then
-// bytes) to h, walking only the file's data extents, and names each one's
-// guest address to mark if set. It returns how many.
-func hashPages(h hash.Hash, f *os.File, off, size uint64, mark func(gpa uint64)) (uint64, error) {
+// bytes) to h, walking only the file's data extents, and names each one
+// to mark if set: its guest address and the very bytes hashed. It returns how many.
+func hashPages(h hash.Hash, f *os.File, off, size uint64, mark func(gpa uint64, page []byte)) (uint64, error) {
 	fd := int(f.Fd())
 	end := int64(off + size)
 	buf := make([]byte, 1<<20)
@@ -289,7 +409,7 @@ func hashPages(h hash.Hash, f *os.File, off, size uint64, mark func(gpa uint64))
 				h.Write(a[:])
 				h.Write(pg)
 				if mark != nil {
-					mark(gpa)
+					mark(gpa, pg)
 				}
 				n++
 			}
@@ -335,6 +455,9 @@ func (vm *VM) takeSnapshot(gpa uint64, a abi.HCIOArgs) error {
 	if err := vm.cpu.getMSRs(&st.MSRs); err != nil {
 		return err
 	}
+	if vm.cfg.SnapshotFile != nil {
+		return writeSnapshotTo(vm.cfg.SnapshotFile, &vm.cfg, vm.mem, vm.tscKHz, &st)
+	}
 	return writeSnapshot(vm.cfg.SnapshotPath, &vm.cfg, vm.mem, vm.tscKHz, &st)
 }
 
@@ -345,10 +468,19 @@ func writeSnapshot(path string, cfg *Config, mem *Memory, khz uint64, st *snapSt
 	if err != nil {
 		return err
 	}
+	if err := writeSnapshotTo(tmp, cfg, mem, khz, st); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// writeSnapshotTo writes the snapshot into tmp, an empty file open for
+// reading and writing, syncs and closes it (on error too).
+func writeSnapshotTo(tmp *os.File, cfg *Config, mem *Memory, khz uint64, st *snapState) (err error) {
 	defer func() {
 		if err != nil {
 			tmp.Close()
-			os.Remove(tmp.Name())
 		}
 	}()
 	h := snapHeader{
@@ -399,10 +531,7 @@ func writeSnapshot(path string, cfg *Config, mem *Memory, khz uint64, st *snapSt
 	if err := tmp.Sync(); err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return tmp.Close()
 }
 
 // residentPages is mincore over guest RAM: one byte per 4 KiB page, bit 0
