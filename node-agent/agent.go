@@ -79,6 +79,14 @@ type Config struct {
 	// NoSnapshots makes every cold start a boot. Snapshots need the KVM
 	// booter: with another Boot they are always off.
 	NoSnapshots bool
+	// SnapshotBytes bounds the disk the snapshot store (CacheDir/snapshots)
+	// may use; the least recently used snapshots without a live instance go
+	// first. 0 → DefaultSnapshotBytes.
+	SnapshotBytes int64
+	// SnapshotMaxIdle removes a snapshot no cold start used for this long
+	// (what removes the snapshots of redeployed and deleted functions);
+	// 0 → DefaultSnapshotMaxIdle.
+	SnapshotMaxIdle time.Duration
 }
 
 // Agent implements kilnv1.AgentServer.
@@ -130,7 +138,8 @@ func New(cfg Config) (*Agent, error) {
 		a.kernelSum = fmt.Sprintf("%x", sha256.Sum256(cfg.Kernel))
 	}
 	if cfg.Boot == nil && !cfg.NoSnapshots {
-		if a.snaps, err = newSnapStore(filepath.Join(cfg.CacheDir, "snapshots"), a.log); err != nil {
+		now := func() time.Time { return a.now() } // a.now is set below
+		if a.snaps, err = newSnapStore(filepath.Join(cfg.CacheDir, "snapshots"), a.log, now, cfg.SnapshotBytes, cfg.SnapshotMaxIdle); err != nil {
 			return nil, err
 		}
 	}
@@ -169,6 +178,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if a.m, err = newMetrics(cfg.MemoryBytes, cfg.Registerer); err != nil {
 		return nil, err
+	}
+	if a.snaps != nil {
+		a.startSnapshots(a.stop)
 	}
 	go a.maintain(a.stop)
 	return a, nil

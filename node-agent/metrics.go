@@ -29,6 +29,13 @@ type metrics struct {
 	// workersKilled: vmhost worker processes its watchdog killed for not
 	// answering, by what they left unanswered (vmhost.Kill*).
 	workersKilled *prometheus.CounterVec
+	// snapshotFailures: snapshots that could not be written, by reason
+	// (snapFailReason); snapshotsDeleted: files the store removed, by
+	// reason (size, idle); snapshotBytes: the store's disk after its
+	// last trim.
+	snapshotFailures *prometheus.CounterVec
+	snapshotsDeleted *prometheus.CounterVec
+	snapshotBytes    prometheus.Gauge
 }
 
 // newMetrics creates the agent's metrics, with the memory budget set, and
@@ -71,14 +78,24 @@ func newMetrics(budget uint64, reg prometheus.Registerer) (metrics, error) {
 			Name: "kiln_agent_workers_killed_total",
 			Help: "VM worker processes killed for not answering, with their VMs, by what they left unanswered: heartbeat, boot, close, stats, cancel, send.",
 		}, []string{"reason"}),
-		memUsed:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_used", Help: "Guest memory of live VMs."}),
-		memBudget: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_budget", Help: "Guest memory this node may hand out."}),
-		exits:     prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_vm_exits_total", Help: "VM exits taken during invocations."}),
+		snapshotFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_snapshot_failures_total",
+			Help: "Snapshots that could not be written, by reason: no_space (disk full or quota), too_large (file-size limit), write (any other error). The shape's cold starts boot, and its snapshot is not tried again for a growing interval.",
+		}, []string{"reason"}),
+		snapshotsDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_snapshots_deleted_total",
+			Help: "Snapshot files removed by the store, by reason: size (least recently used, past the store's bound), idle (not used for the maximum idle time).",
+		}, []string{"reason"}),
+		snapshotBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_snapshot_bytes", Help: "Disk used by the snapshot store's files (allocated blocks), as of its last trim."}),
+		memUsed:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_used", Help: "Guest memory of live VMs."}),
+		memBudget:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "kiln_agent_memory_bytes_budget", Help: "Guest memory this node may hand out."}),
+		exits:         prometheus.NewCounter(prometheus.CounterOpts{Name: "kiln_agent_vm_exits_total", Help: "VM exits taken during invocations."}),
 	}
 	m.memBudget.Set(float64(budget))
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.invocations, m.boot, m.restore, m.exec, m.total, m.vms, m.warm,
-			m.memUsed, m.memBudget, m.exits, m.snapshots, m.evictions, m.reaped, m.prewarmed, m.queued, m.workersKilled} {
+			m.memUsed, m.memBudget, m.exits, m.snapshots, m.evictions, m.reaped, m.prewarmed, m.queued, m.workersKilled,
+			m.snapshotFailures, m.snapshotsDeleted, m.snapshotBytes} {
 			if err := reg.Register(c); err != nil {
 				return metrics{}, fmt.Errorf("nodeagent: registering metrics: %w", err)
 			}

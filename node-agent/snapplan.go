@@ -1,6 +1,8 @@
 package nodeagent
 
 import (
+	"time"
+
 	kilnv1 "github.com/kilnfaas/kiln/proto/kiln/v1"
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
@@ -42,4 +44,42 @@ func (a *Agent) plan(s *spec, cfg *vmm.Config, veto func() string) snapPlan {
 		}
 	}
 	return p
+}
+
+// startSnapshots connects the snapshot store to the agent's metrics and
+// instances, trims it once (files left by an earlier run count against the
+// bound) and keeps trimming it for age until stop is closed.
+func (a *Agent) startSnapshots(stop <-chan struct{}) {
+	st := a.snaps
+	st.inUse = a.liveShapes
+	st.onFail = func(reason string) { a.m.snapshotFailures.WithLabelValues(reason).Inc() }
+	st.onDelete = func(reason string) { a.m.snapshotsDeleted.WithLabelValues(reason).Inc() }
+	st.onTrim = func(n int64) { a.m.snapshotBytes.Set(float64(n)) }
+	st.trim("")
+	go func() {
+		t := time.NewTicker(trimEvery / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				st.maybeTrim()
+			}
+		}
+	}()
+}
+
+// liveShapes is the snapshot keys of the serve instances alive now: their
+// snapshots stay while they do (their pools restore from them next).
+func (a *Agent) liveShapes() map[string]bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	live := make(map[string]bool, len(a.instances))
+	for in := range a.instances {
+		if in.snap != "" {
+			live[in.snap] = true
+		}
+	}
+	return live
 }
