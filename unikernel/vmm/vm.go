@@ -44,6 +44,11 @@ type Config struct {
 	// hears how that went (on the vCPU thread, before the wait is served).
 	SnapshotPath string
 	OnSnapshot   func(error)
+	// SnapshotFile, if set with SnapshotPath, is where the snapshot is
+	// written instead: an empty file open for reading and writing, which
+	// the VM closes; putting it at SnapshotPath is then the caller's (a
+	// jailed vmhost worker has no file system to create files in).
+	SnapshotFile *os.File
 	// OnFirstWait, if set, is called once, on the goroutine serving the
 	// VM, when the guest first blocks waiting for input — its init is
 	// done (a restored guest: as it resumes in that wait) — after any
