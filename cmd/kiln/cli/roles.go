@@ -170,7 +170,7 @@ See docs/CLUSTER.md.`,
 func (a *app) agentCmd() *cobra.Command {
 	var cfg platform.AgentConfig
 	var rf roleFlags
-	var mem, cacheSize, perWorker string
+	var mem, cacheSize, snapSize, perWorker string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node-agent role: runs functions on this host for a Kiln cluster",
@@ -197,6 +197,13 @@ See docs/CLUSTER.md.`,
 					return &ExitError{Code: 2, Err: fmt.Errorf("agent: --cache-size: %w", err)}
 				}
 				cfg.CacheBytes = int64(n)
+			}
+			if snapSize != "" {
+				n, err := gateway.ParseMemory(snapSize)
+				if err != nil {
+					return &ExitError{Code: 2, Err: fmt.Errorf("agent: --snapshot-size: %w", err)}
+				}
+				cfg.SnapshotBytes = int64(n)
 			}
 			if perWorker != "" {
 				n, err := strconv.Atoi(perWorker)
@@ -230,6 +237,7 @@ See docs/CLUSTER.md.`,
 	fl.StringVar(&mem, "mem", os.Getenv("KILN_NODE_MEMORY"), "guest memory this node may hand out, like 8G (default half of RAM; $KILN_NODE_MEMORY)")
 	fl.StringVar(&cfg.DataDir, "data", "", "image cache directory (default $KILN_DATA/agent, else ~/.kiln/agent)")
 	fl.StringVar(&cacheSize, "cache-size", os.Getenv("KILN_CACHE_SIZE"), "bound of the on-disk image cache, like 20G; least recently used images go first (default 10G; $KILN_CACHE_SIZE)")
+	fl.StringVar(&snapSize, "snapshot-size", os.Getenv("KILN_SNAPSHOT_SIZE"), "bound of the disk the snapshot store uses, like 20G; least recently used snapshots without a live instance go first (default 10G; $KILN_SNAPSHOT_SIZE)")
 	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "boot this guest kernel instead of the one in each image (kernel development)")
 	fl.StringVar(&perWorker, "vms-per-worker", os.Getenv("KILN_VMS_PER_WORKER"), "VMs each VM host process holds before another is started (default 256; -1: run VMs inside the agent process; $KILN_VMS_PER_WORKER)")

@@ -236,6 +236,8 @@ type AgentOptions struct {
 	MemoryBytes uint64 // guest memory this node may hand out; 0 → half of RAM
 	CacheDir    string // the image cache; required
 	CacheBytes  int64  // bound of the image cache; 0 → nodeagent.DefaultCacheBytes
+	// SnapshotBytes bounds the snapshot store's disk; 0 → nodeagent.DefaultSnapshotBytes.
+	SnapshotBytes int64
 	// Kernel, when set, overrides every image's guest kernel.
 	Kernel []byte
 	// VMsPerWorker: VMs per vmhost worker process (nodeagent.Config).
@@ -270,7 +272,7 @@ func (p *Parts) BuildAgent(o AgentOptions) (*nodeagent.Agent, error) {
 	}
 	agent, err := nodeagent.New(nodeagent.Config{
 		Node: o.Node, MemoryBytes: o.MemoryBytes, Kernel: o.Kernel, Images: o.Images,
-		CacheDir: o.CacheDir, CacheBytes: o.CacheBytes, Registerer: p.Metrics, Logger: o.Logger, Boot: o.Boot,
+		CacheDir: o.CacheDir, CacheBytes: o.CacheBytes, SnapshotBytes: o.SnapshotBytes, Registerer: p.Metrics, Logger: o.Logger, Boot: o.Boot,
 		VMsPerWorker: o.VMsPerWorker,
 	})
 	if err != nil {

@@ -179,6 +179,8 @@ type AgentConfig struct {
 	MemoryBytes uint64
 	// CacheBytes bounds the on-disk image cache; 0 → nodeagent.DefaultCacheBytes.
 	CacheBytes int64
+	// SnapshotBytes bounds the snapshot store's disk; 0 → nodeagent.DefaultSnapshotBytes.
+	SnapshotBytes int64
 	// Runtime is RuntimeKVM ("" too) or RuntimeProcess, which must be asked
 	// for by name: it runs functions without any isolation.
 	Runtime string
@@ -257,7 +259,7 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 	}
 	agent, err := r.BuildAgent(AgentOptions{
 		Node: cfg.Node, MemoryBytes: cfg.MemoryBytes, CacheDir: filepath.Join(cfg.DataDir, "cache"), CacheBytes: cfg.CacheBytes,
-		Kernel: kernel, VMsPerWorker: cfg.VMsPerWorker, Boot: boot, Images: images,
+		SnapshotBytes: cfg.SnapshotBytes, Kernel: kernel, VMsPerWorker: cfg.VMsPerWorker, Boot: boot, Images: images,
 		Scheduler: kilnv1.NewSchedulerClient(schedConn), Listener: lis, Advertise: cfg.Advertise, TLS: creds, Logger: r.log,
 	})
 	if err != nil {
