@@ -13,11 +13,47 @@ import (
 )
 
 // stats are the live counters behind Stats, written by the vCPU goroutine
-// and read by anyone.
+// and read by anyone (in another process too: Config.StatsPage).
 type stats struct {
 	exits, ioExits, mmioExits, hypercalls atomic.Uint64
 	discards, discardedBytes, inputWaits  atomic.Uint64
 	guestNanos                            atomic.Int64
+	// runSince is the wall clock (Unix ns) at which the KVM_RUN in
+	// progress began, 0 outside one. A guest that spins without exiting
+	// stays inside one KVM_RUN for as long as it spins, so guestNanos
+	// alone would not move: the reader adds the time of the run in
+	// progress (the agent charges an idle instance's spinning, issue 13).
+	// Wall clock, not monotonic: the reader may be another process.
+	runSince atomic.Int64
+}
+
+// enterRun and leftRun bracket one KVM_RUN. leftRun clears runSince
+// before adding the run's time, so that a reader that sees the same
+// runSince before and after reading guestNanos read a guestNanos without
+// that run (snapshot).
+func (s *stats) enterRun(at time.Time) { s.runSince.Store(at.UnixNano()) }
+
+func (s *stats) leftRun(d time.Duration) {
+	s.runSince.Store(0)
+	s.guestNanos.Add(int64(d))
+}
+
+// guestTime is guestNanos plus the KVM_RUN in progress, if any. A reader
+// racing the end of a run may miss that run's time for a moment (never
+// count it twice): the next read has it.
+func (s *stats) guestTime() time.Duration {
+	for range 4 {
+		since := s.runSince.Load()
+		g := s.guestNanos.Load()
+		if s.runSince.Load() != since {
+			continue // a run began or ended meanwhile
+		}
+		if since != 0 {
+			g += max(0, time.Now().UnixNano()-since)
+		}
+		return time.Duration(g)
+	}
+	return time.Duration(s.guestNanos.Load())
 }
 
 func (s *stats) snapshot() Stats {
@@ -29,7 +65,7 @@ func (s *stats) snapshot() Stats {
 		InputWaits: s.inputWaits.Load(),
 		Discards:   s.discards.Load(),
 		Discarded:  s.discardedBytes.Load(),
-		GuestTime:  time.Duration(s.guestNanos.Load()),
+		GuestTime:  s.guestTime(),
 	}
 }
 
@@ -98,8 +134,9 @@ func (vm *VM) loop(ctx context.Context) *Result {
 			return vm.timeout(ctx)
 		}
 		entered := time.Now()
+		vm.stats.enterRun(entered)
 		interrupted, err := vm.cpu.enter()
-		vm.stats.guestNanos.Add(int64(time.Since(entered)))
+		vm.stats.leftRun(time.Since(entered))
 		if err != nil {
 			return vm.internal(err)
 		}

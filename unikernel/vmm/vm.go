@@ -93,7 +93,9 @@ type Stats struct {
 	Discarded  uint64 // bytes of guest memory they gave back to the host
 	// GuestTime is the time spent inside KVM_RUN: the guest running (or,
 	// on this project's nested hosts, being emulated); the rest of a
-	// call's time is the VMM serving exits and the host around it.
+	// call's time is the VMM serving exits and the host around it. It
+	// includes the KVM_RUN in progress, so it moves while a guest spins
+	// without exiting (what the agent's idle-CPU budget watches).
 	GuestTime time.Duration
 }
 
