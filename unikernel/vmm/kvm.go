@@ -37,6 +37,17 @@ const (
 	kvmCPUIDFlagSignificant = 1 << 0
 )
 
+// KVMIoctls lists every ioctl request the VMM issues, for a sandbox's
+// allow-list (node-agent/vmhost's seccomp filter): a request added above
+// must be added here, or a jailed worker dies issuing it.
+func KVMIoctls() []uint64 {
+	return []uint64{ioctlGetAPIVersion, ioctlCreateVM, ioctlCheckExtension, ioctlGetVCPUMmapSize,
+		ioctlGetSupportedCPUID, ioctlCreateVCPU, ioctlSetUserMemory, ioctlSetTSSAddr, ioctlRun,
+		ioctlGetRegs, ioctlSetRegs, ioctlGetSregs, ioctlSetSregs, ioctlGetMSRs, ioctlSetMSRs,
+		ioctlGetFPU, ioctlSetFPU, ioctlSetCPUID2, ioctlGetTSCkHz, ioctlGetXCRs, ioctlSetXCRs,
+		ioctlGetXSave, ioctlSetXSave}
+}
+
 // KVM exit reasons (kvm_run.exit_reason).
 const (
 	exitUnknown       = 0
