@@ -71,6 +71,10 @@ type Config struct {
 	// which a worker process that stopped answering is killed with its
 	// VMs; 0 → vmhost's defaults. Only with Boot nil.
 	WorkerAnswerWithin, WorkerWorkWithin time.Duration
+	// NoJail runs the vmhost workers unjailed (vmhost.Config.NoJail):
+	// for debugging only. Jailed (the default), New fails unless the
+	// agent is root. Only with Boot nil.
+	NoJail bool
 	// MaxColdStarts bounds the starts (restores or boots) for live calls
 	// in flight on this node; calls beyond it queue for the first
 	// instance to come free or start slot to open. 0 → the number of CPUs,
@@ -158,7 +162,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if a.boot == nil && cfg.VMsPerWorker >= 0 {
 		h, err := vmhost.New(vmhost.Config{PerWorker: cfg.VMsPerWorker, Logger: a.log.With("part", "vmhost"),
-			AnswerWithin: cfg.WorkerAnswerWithin, WorkWithin: cfg.WorkerWorkWithin,
+			AnswerWithin: cfg.WorkerAnswerWithin, WorkWithin: cfg.WorkerWorkWithin, NoJail: cfg.NoJail,
 			// a.m is set below, before any VM boots.
 			OnKill: func(reason string) { a.m.workersKilled.WithLabelValues(reason).Inc() }})
 		if err != nil {

@@ -43,14 +43,27 @@
 // group: its VMs end with ErrWorker, "worker N stopped answering for Xs:
 // killed", and the next Boot goes to another worker.
 //
+// Jail (jail.go, seccomp.go, cgroup.go): by default a worker runs in new
+// mount, pid, ipc, uts and net namespaces with a scrubbed environment,
+// and before it serves anything pivots into an empty read-only root
+// holding only /dev/kvm, drops to an unprivileged uid/gid (65534) with no
+// capabilities, sets no_new_privs and loads a seccomp allow-list (KVM's
+// ioctls only; anything else kills it, reported as "killed by seccomp
+// (syscall N name)"); the agent puts it in a cgroup whose memory limit
+// follows its VMs. Config.NoJail (`--no-jail`) turns it off, for
+// debugging; setting it up needs root.
+//
 // Protocol: one SOCK_SEQPACKET socketpair per worker, one reader goroutine
 // per side dispatching by VM id, writes serialized. A message is a 17-byte
 // header (type, VM id, tag) and a body. The worker speaks first (hello:
-// the hook ran). Boot is JSON (the vmm.Config less
+// the hook ran and it is in its jail; or, with a body, why it could not
+// enter it). Boot is JSON (the vmm.Config less
 // its images, streams and callbacks) with descriptors attached as
 // SCM_RIGHTS — the kernel and program in a memfd (none for a restore:
-// the worker opens Snapshot.Path() itself and caches opened snapshots),
-// stdin/stdout/stderr as the caller's own file or a pipe this side copies.
+// the agent's open snapshot file instead, which the worker verifies once
+// and caches by path), a file to write a snapshot into (renamed into
+// place by the agent), stdin/stdout/stderr as the caller's own file or a
+// pipe this side copies: a jailed worker opens no path but /dev/kvm.
 // Then run, cancel (Run's context ended), stats (64 bytes back), close
 // (answered once freed), ping (answered by the worker's reader); the
 // worker reports booted, OnSnapshot and OnFirstWait (it holds the guest

@@ -36,6 +36,14 @@ type Config struct {
 	// with what it left unanswered (KillHeartbeat, KillBoot, …): the
 	// agent's kiln_agent_workers_killed_total.
 	OnKill func(reason string)
+
+	// NoJail runs workers unjailed (jail.go): as the agent's user, with
+	// its environment, namespaces and cgroup, and no seccomp filter. For
+	// debugging only; New logs it loudly. Jailed (the default), New
+	// fails unless the agent is root.
+	NoJail bool
+	// JailUID, JailGID: who jailed workers run as; 0 → DefaultJailID.
+	JailUID, JailGID int
 }
 
 // Host runs VMs in worker processes. Its methods are safe for concurrent
@@ -48,6 +56,10 @@ type Host struct {
 
 	pingEvery, answerWithin, workWithin time.Duration
 	onKill                              func(reason string)
+
+	jail     bool
+	uid, gid int
+	cg       *cgroups // nil: workers get no cgroup
 
 	spawnc chan spawnReq
 	done   chan struct{} // closed by Close
@@ -94,6 +106,9 @@ func New(cfg Config) (*Host, error) {
 	}
 	if _, err := os.Stat(h.exe); err != nil {
 		return nil, fmt.Errorf("vmhost: the worker executable: %w", err)
+	}
+	if err := h.setupJail(cfg); err != nil {
+		return nil, err
 	}
 	go h.spawner()
 	return h, nil
@@ -266,6 +281,9 @@ type worker struct {
 	logsDone chan struct{} // closed when its output ended
 
 	hello   chan struct{} // closed when its first message says the worker loop runs (awaitHello)
+	jailErr string        // … or why it could not enter its jail; set before hello is closed
+	cg      *workerCgroup // its cgroup; nil: none (no jail, or none usable); set before ready is closed
+	oom     bool          // the OOM killer killed it at its cgroup's limit; set once reaped
 	closing atomic.Bool   // Host.Close killed it
 	dead    chan struct{} // closed once its reader stopped: every wait on it gives up
 	why     string        // how it ended; set before dead is closed
@@ -381,6 +399,18 @@ func (w *worker) start() error {
 	// group keeps a terminal's ^C, meant for the agent's orderly shutdown,
 	// from killing the VMs under it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if w.h.jail {
+		// Its own namespaces from the start, a scrubbed environment, and
+		// the rest of the jail it sets up itself (enterJail).
+		cmd.Env = workerEnv(statsEnv+"=4", fmt.Sprintf("%s=%d:%d", jailEnv, w.h.uid, w.h.gid))
+		cmd.SysProcAttr.Cloneflags = jailCloneflags
+		if w.h.cg != nil {
+			if w.cg, err = w.h.cg.create(workerPids(w.h.per)); err != nil {
+				w.h.log.Error("vmhost: a worker gets NO cgroup (no memory, pids or CPU limit)", "err", err)
+				w.cg = nil
+			}
+		}
+	}
 	req := spawnReq{cmd: cmd, done: make(chan error, 1)}
 	select {
 	case w.h.spawnc <- req:
@@ -394,10 +424,19 @@ func (w *worker) start() error {
 		ours.Close()
 		logR.Close()
 		w.unmapStats()
+		if w.cg != nil {
+			w.cg.remove()
+		}
 		close(w.dead)
 		return fmt.Errorf("%w: starting %s: %w", ErrWorker, w.h.exe, err)
 	}
 	w.cmd, w.pid = cmd, cmd.Process.Pid
+	if w.cg != nil {
+		// Before it says it serves: no VM boots outside the cgroup.
+		if err = w.cg.add(w.pid); err != nil {
+			w.h.log.Error("vmhost: could not put a worker in its cgroup: it runs without limits", "pid", w.pid, "err", err)
+		}
+	}
 	if w.c, err = newConn(ours); err == nil {
 		w.c.sendWithin = w.h.answerWithin
 	}
@@ -431,10 +470,18 @@ func (w *worker) awaitHello() error {
 	defer t.Stop()
 	select {
 	case <-w.hello:
+		if w.jailErr != "" {
+			w.cmd.Process.Kill()
+			<-w.dead
+			return fmt.Errorf("%w: it could not enter its jail: %s: %w", ErrWorker, w.jailErr, ErrJail)
+		}
 		return nil
 	case <-w.dead:
 		select {
 		case <-w.hello:
+			if w.jailErr != "" {
+				return fmt.Errorf("%w: it could not enter its jail: %s: %w", ErrWorker, w.jailErr, ErrJail)
+			}
 			return fmt.Errorf("%w: it exited as it started: %s", ErrWorker, w.why)
 		default:
 		}
@@ -494,6 +541,10 @@ func (w *worker) read() {
 	case <-time.After(time.Second):
 	}
 	hung := w.hung()
+	var status syscall.WaitStatus
+	if ee, ok := waitErr.(*exec.ExitError); ok {
+		status, _ = ee.Sys().(syscall.WaitStatus)
+	}
 	switch {
 	case w.closing.Load():
 		w.why = "the host was closed"
@@ -501,6 +552,11 @@ func (w *worker) read() {
 		w.why, w.killed = hung, true
 	case !exited:
 		w.why = fmt.Sprintf("killed, but not yet exited after %v", reapWithin)
+	case status.Signaled() && status.Signal() == syscall.SIGSYS:
+		// Its seccomp filter (jail.go): a syscall a worker never makes.
+		w.why = fmt.Sprintf("worker %d %s", w.pid, seccompKill(w.pid))
+	case status.Signaled() && status.Signal() == syscall.SIGKILL && w.oom:
+		w.why = fmt.Sprintf("worker %d killed by the OOM killer at its cgroup's memory limit", w.pid)
 	case failure != nil:
 		w.why = fmt.Sprintf("%v (control socket: %v)", waitErr, failure)
 	case waitErr != nil:
@@ -536,6 +592,7 @@ func (w *worker) dispatch(m message) {
 		select {
 		case <-w.hello:
 		default:
+			w.jailErr = string(m.body)
 			close(w.hello)
 		}
 		return
@@ -606,5 +663,47 @@ func (w *worker) isDead() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// setupJail decides whether workers are jailed and finds their cgroups.
+func (h *Host) setupJail(cfg Config) error {
+	if cfg.NoJail {
+		h.log.Warn("vmhost: the worker jail is OFF (--no-jail): VM workers run as this agent's user, with its environment, namespaces and cgroup and no seccomp filter; a guest that escapes into its VMM owns this host. For debugging only")
+		return nil
+	}
+	if err := checkJailable(); err != nil {
+		return err
+	}
+	h.jail, h.uid, h.gid = true, cfg.JailUID, cfg.JailGID
+	if h.uid <= 0 {
+		h.uid = DefaultJailID
+	}
+	if h.gid <= 0 {
+		h.gid = DefaultJailID
+	}
+	self, _ := os.ReadFile("/proc/self/cgroup")
+	cg, err := findCgroups("/sys/fs/cgroup", self)
+	if err != nil {
+		h.log.Error("vmhost: VM workers get NO cgroup (no memory, pids or CPU limit); the rest of their jail holds", "why", err)
+	} else {
+		cg.sweep()
+		h.cg = cg
+	}
+	what := "none"
+	if h.cg != nil {
+		what = h.cg.what
+	}
+	h.log.Info("vmhost: VM workers are jailed", "uid", h.uid, "gid", h.gid, "cgroups", what)
+	return nil
+}
+
+// resize charges (negative: uncharges) a VM to the worker's cgroup.
+func (w *worker) resize(bytes int64, vms int) {
+	if w.cg == nil {
+		return
+	}
+	if err := w.cg.resize(bytes, vms); err != nil && !w.isDead() {
+		w.h.log.Warn("vmhost: a worker's cgroup limits", "pid", w.pid, "err", err)
 	}
 }

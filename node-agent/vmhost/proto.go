@@ -47,7 +47,7 @@ const (
 	// inlineMax travels in the image memfd instead.
 	maxMsg    = 64 << 10
 	inlineMax = 32 << 10
-	maxFDs    = 4
+	maxFDs    = 8
 )
 
 // message is one decoded packet.
@@ -186,8 +186,13 @@ type bootMsg struct {
 	SnapshotPath  string   `json:"snap_path,omitempty"`
 	OnSnapshot    bool     `json:"on_snap,omitempty"`
 	OnFirstWait   bool     `json:"on_wait,omitempty"`
-	Restore       string   `json:"restore,omitempty"` // Snapshot.Path()
-	StatsSlot     int      `json:"stats_slot"`        // where in the shared stats memory; -1: none
+	Restore       string   `json:"restore,omitempty"` // Snapshot.Path(): the worker's cache key
+	// RestoreFile: the snapshot to restore, the agent's open file.
+	// SnapshotOut: an empty file beside SnapshotPath for the VM to write
+	// its snapshot into, which the agent renames into place.
+	RestoreFile int `json:"restore_file"`
+	SnapshotOut int `json:"snap_out"`
+	StatsSlot   int `json:"stats_slot"` // where in the shared stats memory; -1: none
 	// Indexes into the message's descriptors; -1: none.
 	Image  int `json:"image"`
 	Stdin  int `json:"stdin"`

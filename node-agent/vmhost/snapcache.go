@@ -8,15 +8,16 @@ import (
 	"time"
 )
 
-// snapCache keeps a worker's opened snapshots by path: opening one
+// snapCache keeps a worker's opened snapshots by the path the agent opened
+// them at: opening one
 // verifies a checksum over the whole file (tens of MiB read), which a
-// restore must not pay each time. An entry is reopened when the file at its
-// path changed (inode, mtime or size: the agent replaces a snapshot by
+// restore must not pay each time. An entry is reopened when the file the
+// agent passed for its path is another one (inode, mtime or size: the agent replaces a snapshot by
 // renaming a new file over it) and closed once no VM has used it for idle.
 // T is *vmm.Snapshot in a worker; the type parameter lets the cache be
 // tested without KVM.
 type snapCache[T io.Closer] struct {
-	open func(path string) (T, error)
+	open func(f *os.File) (T, error) // takes over f
 	idle time.Duration
 	now  func() time.Time
 
@@ -38,16 +39,19 @@ type snapEntry[T io.Closer] struct {
 	stale bool      // the path now names another file, or the entry was evicted
 }
 
-func newSnapCache[T io.Closer](open func(string) (T, error), idle time.Duration) *snapCache[T] {
+func newSnapCache[T io.Closer](open func(*os.File) (T, error), idle time.Duration) *snapCache[T] {
 	return &snapCache[T]{open: open, idle: idle, now: time.Now, m: map[string]*snapEntry[T]{}}
 }
 
-// get returns the snapshot at path, opened now or earlier, and the release
-// to call when the VM restored from it is closed.
-func (c *snapCache[T]) get(path string) (T, func(), error) {
+// get returns the snapshot at path — f, the file the agent opened there
+// and passed over (a jailed worker has no file system to open it in) —
+// opened now or earlier, and the release to call when the VM restored from
+// it is closed. It takes over f: open keeps it, or it is closed.
+func (c *snapCache[T]) get(path string, f *os.File) (T, func(), error) {
 	var zero T
-	st, err := os.Stat(path)
+	st, err := f.Stat()
 	if err != nil {
+		f.Close()
 		return zero, nil, err
 	}
 	var ino uint64
@@ -71,8 +75,10 @@ func (c *snapCache[T]) get(path string) (T, func(), error) {
 	c.mu.Unlock()
 
 	if opener {
-		e.snap, e.err = c.open(path)
+		e.snap, e.err = c.open(f)
 		close(e.ready)
+	} else {
+		f.Close()
 	}
 	<-e.ready
 	if e.err != nil {

@@ -2,6 +2,7 @@ package vmhost
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -29,14 +30,26 @@ func (f *fakeSnap) closes() int {
 	return f.closed
 }
 
+// getFile gets the snapshot at path as a worker does: from the file the
+// agent opened there.
+func getFile[T io.Closer](c *snapCache[T], path string) (T, func(), error) {
+	f, err := os.Open(path)
+	if err != nil {
+		var zero T
+		return zero, nil, err
+	}
+	return c.get(path, f)
+}
+
 func TestSnapCache(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a.snap")
 	os.WriteFile(path, []byte("one"), 0o644)
 	opens := 0
-	c := newSnapCache(func(p string) (*fakeSnap, error) {
+	c := newSnapCache(func(f *os.File) (*fakeSnap, error) {
+		defer f.Close()
 		opens++
-		if b, _ := os.ReadFile(p); string(b) == "bad" {
+		if b, _ := io.ReadAll(f); string(b) == "bad" {
 			return nil, errors.New("bad file")
 		}
 		return &fakeSnap{gen: opens}, nil
@@ -44,11 +57,11 @@ func TestSnapCache(t *testing.T) {
 	now := time.Unix(1000, 0)
 	c.now = func() time.Time { return now }
 
-	s1, rel1, err := c.get(path)
+	s1, rel1, err := getFile(c, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, rel2, _ := c.get(path)
+	s2, rel2, _ := getFile(c, path)
 	if s1 != s2 || opens != 1 {
 		t.Fatalf("second get opened again (%d opens)", opens)
 	}
@@ -60,7 +73,7 @@ func TestSnapCache(t *testing.T) {
 	tmp := filepath.Join(dir, "tmp")
 	os.WriteFile(tmp, []byte("two"), 0o644)
 	os.Rename(tmp, path)
-	s3, rel3, _ := c.get(path)
+	s3, rel3, _ := getFile(c, path)
 	if s3 == s1 || opens != 2 {
 		t.Fatalf("a replaced file was not reopened (%d opens)", opens)
 	}
@@ -74,7 +87,7 @@ func TestSnapCache(t *testing.T) {
 
 	// Rewritten in place (mtime): reopened too.
 	os.Chtimes(path, now, now.Add(time.Hour))
-	s4, rel4, _ := c.get(path)
+	s4, rel4, _ := getFile(c, path)
 	if s4 == s3 || opens != 3 || s3.closes() != 0 {
 		t.Fatalf("mtime change: %d opens, old closed %d", opens, s3.closes())
 	}
@@ -90,7 +103,7 @@ func TestSnapCache(t *testing.T) {
 	if c.size() != 1 || s4.closes() != 0 {
 		t.Fatal("swept before a minute")
 	}
-	s5, rel5, _ := c.get(path)
+	s5, rel5, _ := getFile(c, path)
 	now = now.Add(2 * time.Minute)
 	c.sweep()
 	if s5 != s4 || c.size() != 1 {
@@ -107,14 +120,14 @@ func TestSnapCache(t *testing.T) {
 	os.WriteFile(path, []byte("bad"), 0o644)
 	os.Chtimes(path, now, now.Add(2*time.Hour))
 	for range 2 {
-		if _, _, err := c.get(path); err == nil {
+		if _, _, err := getFile(c, path); err == nil {
 			t.Fatal("bad file opened")
 		}
 	}
 	if opens != 5 || c.size() != 0 {
 		t.Fatalf("errors cached: %d opens, %d cached", opens, c.size())
 	}
-	if _, _, err := c.get(filepath.Join(dir, "none")); !errors.Is(err, os.ErrNotExist) {
+	if _, _, err := getFile(c, filepath.Join(dir, "none")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
@@ -125,7 +138,8 @@ func TestSnapCacheOpensOnce(t *testing.T) {
 	os.WriteFile(path, []byte("x"), 0o644)
 	var mu sync.Mutex
 	opens := 0
-	c := newSnapCache(func(string) (*fakeSnap, error) {
+	c := newSnapCache(func(f *os.File) (*fakeSnap, error) {
+		f.Close()
 		mu.Lock()
 		opens++
 		mu.Unlock()
@@ -135,7 +149,7 @@ func TestSnapCacheOpensOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Go(func() {
-			_, rel, err := c.get(path)
+			_, rel, err := getFile(c, path)
 			if err != nil {
 				t.Error(err)
 				return

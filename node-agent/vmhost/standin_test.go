@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kilnfaas/kiln/unikernel/vmm"
 )
 
@@ -47,6 +49,8 @@ func installStandIn() {
 //	!fail          the guest fails (ReasonPanic, vmm.ErrGuest) with a full Result
 //	!stderr TEXT   TEXT goes to stderr
 //	!image         describes the config it got (image sizes and sums, env, args)
+//	!open FILE DIR tries to open FILE for reading and create a file in DIR (the jail)
+//	!forbidden     makes a syscall outside the jail's seccomp allow-list (socket)
 //
 // It calls OnSnapshot with an error (it takes no snapshot) and OnFirstWait
 // before its first read; its context ending gives ReasonTimeout.
@@ -184,6 +188,14 @@ func (e *echoVM) loop(ctx context.Context) (*vmm.Result, error) {
 				fmt.Errorf("%w: stand-in kernel panic", vmm.ErrGuest)
 		case strings.HasPrefix(cmd, "!stderr "):
 			write(e.cfg.Stderr, []byte(strings.TrimPrefix(cmd, "!stderr ")+"\n"))
+		case strings.HasPrefix(cmd, "!open "):
+			file, dir, _ := strings.Cut(strings.TrimPrefix(cmd, "!open "), " ")
+			_, rerr := os.Open(file)
+			_, werr := os.Create(dir + "/jail-probe")
+			write(e.cfg.Stdout, fmt.Appendf(nil, "read: %v\nwrite: %v\n", rerr, werr))
+		case cmd == "!forbidden":
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			write(e.cfg.Stdout, fmt.Appendf(nil, "socket: %d %v\n", fd, err))
 		case cmd == "!image":
 			env := 0
 			for _, s := range e.cfg.Env {

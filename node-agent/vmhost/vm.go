@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,12 @@ type VM struct {
 
 	onSnapshot  func(error)
 	onFirstWait func()
+	charge      int64 // what it adds to its worker's cgroup memory limit
+
+	// The snapshot the worker writes into snapTmp, renamed to snapPath
+	// when it says it wrote it; removed if it never does.
+	snapMu            sync.Mutex // guards snapTmp
+	snapTmp, snapPath string
 
 	booted chan error     // the worker's answer to the boot
 	events chan message   // mSnapshot, mFirstWait, mResult in the worker's order
@@ -55,7 +62,7 @@ func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 	bm := bootMsg{Args: cfg.Args, Env: cfg.Env, MemSize: cfg.MemSize, Hostname: cfg.Hostname,
 		TraceSyscalls: cfg.TraceSyscalls, PortIO: cfg.PortIO, SnapshotPath: cfg.SnapshotPath,
 		OnSnapshot: cfg.OnSnapshot != nil, OnFirstWait: cfg.OnFirstWait != nil, Restore: restore,
-		StatsSlot: v.slot, Image: -1, Stdin: -1, Stdout: -1, Stderr: -1}
+		StatsSlot: v.slot, Image: -1, Stdin: -1, Stdout: -1, Stderr: -1, RestoreFile: -1, SnapshotOut: -1}
 
 	var fds []int         // sent, then closed: each a dup of ours or the worker's end of a pipe
 	var theirs []*os.File // the worker's ends of our pipes, closed once sent
@@ -69,6 +76,10 @@ func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 	}()
 	fail := func(err error) (*VM, error) {
 		v.releaseStreams()
+		v.dropSnapshotTmp()
+		if v.charge != 0 {
+			w.resize(-v.charge, -1)
+		}
 		// The worker never holds a VM it did not boot: its slot is free.
 		w.putSlot(v.slot)
 		return nil, err
@@ -123,6 +134,35 @@ func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 		return fail(err)
 	}
 
+	// Files by descriptor, never by path: a jailed worker has none.
+	if restore != "" {
+		f := (*os.File)(nil)
+		if cfg.Snapshot != nil {
+			f = cfg.Snapshot.File()
+		} else {
+			// A path alone (Host.boot's tests): opened here, not there.
+			if f, err = os.Open(restore); err != nil {
+				return fail(fmt.Errorf("%w: %w", vmm.ErrSnapshot, err))
+			}
+			defer f.Close()
+		}
+		if bm.RestoreFile, err = add(f); err != nil {
+			return fail(err)
+		}
+	}
+	if cfg.SnapshotPath != "" {
+		// Beside its final name, renamed there once the worker wrote it
+		// (VM.event), as vmm's own writer does. Failing here, the worker
+		// is sent none: the VM's attempt fails and OnSnapshot says why.
+		if tmp, err := os.CreateTemp(filepath.Dir(cfg.SnapshotPath), ".snap-*"); err == nil {
+			theirs = append(theirs, tmp)
+			v.snapTmp, v.snapPath = tmp.Name(), cfg.SnapshotPath
+			if bm.SnapshotOut, err = add(tmp); err != nil {
+				return fail(err)
+			}
+		}
+	}
+
 	// A restore needs no images: the snapshot holds the guest.
 	var parts [][]byte
 	if restore == "" {
@@ -156,6 +196,9 @@ func (w *worker) boot(id uint64, cfg vmm.Config, restore string) (*VM, error) {
 		}
 	}
 
+	// Its cgroup's memory limit grows before the VM exists.
+	v.charge = vmCharge(cfg)
+	w.resize(v.charge, 1)
 	w.mu.Lock()
 	w.vms[id] = v
 	w.mu.Unlock()
@@ -345,8 +388,9 @@ func (v *VM) wait(ctx context.Context) (*vmm.Result, error) {
 func (v *VM) event(m message) (*vmm.Result, error, bool) {
 	switch m.typ {
 	case mSnapshot:
+		err := v.placeSnapshot(decodeErr(m.body))
 		if v.onSnapshot != nil {
-			v.onSnapshot(decodeErr(m.body))
+			v.onSnapshot(err)
 		}
 		v.w.send(mAck, v.id, 0, nil)
 	case mFirstWait:
@@ -431,7 +475,39 @@ func (v *VM) Close() error {
 		<-running
 	}
 	v.pumps.Wait()
+	v.dropSnapshotTmp()
 	w.forget(v.id)
+	w.resize(-v.charge, -1)
 	v.h.unload(w)
 	return nil
+}
+
+// placeSnapshot puts the snapshot the worker wrote (err: how that went)
+// at its path, as vmm does when it writes one itself: before OnSnapshot
+// hears of it.
+func (v *VM) placeSnapshot(err error) error {
+	v.snapMu.Lock()
+	defer v.snapMu.Unlock()
+	if v.snapTmp == "" {
+		return err
+	}
+	tmp := v.snapTmp
+	v.snapTmp = ""
+	if err == nil {
+		err = os.Rename(tmp, v.snapPath)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// dropSnapshotTmp removes the file a VM that never snapshotted was given.
+func (v *VM) dropSnapshotTmp() {
+	v.snapMu.Lock()
+	defer v.snapMu.Unlock()
+	if v.snapTmp != "" {
+		os.Remove(v.snapTmp)
+		v.snapTmp = ""
+	}
 }

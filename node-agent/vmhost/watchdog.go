@@ -219,6 +219,11 @@ func (w *worker) reap() (exited bool, err error) {
 		w.procMu.Lock()
 		w.reaped = true
 		w.procMu.Unlock()
+		if w.cg != nil {
+			// Empty now: what it says of the worker, then gone.
+			w.oom = w.cg.oomKilled()
+			w.cg.remove()
+		}
 		done <- err
 	}()
 	t := time.NewTimer(reapWithin)

@@ -64,14 +64,28 @@ func RunWorker() int {
 		fmt.Fprintf(os.Stderr, "vmhost: RunWorker in a process not started as a worker (its arguments are not %q)\n", workerArg)
 		return 2
 	}
-	return serveWorker(os.NewFile(3, "vmhost-control"))
+	stats := mapStats()
+	// The jail (jail.go) before anything is served: the first message
+	// goes out from inside it.
+	var jailErr error
+	if spec, ok := os.LookupEnv(jailEnv); ok {
+		os.Unsetenv(jailEnv)
+		jailErr = enterJail(spec)
+	}
+	return serveWorker(os.NewFile(3, "vmhost-control"), stats, jailErr)
 }
 
-func serveWorker(ctl *os.File) int {
+// serveWorker serves the agent on ctl. jailErr, when set, is why the
+// worker could not enter its jail: it says so instead and ends.
+func serveWorker(ctl *os.File, stats []byte, jailErr error) int {
 	c, err := newConn(ctl)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
 		return 2
+	}
+	if jailErr != nil {
+		c.send(mHello, 0, 0, []byte(clip(jailErr.Error())))
+		return 3
 	}
 	// The first message says the hook ran: until it, the agent holds
 	// its Boot (awaitHello).
@@ -79,7 +93,7 @@ func serveWorker(ctl *os.File) int {
 		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
 		return 2
 	}
-	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshot, snapIdle), stats: mapStats()}
+	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshotFile, snapIdle), stats: stats}
 	go func() {
 		for range time.Tick(snapIdle / 4) {
 			w.snaps.sweep()
@@ -213,14 +227,15 @@ func (w *workerLoop) boot(v *hostedVM, m message) {
 }
 
 func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
-	take := func(i int) *os.File {
+	takeNamed := func(i int, name string) *os.File {
 		if i < 0 || i >= len(m.fds) || m.fds[i] < 0 {
 			return nil
 		}
-		f := os.NewFile(uintptr(m.fds[i]), fmt.Sprintf("vm%d-fd%d", v.id, i))
+		f := os.NewFile(uintptr(m.fds[i]), name)
 		m.fds[i] = -1
 		return f
 	}
+	take := func(i int) *os.File { return takeNamed(i, fmt.Sprintf("vm%d-fd%d", v.id, i)) }
 	if len(m.body) < 1 {
 		return false, fmt.Errorf("%w: vmhost: empty boot message", vmm.ErrConfig)
 	}
@@ -297,6 +312,12 @@ func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
 		keep(f)
 		cfg.Stderr = f
 	}
+	if f := take(bm.SnapshotOut); f != nil {
+		// Written by the VM when it snapshots (and closed then), or never:
+		// closed with the streams either way.
+		keep(f)
+		cfg.SnapshotFile = f
+	}
 	if bm.OnSnapshot {
 		cfg.OnSnapshot = func(err error) { w.callback(v, mSnapshot, encodeErr(err)) }
 	}
@@ -305,7 +326,11 @@ func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
 	}
 	var release func()
 	if bm.Restore != "" {
-		snap, rel, err := w.snaps.get(bm.Restore)
+		f := takeNamed(bm.RestoreFile, bm.Restore) // errors name the agent's path
+		if f == nil {
+			return false, fmt.Errorf("%w: vmhost: a restore of %s without its file", vmm.ErrSnapshot, bm.Restore)
+		}
+		snap, rel, err := w.snaps.get(bm.Restore, f)
 		if err != nil {
 			if !errors.Is(err, vmm.ErrSnapshot) {
 				err = fmt.Errorf("%w: %w", vmm.ErrSnapshot, err)
