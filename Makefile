@@ -14,7 +14,7 @@ DEB_PKGS := gcc libc6-dev make musl-tools cpio busybox-static qemu-system-x86 li
 
 # Packages whose tests boot real KVM guests; on a host without /dev/kvm they
 # run inside scripts/kvmbox.
-KVM_PKGS := ./unikernel/vmm ./unikernel/gocompat ./test/e2e ./node-agent ./node-agent/vmhost
+KVM_PKGS := ./unikernel/vmm ./unikernel/gocompat ./test/e2e ./node-agent ./node-agent/vmhost ./test/chaos
 
 .PHONY: all deps build build-guest kernel guests vmmguests examples examples-go kiln run test test-host \
 	test-kvm bench check proto fmt vet clean

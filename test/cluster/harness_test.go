@@ -172,9 +172,9 @@ type Cluster struct {
 	AgentHTTP                map[string]string // name → base URL of /healthz, /readyz, /metrics
 	agentArgs                map[string][]string
 	schedArgs                []string
-	redisArgs                []string
+	redisArgs, natsArgs      []string
 	http                     *http.Client
-	redis, sched             *proc
+	redis, sched, nats       *proc
 	redisBin                 string
 	redisDir                 string
 	schedPort, schedHTTPPort int
@@ -218,7 +218,8 @@ func newCluster(t *testing.T, gateways, agents int, limit time.Duration) *Cluste
 
 	c.NATSPort = freePort(t)
 	c.NATSURL = "nats://" + addr(c.NATSPort)
-	c.start("nats", bins.nats, "-a", "127.0.0.1", "-p", fmt.Sprint(c.NATSPort), "-js", "-sd", filepath.Join(c.dir, "nats"))
+	c.natsArgs = []string{"-a", "127.0.0.1", "-p", fmt.Sprint(c.NATSPort), "-js", "-sd", filepath.Join(c.dir, "nats")}
+	c.nats = c.start("nats", bins.nats, c.natsArgs...)
 	c.waitTCP(addr(c.NATSPort))
 
 	c.CADir = filepath.Join(c.dir, "pki")

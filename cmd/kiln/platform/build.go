@@ -242,6 +242,12 @@ type AgentOptions struct {
 	Kernel []byte
 	// VMsPerWorker: VMs per vmhost worker process (nodeagent.Config).
 	VMsPerWorker int
+	// NoJail runs the vmhost workers unjailed (nodeagent.Config.NoJail;
+	// `--no-jail`): debugging only, logged loudly.
+	NoJail bool
+	// WorkerAnswerWithin, WorkerWorkWithin: the vmhost watchdog's
+	// deadlines (nodeagent.Config); 0 → vmhost's defaults.
+	WorkerAnswerWithin, WorkerWorkWithin time.Duration
 	// Boot is the runtime (BooterFor); nil: KVM.
 	Boot      nodeagent.Booter
 	Images    nodeagent.ImageFetcher
@@ -273,7 +279,8 @@ func (p *Parts) BuildAgent(o AgentOptions) (*nodeagent.Agent, error) {
 	agent, err := nodeagent.New(nodeagent.Config{
 		Node: o.Node, MemoryBytes: o.MemoryBytes, Kernel: o.Kernel, Images: o.Images,
 		CacheDir: o.CacheDir, CacheBytes: o.CacheBytes, SnapshotBytes: o.SnapshotBytes, Registerer: p.Metrics, Logger: o.Logger, Boot: o.Boot,
-		VMsPerWorker: o.VMsPerWorker,
+		VMsPerWorker: o.VMsPerWorker, WorkerAnswerWithin: o.WorkerAnswerWithin, WorkerWorkWithin: o.WorkerWorkWithin,
+		NoJail: o.NoJail,
 	})
 	if err != nil {
 		o.Listener.Close()

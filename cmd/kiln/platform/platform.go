@@ -49,6 +49,9 @@ type Config struct {
 	// RuntimeProcess, which must be asked for by name: functions run as
 	// plain host processes with no isolation (development and tests only).
 	Runtime string
+	// NoJail runs the agent's vmhost workers unjailed (--no-jail):
+	// debugging only.
+	NoJail bool
 	// OTLPEndpoint receives traces (docs/TRACING.md); "" →
 	// $OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off.
 	OTLPEndpoint string
@@ -56,7 +59,11 @@ type Config struct {
 	// the callback policy denies them (docs/ASYNC.md); empty: public
 	// addresses only.
 	CallbackAllow []netip.Prefix
-	Logger        *slog.Logger
+	// WorkerAnswerWithin and WorkerWorkWithin shorten the deadlines of the
+	// agent's vmhost watchdog (nodeagent.Config); 0 → vmhost's defaults.
+	// Only tests set them, to see a frozen worker found out in seconds.
+	WorkerAnswerWithin, WorkerWorkWithin time.Duration
+	Logger                               *slog.Logger
 }
 
 // Platform is a running Kiln. Close stops it.
@@ -155,7 +162,8 @@ func Up(ctx context.Context, cfg Config) (_ *Platform, err error) {
 			}
 			// Kernel stays unset: each image boots the kernel it was built with.
 			if _, err := p.BuildAgent(AgentOptions{MemoryBytes: cfg.MemoryBytes, CacheDir: filepath.Join(cfg.DataDir, "cache"),
-				Boot: boot, Images: images, Scheduler: schedClient, Listener: lis, Logger: log.With("role", "agent")}); err != nil {
+				Boot: boot, Images: images, Scheduler: schedClient, Listener: lis, Logger: log.With("role", "agent"),
+				WorkerAnswerWithin: cfg.WorkerAnswerWithin, WorkerWorkWithin: cfg.WorkerWorkWithin, NoJail: cfg.NoJail}); err != nil {
 				return nil, err
 			}
 			p.Agent = true
