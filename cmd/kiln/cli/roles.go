@@ -240,6 +240,7 @@ See docs/CLUSTER.md.`,
 	fl.StringVar(&snapSize, "snapshot-size", os.Getenv("KILN_SNAPSHOT_SIZE"), "bound of the disk the snapshot store uses, like 20G; least recently used snapshots without a live instance go first (default 10G; $KILN_SNAPSHOT_SIZE)")
 	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "boot this guest kernel instead of the one in each image (kernel development)")
+	fl.BoolVar(&cfg.NoJail, "no-jail", os.Getenv("KILN_NO_JAIL") == "1", noJailUsage)
 	fl.StringVar(&perWorker, "vms-per-worker", os.Getenv("KILN_VMS_PER_WORKER"), "VMs each VM host process holds before another is started (default 256; -1: run VMs inside the agent process; $KILN_VMS_PER_WORKER)")
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	rf.add(fl)

@@ -72,10 +72,14 @@ open), the function registry and the image store. State lives in --data
 	fl.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel ELF (default: $KILN_KERNEL, beside kiln, or build/kernel)")
 	fl.BoolVar(&debug, "debug", false, "log every invocation")
 	fl.StringVar(&cfg.Runtime, "runtime", envString("KILN_RUNTIME", platform.RuntimeKVM), "kvm, or process (NO isolation: development and tests only) ($KILN_RUNTIME)")
+	fl.BoolVar(&cfg.NoJail, "no-jail", os.Getenv("KILN_NO_JAIL") == "1", noJailUsage)
 	fl.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "send traces over OTLP/HTTP to this collector, e.g. http://jaeger:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off; docs/TRACING.md)")
 	callbackAllowFlag(fl, &callbackAllow)
 	return cmd
 }
+
+// noJailUsage describes --no-jail (kiln agent, kiln up).
+const noJailUsage = "run the VM worker processes unjailed: as root with this process's environment, no namespaces, seccomp or cgroup (debugging only, logged loudly; without it the agent must run as root) ($KILN_NO_JAIL=1)"
 
 func defaultDataDir() string {
 	if d := os.Getenv("KILN_DATA"); d != "" {

@@ -189,6 +189,8 @@ type AgentConfig struct {
 	// VMsPerWorker: VMs per vmhost worker process (nodeagent.Config); 0 →
 	// the default, -1 → VMs in the agent's own process.
 	VMsPerWorker int
+	// NoJail runs the vmhost workers unjailed (--no-jail): debugging only.
+	NoJail       bool
 	OTLPEndpoint string // traces (docs/TRACING.md); "" → $OTEL_EXPORTER_OTLP_ENDPOINT, else off
 	GRPCSecurity
 	Logger *slog.Logger
@@ -259,7 +261,7 @@ func StartAgent(ctx context.Context, cfg AgentConfig) (_ *Role, err error) {
 	}
 	agent, err := r.BuildAgent(AgentOptions{
 		Node: cfg.Node, MemoryBytes: cfg.MemoryBytes, CacheDir: filepath.Join(cfg.DataDir, "cache"), CacheBytes: cfg.CacheBytes,
-		SnapshotBytes: cfg.SnapshotBytes, Kernel: kernel, VMsPerWorker: cfg.VMsPerWorker, Boot: boot, Images: images,
+		SnapshotBytes: cfg.SnapshotBytes, Kernel: kernel, VMsPerWorker: cfg.VMsPerWorker, NoJail: cfg.NoJail, Boot: boot, Images: images,
 		Scheduler: kilnv1.NewSchedulerClient(schedConn), Listener: lis, Advertise: cfg.Advertise, TLS: creds, Logger: r.log,
 	})
 	if err != nil {
