@@ -57,9 +57,18 @@ type Config struct {
 	// KeepAlive is how long an idle instance above min_warm lives when the
 	// function names none; 0 → DefaultKeepAlive.
 	KeepAlive time.Duration
-	// MaintainEvery is how often idle instances are reaped and pools
-	// grown to min_warm; 0 → 250 ms.
+	// MaintainEvery is how often idle instances are reaped, charged their
+	// guest CPU and pools grown to min_warm; 0 → 250 ms.
 	MaintainEvery time.Duration
+	// IdleCPUBurst and IdleCPUShare are the guest CPU an idle (parked)
+	// serve instance may use: IdleCPUBurst at once, refilled at
+	// IdleCPUShare of one CPU, over each idle period (idlecpu.go says
+	// why). An instance past it is destroyed and counted in
+	// kiln_agent_instances_killed_total{reason="idle_spin"}; min_warm
+	// starts another. 0 → DefaultIdleCPUBurst, DefaultIdleCPUShare; a
+	// negative IdleCPUBurst charges nothing.
+	IdleCPUBurst time.Duration
+	IdleCPUShare float64
 	// VMsPerWorker is how many VMs each vmhost worker process holds
 	// before the next is used (0 → vmhost's default). A process's VMs
 	// slow each other's restores and teardowns down (BENCHMARKS.md), and a
@@ -156,6 +165,12 @@ func New(cfg Config) (*Agent, error) {
 	a.startEnded = make(chan struct{})
 	if a.cfg.MaintainEvery <= 0 {
 		a.cfg.MaintainEvery = 250 * time.Millisecond
+	}
+	if a.cfg.IdleCPUBurst == 0 {
+		a.cfg.IdleCPUBurst = DefaultIdleCPUBurst
+	}
+	if a.cfg.IdleCPUShare <= 0 {
+		a.cfg.IdleCPUShare = DefaultIdleCPUShare
 	}
 	if a.now == nil {
 		a.now = time.Now

@@ -29,6 +29,9 @@ type metrics struct {
 	// workersKilled: vmhost worker processes its watchdog killed for not
 	// answering, by what they left unanswered (vmhost.Kill*).
 	workersKilled *prometheus.CounterVec
+	// instancesKilled: instances the agent destroyed for what their guest
+	// did, by reason (killIdleSpin).
+	instancesKilled *prometheus.CounterVec
 	// snapshotFailures: snapshots that could not be written, by reason
 	// (snapFailReason); snapshotsDeleted: files the store removed, by
 	// reason (size, idle); snapshotBytes: the store's disk after its
@@ -78,6 +81,10 @@ func newMetrics(budget uint64, reg prometheus.Registerer) (metrics, error) {
 			Name: "kiln_agent_workers_killed_total",
 			Help: "VM worker processes killed for not answering, with their VMs, by what they left unanswered: heartbeat, boot, close, stats, cancel, send.",
 		}, []string{"reason"}),
+		instancesKilled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_agent_instances_killed_total",
+			Help: "Instances the agent destroyed for what their guest did, by reason: idle_spin (a parked serve instance used more guest CPU than its idle budget).",
+		}, []string{"reason"}),
 		snapshotFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kiln_agent_snapshot_failures_total",
 			Help: "Snapshots that could not be written, by reason: no_space (disk full or quota), too_large (file-size limit), write (any other error). The shape's cold starts boot, and its snapshot is not tried again for a growing interval.",
@@ -94,7 +101,7 @@ func newMetrics(budget uint64, reg prometheus.Registerer) (metrics, error) {
 	m.memBudget.Set(float64(budget))
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.invocations, m.boot, m.restore, m.exec, m.total, m.vms, m.warm,
-			m.memUsed, m.memBudget, m.exits, m.snapshots, m.evictions, m.reaped, m.prewarmed, m.queued, m.workersKilled,
+			m.memUsed, m.memBudget, m.exits, m.snapshots, m.evictions, m.reaped, m.prewarmed, m.queued, m.workersKilled, m.instancesKilled,
 			m.snapshotFailures, m.snapshotsDeleted, m.snapshotBytes} {
 			if err := reg.Register(c); err != nil {
 				return metrics{}, fmt.Errorf("nodeagent: registering metrics: %w", err)

@@ -42,6 +42,8 @@ type pool struct {
 	failedUntil time.Time // init crashed: refuse until then
 	failures    int       // init crashes in a row
 	initErr     string
+
+	charges map[*instance]idleCharge // idle instances' guest-CPU accounts (chargeIdle)
 }
 
 func (p *pool) total() int { return len(p.idle) + p.busy + p.starting }
@@ -322,8 +324,10 @@ func (a *Agent) kickMaintain() {
 	}
 }
 
-// maintain reaps instances idle past their keep-alive (down to min_warm)
-// and starts instances up to min_warm, every tick or when kicked.
+// maintain destroys idle instances that use more guest CPU than their
+// budget (chargeIdle), reaps instances idle past their keep-alive (down to
+// min_warm) and starts instances up to min_warm, every tick or when
+// kicked.
 func (a *Agent) maintain(stop <-chan struct{}) {
 	t := time.NewTicker(a.cfg.MaintainEvery)
 	defer t.Stop()
@@ -334,6 +338,8 @@ func (a *Agent) maintain(stop <-chan struct{}) {
 		case <-t.C:
 		case <-a.maintainKick:
 		}
+		// First: what it destroys frees memory the refill below uses.
+		a.chargeIdle()
 		a.maintainOnce()
 	}
 }
