@@ -23,7 +23,9 @@ import (
 //     network (only a loopback that is down), no host IPC;
 //   - has an empty root it cannot write: a 16 KiB read-only tmpfs holding
 //     only /dev/kvm (a node it owns, made with the host device's number),
-//     reached by pivot_root with the host's root unmounted;
+//     reached by pivot_root with the host's root unmounted (on a host
+//     whose root is an initramfs, which cannot be pivoted: moved over it
+//     and chrooted into, the old root unreachable beneath);
 //   - runs as JailUID:JailGID (default 65534:65534, nobody/nogroup) with
 //     no supplementary groups and no capabilities (setresuid from root to
 //     non-root clears them), and no_new_privs;
@@ -170,11 +172,25 @@ func jailRoot(uid, gid int) error {
 	if err := unix.Chdir(dir); err != nil {
 		return err
 	}
-	if err := unix.PivotRoot(".", "."); err != nil {
+	if err := unix.PivotRoot(".", "."); err == nil {
+		if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount the old root: %w", err)
+		}
+	} else if errors.Is(err, unix.EINVAL) {
+		// The root is an initramfs (rootfs), which cannot be pivoted away
+		// (a host booted without a root file system: the QEMU box). As
+		// runc does there, move the new root over it and chroot: the old
+		// root stays mounted beneath, unreachable, since the worker holds
+		// no directory of it and may not chroot again (no capability, and
+		// seccomp kills it).
+		if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("pivot_root: %w; move the new root over the initramfs: %w", unix.EINVAL, err)
+		}
+		if err := unix.Chroot("."); err != nil {
+			return fmt.Errorf("chroot: %w", err)
+		}
+	} else {
 		return fmt.Errorf("pivot_root: %w", err)
-	}
-	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("unmount the old root: %w", err)
 	}
 	if err := unix.Chdir("/"); err != nil {
 		return err

@@ -13,6 +13,7 @@ func TestMain(m *testing.M) {
 		installStandIn()
 		os.Exit(RunWorker())
 	}
+	ensureCgroups()
 	os.Setenv(testVMEnv, "echo")         // inherited by the workers this binary starts
 	keepEnv = append(keepEnv, testVMEnv) // … jailed ones too
 	os.Exit(m.Run())
