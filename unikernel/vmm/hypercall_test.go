@@ -236,29 +236,36 @@ func TestDiscardRestoredZeroes(t *testing.T) {
 	}
 }
 
-// mappingRSS is the resident size of the mapping that starts at b, from
-// /proc/self/smaps.
+// mappingRSS is the resident size of the mappings over b (guest RAM:
+// restored, it is several), from /proc/self/smaps.
 func mappingRSS(t testing.TB, b []byte) uint64 {
 	raw, err := os.ReadFile("/proc/self/smaps")
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := fmt.Sprintf("%x-", hostAddr(b))
-	in := false
+	lo := hostAddr(b)
+	hi := lo + uint64(len(b))
+	in, found := false, false
+	var total uint64
 	for _, l := range strings.Split(string(raw), "\n") {
 		if f := strings.Fields(l); len(f) > 0 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
-			in = strings.HasPrefix(l, start)
+			var start, end uint64
+			fmt.Sscanf(f[0], "%x-%x", &start, &end)
+			in = start < hi && end > lo
+			found = found || in
 			continue
 		}
 		var kb uint64
 		if in {
 			if _, err := fmt.Sscanf(l, "Rss: %d kB", &kb); err == nil {
-				return kb << 10
+				total += kb << 10
 			}
 		}
 	}
-	t.Fatalf("no mapping at %s in /proc/self/smaps", start)
-	return 0
+	if !found {
+		t.Fatalf("no mapping at %#x in /proc/self/smaps", lo)
+	}
+	return total
 }
 
 func TestDoorbellAndPort(t *testing.T) {

@@ -217,3 +217,23 @@ func ReadStats(page []byte) Stats {
 	}
 	return s.snapshot()
 }
+
+// mapFileAt maps len(b) bytes of fd from off over b, private and
+// copy-on-write (MAP_FIXED: b's pages are replaced, at the same address).
+func mapFileAt(b []byte, fd int, off int64) error {
+	// SAFETY: b is a page-aligned piece of a mapping its Memory owns and
+	// is still making (mapSnapshotMemory: before KVM or the guest sees it,
+	// nothing else points into it); MAP_FIXED replaces exactly those pages
+	// with a mapping of the same length at the same address, so b and every
+	// slice of the Memory stay valid. The address returned is checked.
+	addr := unsafe.Pointer(&b[0])
+	p, err := unix.MmapPtr(fd, off, addr, uintptr(len(b)), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_NORESERVE)
+	if err != nil {
+		return err
+	}
+	if p != addr {
+		return fmt.Errorf("mapped at %p, not %p", p, addr)
+	}
+	return nil
+}

@@ -2,26 +2,33 @@ package vmm
 
 import (
 	"fmt"
+	"math/bits"
 	"os"
+	"sort"
 
 	"github.com/kilnfaas/kiln/unikernel/abi"
 	"golang.org/x/sys/unix"
 )
 
-// Memory is the guest's RAM: one host mapping at guest physical address 0 —
-// anonymous for a booted guest, a private mapping of its snapshot file for
-// a restored one. Fresh pages are zero and cost the host nothing until
-// touched.
+// Memory is the guest's RAM: one host address range at guest physical
+// address 0, anonymous (private, zero-filled) — for a restored guest with
+// the runs of pages its snapshot holds mapped over it, private and
+// copy-on-write, from the snapshot's sealed memfd (mapSnapshotMemory).
+// Fresh pages are zero and cost the host nothing until touched.
 //
-// The mapping is never split: no discard, however many and however small,
-// adds a host mapping (each one would count against the worker's
-// vm.max_map_count, shared by every VM of the worker).
+// The host mappings are made once, when the memory is, and their number is
+// bounded (one for a booted guest, at most 2*snapMaxMaps+1 for a restored
+// one, whatever its snapshot): no discard, however many and however small,
+// adds one (each would count against the worker's vm.max_map_count, shared
+// by every VM of the worker).
 type Memory struct {
 	b []byte
 	// snapNonZero, for a restored guest, has bit i set when page i of the
 	// snapshot is not zero (Snapshot.nonZero, shared by its restores, read
 	// only). nil for a booted guest.
 	snapNonZero []uint64
+	// layout, for a restored guest, is how its snapshot was laid out.
+	layout snapLayout
 }
 
 // checkMemSize validates a requested guest RAM size.
@@ -37,10 +44,21 @@ func checkMemSize(size uint64) error {
 	return nil
 }
 
-// newMemory maps size bytes of guest RAM. MAP_NORESERVE: the host pays only
-// for pages the guest (or the loader) touches; MADV_HUGEPAGE lets the host
-// back the guest's 2 MiB pages with huge pages.
+// newMemory maps size bytes of guest RAM for a booted guest: anonMemory,
+// and MADV_HUGEPAGE lets the host back the guest's 2 MiB pages with huge
+// pages.
 func newMemory(size uint64) (*Memory, error) {
+	m, err := anonMemory(size)
+	if err != nil {
+		return nil, err
+	}
+	_ = unix.Madvise(m.b, unix.MADV_HUGEPAGE) // advice only; fine if THP is off
+	return m, nil
+}
+
+// anonMemory maps size bytes of anonymous guest RAM. MAP_NORESERVE: the
+// host pays only for pages the guest (or the loader) touches.
+func anonMemory(size uint64) (*Memory, error) {
 	if err := checkMemSize(size); err != nil {
 		return nil, err
 	}
@@ -49,20 +67,177 @@ func newMemory(size uint64) (*Memory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mmap %d bytes of guest memory: %w", size, err)
 	}
-	_ = unix.Madvise(b, unix.MADV_HUGEPAGE) // advice only; fine if THP is off
 	return &Memory{b: b}, nil
 }
 
-// mapSnapshotMemory maps size bytes of f at off as guest RAM, private and
-// copy-on-write: restored VMs of one snapshot share its page cache and pay
-// only for the pages they write.
+// mapSnapshotMemory maps size bytes of the snapshot f holds at off as guest
+// RAM: anonymous memory, with the runs of pages the snapshot holds
+// (nonZero) mapped over it from f, private and copy-on-write, so that
+// restores of one snapshot share its pages and pay only for the ones they
+// write.
+//
+// The snapshot's holes are not mapped from f: on shmem (the sealed memfd
+// restores map) any fault on a hole, read or write, allocates a page in
+// the file — unreclaimable, charged to the faulting process, kept while
+// the file lives — and a write then makes the private copy too, so a
+// restored guest touching memory its snapshot did not hold cost twice, and
+// the memfd grew toward the whole RAM size. Anonymous holes cost what they
+// cost a booted guest. Which runs are mapped, merged or copied instead is
+// planSnapLayout's choice: the number of host mappings stays bounded
+// whatever the snapshot (its pages are the guest's choice). No huge-page
+// advice, as when restored RAM was all a file mapping: a restored guest
+// pays 4 KiB per page it touches, not 2 MiB.
 func mapSnapshotMemory(f *os.File, off, size uint64, nonZero []uint64) (*Memory, error) {
-	b, err := unix.Mmap(int(f.Fd()), int64(off), int(size), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	m, err := anonMemory(size)
 	if err != nil {
-		return nil, fmt.Errorf("mmap %d bytes of snapshot memory: %w", size, err)
+		return nil, err
 	}
-	return &Memory{b: b, snapNonZero: nonZero}, nil
+	m.snapNonZero = nonZero
+	m.layout = planSnapLayout(nonZero, size/pageSize)
+	fd := int(f.Fd())
+	for _, r := range m.layout.mapped {
+		b := m.b[r.start*pageSize : r.end*pageSize]
+		if err := mapFileAt(b, fd, int64(off+r.start*pageSize)); err != nil {
+			m.close()
+			return nil, fmt.Errorf("mmap %d bytes of snapshot memory at %#x: %w", len(b), r.start*pageSize, err)
+		}
+	}
+	for _, r := range m.layout.copied {
+		b := m.b[r.start*pageSize : r.end*pageSize]
+		if _, err := f.ReadAt(b, int64(off+r.start*pageSize)); err != nil {
+			m.close()
+			return nil, fmt.Errorf("read %d bytes of snapshot memory at %#x: %w", len(b), r.start*pageSize, err)
+		}
+	}
+	return m, nil
+}
+
+// Bounds of a restored guest's layout (planSnapLayout).
+const (
+	// snapMaxMaps is the most runs of a snapshot a restore maps from its
+	// memfd: with the anonymous pieces around them, at most
+	// 2*snapMaxMaps+1 = 65 host mappings per restored VM, 16,640 for the
+	// 256 VMs of a full worker (vm.max_map_count is 65,530 by default).
+	snapMaxMaps = 32
+	// snapMaxGap is the longest hole between two runs that is mapped from
+	// the memfd with them, merging them into one mapping, in pages.
+	snapMaxGap = 16
+	// snapGapBudget is how many pages of holes a restore maps from the
+	// memfd at most: the most the memfd can grow by, ever, when restored
+	// guests touch them (1 MiB). Found by measuring real snapshots
+	// (TestSnapshotLayouts, docs/BENCHMARKS.md).
+	snapGapBudget = 256
+)
+
+// pageRun is the guest pages [start, end), as page numbers.
+type pageRun struct{ start, end uint64 }
+
+func (r pageRun) pages() uint64 { return r.end - r.start }
+
+// snapLayout is how a restore lays out a snapshot's pages over anonymous
+// RAM: mapped from the memfd (runs of non-zero pages, some merged with the
+// holes between them), or copied (read into the anonymous RAM: the runs
+// past snapMaxMaps, private to each restore as if the guest had written
+// them).
+type snapLayout struct {
+	mapped, copied []pageRun
+	gapPages       uint64 // holes inside mapped: pages of the memfd a guest can make it allocate
+	runs           int    // runs of non-zero pages in the snapshot
+}
+
+// planSnapLayout lays out a snapshot whose non-zero pages are nonZero's
+// set bits (of n pages). It merges the runs separated by the shortest
+// holes first, each up to snapMaxGap pages, all up to snapGapBudget; if
+// more than snapMaxMaps runs remain, the ones holding the most pages are
+// mapped and the others copied. Copying costs the restore time and the
+// pages a private copy, but only a snapshot of memory scattered in more
+// than snapMaxMaps places pays it, and a copy is at most what the guest
+// would have paid by writing the page.
+func planSnapLayout(nonZero []uint64, n uint64) snapLayout {
+	var runs []pageRun
+	for p := uint64(0); p < n; {
+		w := nonZero[p/64] >> (p % 64)
+		if w == 0 {
+			p += 64 - p%64
+			continue
+		}
+		p += uint64(bits.TrailingZeros64(w))
+		if p >= n {
+			break
+		}
+		start := p
+		for p < n {
+			w := ^nonZero[p/64] >> (p % 64)
+			if w == 0 {
+				p += 64 - p%64
+				continue
+			}
+			p += uint64(bits.TrailingZeros64(w))
+			break
+		}
+		p = min(p, n)
+		runs = append(runs, pageRun{start, p})
+	}
+	if len(runs) == 0 {
+		return snapLayout{}
+	}
+	l := snapLayout{runs: len(runs)}
+	// Merge across the shortest holes first.
+	gaps := make([]int, len(runs)-1) // gap i lies between runs i and i+1
+	for i := range gaps {
+		gaps[i] = i
+	}
+	gap := func(i int) uint64 { return runs[i+1].start - runs[i].end }
+	sort.SliceStable(gaps, func(a, b int) bool { return gap(gaps[a]) < gap(gaps[b]) })
+	merge := make([]bool, len(runs)-1)
+	for _, i := range gaps {
+		g := gap(i)
+		if g > snapMaxGap || l.gapPages+g > snapGapBudget {
+			break
+		}
+		merge[i] = true
+		l.gapPages += g
+	}
+	type group struct {
+		span  pageRun
+		held  uint64 // non-zero pages
+		first int    // its runs: runs[first:last+1]
+		last  int
+	}
+	var groups []group
+	for i, r := range runs {
+		if i > 0 && merge[i-1] {
+			g := &groups[len(groups)-1]
+			g.span.end, g.held, g.last = r.end, g.held+r.pages(), i
+			continue
+		}
+		groups = append(groups, group{span: r, held: r.pages(), first: i, last: i})
+	}
+	keep := make([]bool, len(groups))
+	if len(groups) <= snapMaxMaps {
+		for i := range keep {
+			keep[i] = true
+		}
+	} else {
+		order := make([]int, len(groups))
+		for i := range order {
+			order[i] = i
+		}
+		sort.SliceStable(order, func(a, b int) bool { return groups[order[a]].held > groups[order[b]].held })
+		for _, i := range order[:snapMaxMaps] {
+			keep[i] = true
+		}
+	}
+	l.gapPages = 0
+	for i, g := range groups {
+		if keep[i] {
+			l.mapped = append(l.mapped, g.span)
+			l.gapPages += g.span.pages() - g.held
+			continue
+		}
+		l.copied = append(l.copied, runs[g.first:g.last+1]...)
+	}
+	return l
 }
 
 // discard gives the host the pages behind guest RAM [gpa, gpa+n) back
@@ -70,11 +245,14 @@ func mapSnapshotMemory(f *os.File, off, size uint64, nonZero []uint64) (*Memory,
 // there afterwards. It never fails and never adds a host mapping.
 //
 // Booted RAM is anonymous: MADV_DONTNEED frees the pages and the next touch
-// reads fresh zero pages. Restored RAM is a private mapping of the snapshot
-// file, where MADV_DONTNEED drops the guest's private copies and the pages
-// read the file again: right for a page that is zero in the snapshot (a
-// hole), wrong for one that is not, which is zeroed in place instead (one
-// private page stays behind; there are at most Snapshot.Pages of them).
+// reads fresh zero pages. So is most of restored RAM: its holes, and runs
+// of the snapshot copied in. The rest is mapped from the snapshot's memfd,
+// where MADV_DONTNEED drops the guest's private copies and the pages read
+// the memfd again: right for a page that is zero in the snapshot (a hole
+// merged into a mapped run: it reads the memfd's hole, zero), wrong for
+// one that is not, which is zeroed in place instead, wherever it lives
+// (one private page stays behind; there are at most Snapshot.Pages of
+// them).
 // One madvise or clear per run of pages alike, so a discard costs a
 // syscall or two whatever its length. It returns the madvise calls made
 // (the discard budget counts them).

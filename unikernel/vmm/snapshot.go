@@ -88,8 +88,8 @@ type snapState struct {
 }
 
 // Snapshot is an opened, verified snapshot file. One Snapshot serves any
-// number of concurrent restores (each maps the file copy-on-write, so they
-// share the page cache); Close it when none will follow.
+// number of concurrent restores (each maps its pages copy-on-write, so they
+// share them); Close it when none will follow.
 type Snapshot struct {
 	// f is a sealed memfd holding the verified file's bytes (sealedCopy):
 	// what restores map is what verify hashed, whatever later happens to
@@ -99,8 +99,10 @@ type Snapshot struct {
 	hdr   snapHeader
 	state snapState
 	// nonZero has bit i set when page i of the memory image is not zero,
-	// as verify found it: a restored guest's discards depend on it
-	// (Memory.discard). One bit per 4 KiB page: 16 KiB for 512 MiB.
+	// as verify found it: a restore maps only those pages from f, the rest
+	// of guest RAM is anonymous (mapSnapshotMemory), and a restored guest's
+	// discards depend on it (Memory.discard). One bit per 4 KiB page:
+	// 16 KiB for 512 MiB.
 	nonZero []uint64
 }
 
@@ -182,8 +184,9 @@ func (s *Snapshot) Matches(cfg Config) error {
 // changed after it was verified would reach running and future guests.
 // The bytes verify hashes are copied, as they are hashed, into a memfd
 // sealed against writing, shrinking and growing (sealedCopy); restores map
-// that. It costs the snapshot's non-zero pages in shared memory per
-// process that opened it (docs/SNAPSHOTS.md, docs/BENCHMARKS.md).
+// its non-zero pages (mapSnapshotMemory: never its holes, which would grow
+// it). It costs the snapshot's non-zero pages in shared memory per process
+// that opened it (docs/SNAPSHOTS.md, docs/BENCHMARKS.md).
 func OpenSnapshot(path string) (*Snapshot, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -545,9 +548,10 @@ func residentPages(b []byte) ([]byte, error) {
 }
 
 // snapshotRestore is the guest source of a VM restored from a snapshot
-// instead of booted: guest RAM is a private copy-on-write mapping of the
-// file, the vCPU gets the saved state, and start settles the clock, the
-// entropy and the pending wait.
+// instead of booted: guest RAM is anonymous with the snapshot's pages
+// mapped over it copy-on-write (mapSnapshotMemory), the vCPU gets the
+// saved state, and start settles the clock, the entropy and the pending
+// wait.
 type snapshotRestore struct {
 	vm   *VM
 	snap *Snapshot
@@ -565,7 +569,8 @@ func (r *snapshotRestore) check() error {
 	return nil
 }
 
-// memory is the snapshot file's RAM, mapped copy-on-write.
+// memory is the snapshot's RAM: its pages mapped copy-on-write over
+// anonymous memory.
 func (r *snapshotRestore) memory() (*Memory, error) {
 	return mapSnapshotMemory(r.snap.f, r.snap.hdr.MemOff, r.snap.hdr.MemSize, r.snap.nonZero)
 }

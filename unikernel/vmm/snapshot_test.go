@@ -314,3 +314,24 @@ func TestSnapshotGo(t *testing.T) {
 	r := s.end()
 	t.Logf("hello-go restored: %q; %d pages in the snapshot; syscalls %d", first, snap.Pages(), r.Syscalls)
 }
+
+// TestSnapshotLayouts: how restores lay out the snapshots of real
+// programs (planSnapLayout), the figures behind its bounds: each fits in
+// the mappings allowed without copying a page.
+func TestSnapshotLayouts(t *testing.T) {
+	kvmtest.Require(t)
+	for _, prog := range []string{"examples/hello-go/hello-go", "examples/hello-c/hello", "examples/sha256/sha256", "examples/json-echo/json-echo", "guests/snap-probe"} {
+		cfg := snapConfig(t, prog)
+		path, _ := bootAndSnapshot(t, cfg, `{"x":1}`)
+		snap, err := vmm.OpenSnapshot(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := vmm.SnapshotLayout(snap)
+		snap.Close()
+		t.Logf("%s: %s", filepath.Base(prog), l)
+		if !strings.Contains(l, " 0 runs copied") {
+			t.Errorf("%s: a restore copies pages: %s", prog, l)
+		}
+	}
+}
