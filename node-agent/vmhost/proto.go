@@ -160,7 +160,7 @@ func (c *conn) recv() (message, error) {
 	}
 	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || n < headerLen || n > maxMsg {
 		m.closeFDs()
-		return m, fmt.Errorf("vmhost: malformed control message (%d bytes, flags %#x)", n, flags)
+		return m, fmt.Errorf("%w (%d bytes, flags %#x)", errMalformed, n, flags)
 	}
 	m.typ = c.buf[0]
 	m.id = binary.LittleEndian.Uint64(c.buf[1:])
@@ -172,6 +172,10 @@ func (c *conn) recv() (message, error) {
 func (c *conn) close() error { return c.c.Close() }
 
 var errEOF = errors.New("control socket closed by its peer")
+
+// errMalformed: one packet was not a message (too short, too long, or
+// more descriptors than maxFDs); the socket itself is still good.
+var errMalformed = errors.New("vmhost: malformed control message")
 
 // bootMsg is a vmm.Config without its images, streams and callbacks: the
 // images travel in a memfd, the streams as descriptors, and the callbacks

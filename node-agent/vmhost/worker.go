@@ -93,14 +93,32 @@ func serveWorker(ctl *os.File, stats []byte, jailErr error) int {
 		fmt.Fprintln(os.Stderr, "vmhost worker:", err)
 		return 2
 	}
+	defer c.close()
 	w := &workerLoop{c: c, vms: map[uint64]*hostedVM{}, snaps: newSnapCache(vmm.OpenSnapshotFile, snapIdle), stats: stats}
+	// Stopped on return, so that a loop served in-process (the fuzz test)
+	// leaves nothing behind.
+	sweep := time.NewTicker(snapIdle / 4)
+	defer sweep.Stop()
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
-		for range time.Tick(snapIdle / 4) {
-			w.snaps.sweep()
+		for {
+			select {
+			case <-sweep.C:
+				w.snaps.sweep()
+			case <-stop:
+				return
+			}
 		}
 	}()
 	for {
 		m, err := c.recv()
+		if errors.Is(err, errMalformed) {
+			// Dropped (recv closed its descriptors): one bad packet must
+			// not take down every VM of the worker.
+			fmt.Fprintln(os.Stderr, "vmhost worker: dropped:", err)
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, errEOF) || errors.Is(err, io.EOF) {
 				return 0
@@ -148,12 +166,35 @@ func (w *workerLoop) get(id uint64) *hostedVM {
 	return w.vms[id]
 }
 
+// forget drops v from the worker's VMs, unless its id is already another's.
+func (w *workerLoop) forget(v *hostedVM) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.vms[v.id] == v {
+		delete(w.vms, v.id)
+	}
+}
+
+// handle acts on one message from the agent. What is not the agent's
+// protocol is answered with an error when the agent would otherwise wait
+// (a boot of an id in use, a Run before the boot) and ignored otherwise
+// (an unknown type, a W→A type, an id no VM has, an ack nothing waits
+// for, a second Run or Close); descriptors nobody takes are closed.
 func (w *workerLoop) handle(m message) {
 	if m.typ == mBoot {
 		v := &hostedVM{id: m.id, acks: make(chan struct{}, 1), closing: make(chan struct{})}
 		w.mu.Lock()
-		w.vms[m.id] = v
+		_, dup := w.vms[m.id]
+		if !dup {
+			w.vms[m.id] = v
+		}
 		w.mu.Unlock()
+		if dup {
+			// Replacing it would lose the VM holding the id, never closed.
+			m.closeFDs()
+			w.c.send(mBooted, m.id, 0, encodeErr(fmt.Errorf("%w: vmhost: a boot of VM %d, which exists", vmm.ErrConfig, m.id)))
+			return
+		}
 		go w.boot(v, m)
 		return
 	}
@@ -178,6 +219,8 @@ func (w *workerLoop) handle(m message) {
 	case mRun:
 		v.mu.Lock()
 		switch {
+		case v.closed():
+			// Closing: its files are going or gone. Close answers the agent.
 		case v.m != nil && v.runDone == nil:
 			ctx, cancel := context.WithCancel(context.Background())
 			v.cancel, v.runDone = cancel, make(chan struct{})
@@ -215,9 +258,7 @@ func (w *workerLoop) boot(v *hostedVM, m message) {
 	m.closeFDs()
 	if err != nil {
 		v.closeFiles()
-		w.mu.Lock()
-		delete(w.vms, v.id)
-		w.mu.Unlock()
+		w.forget(v)
 	}
 	var tag uint64 // 1: its counters are in its stats slot
 	if shared {
@@ -258,6 +299,11 @@ func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
 		if image == nil {
 			return false, fmt.Errorf("%w: vmhost: boot message without its memfd", vmm.ErrConfig)
 		}
+		// Allocate no more than the memfd holds (n is the sender's word).
+		if n > imageSize(image) {
+			image.Close()
+			return false, fmt.Errorf("%w: vmhost: a %d-byte configuration in a %d-byte image", vmm.ErrConfig, n, imageSize(image))
+		}
 		b := make([]byte, n)
 		if _, err := image.ReadAt(b, 0); err != nil {
 			image.Close()
@@ -273,13 +319,16 @@ func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
 	}
 	cfg := vmm.Config{Args: bm.Args, Env: bm.Env, MemSize: bm.MemSize, Hostname: bm.Hostname,
 		TraceSyscalls: bm.TraceSyscalls, PortIO: bm.PortIO, SnapshotPath: bm.SnapshotPath}
-	if s := bm.StatsSlot; s >= 0 && (s+1)*vmm.StatsSize <= len(w.stats) {
+	if s := bm.StatsSlot; s >= 0 && s < len(w.stats)/vmm.StatsSize {
 		cfg.StatsPage = w.stats[s*vmm.StatsSize : (s+1)*vmm.StatsSize]
 	}
 	if image != nil {
-		if bm.KernelLen < 0 || bm.ProgramLen < 0 {
+		// Lengths within what the memfd holds past off, so that a bad
+		// one fails here instead of allocating (or panicking on) its size.
+		if size := imageSize(image); bm.KernelLen < 0 || bm.ProgramLen < 0 ||
+			int64(bm.KernelLen) > size-off || int64(bm.ProgramLen) > size-off-int64(bm.KernelLen) {
 			image.Close()
-			return false, fmt.Errorf("%w: vmhost: image lengths %d, %d", vmm.ErrConfig, bm.KernelLen, bm.ProgramLen)
+			return false, fmt.Errorf("%w: vmhost: image lengths %d, %d at %d in a %d-byte image", vmm.ErrConfig, bm.KernelLen, bm.ProgramLen, off, size)
 		}
 		cfg.Kernel = make([]byte, bm.KernelLen)
 		cfg.Program = make([]byte, bm.ProgramLen)
@@ -349,6 +398,13 @@ func (w *workerLoop) create(v *hostedVM, m *message) (shared bool, err error) {
 		return false, err
 	}
 	v.mu.Lock()
+	if v.closed() {
+		// Closed while it booted: close has already looked for a machine
+		// (it closes v.closing first) and found none, so it is ours to end.
+		v.mu.Unlock()
+		mach.Close()
+		return false, fmt.Errorf("%w: vmhost: VM %d closed while it booted", vmm.ErrConfig, v.id)
+	}
 	v.m, v.release = mach, release
 	v.mu.Unlock()
 	// Only a real VM keeps its counters in the page (a test's stand-in
@@ -402,10 +458,28 @@ func (w *workerLoop) close(v *hostedVM) {
 	if release != nil {
 		release()
 	}
-	w.mu.Lock()
-	delete(w.vms, v.id)
-	w.mu.Unlock()
+	w.forget(v)
 	w.c.send(mClosed, v.id, 0, encodeStats(final))
+}
+
+// closed reports whether the agent asked to close v.
+func (v *hostedVM) closed() bool {
+	select {
+	case <-v.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// imageSize is the size of an image descriptor; 0 when it has none (a
+// pipe, or not a file at all), so that nothing is read from it.
+func imageSize(f *os.File) int64 {
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return 0
+	}
+	return st.Size()
 }
 
 func (v *hostedVM) closeFiles() {
