@@ -84,14 +84,17 @@ func anonMemory(size uint64) (*Memory, error) {
 // the memfd grew toward the whole RAM size. Anonymous holes cost what they
 // cost a booted guest. Which runs are mapped, merged or copied instead is
 // planSnapLayout's choice: the number of host mappings stays bounded
-// whatever the snapshot (its pages are the guest's choice). No huge-page
-// advice, as when restored RAM was all a file mapping: a restored guest
-// pays 4 KiB per page it touches, not 2 MiB.
+// whatever the snapshot (its pages are the guest's choice). No huge pages
+// (MADV_NOHUGEPAGE, which matters where THP is "always", as in the QEMU
+// box), as when restored RAM was all a file mapping: a restored guest pays
+// 4 KiB per page it touches, not 2 MiB, so idle restored instances stay
+// as dense as they were.
 func mapSnapshotMemory(f *os.File, off, size uint64, nonZero []uint64) (*Memory, error) {
 	m, err := anonMemory(size)
 	if err != nil {
 		return nil, err
 	}
+	_ = unix.Madvise(m.b, unix.MADV_NOHUGEPAGE) // advice only; fine if THP is off
 	m.snapNonZero = nonZero
 	m.layout = planSnapLayout(nonZero, size/pageSize)
 	fd := int(f.Fd())
