@@ -231,10 +231,16 @@ func newCluster(t *testing.T, gateways, agents int, limit time.Duration) *Cluste
 	c.sched = c.start("scheduler", bins.kiln, c.schedArgs...)
 	c.waitReady(c.SchedHTTP)
 
+	// One certificate for every gateway, issued once: issuing it again for
+	// the next gateway rewrote gateway.crt and gateway.key while the one
+	// before was reading them, which then started with a key from one
+	// issue and a certificate from the other ("private key does not match
+	// public key", seen once in CI).
+	gatewayTLS := c.tlsArgs("gateway", "")
 	for i := range gateways {
 		port := freePort(t)
 		c.start(fmt.Sprintf("gateway%d", i+1), bins.kiln, append([]string{"gateway", "--listen", addr(port),
-			"--redis", c.RedisURL, "--nats", c.NATSURL, "--scheduler", c.SchedAddr, "--kernel", bins.kernel}, c.tlsArgs("gateway", "")...)...)
+			"--redis", c.RedisURL, "--nats", c.NATSURL, "--scheduler", c.SchedAddr, "--kernel", bins.kernel}, gatewayTLS...)...)
 		c.Gateways = append(c.Gateways, "http://"+addr(port))
 	}
 	for i := range agents {
