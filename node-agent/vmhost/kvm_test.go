@@ -189,9 +189,14 @@ func TestKVMAnswerLatency(t *testing.T) {
 	hello := kvmtest.Artifact(t, "guests/hello")
 	var killed atomic.Int32
 	h := newHost(t, Config{OnKill: func(string) { killed.Add(1) }})
-	dur := 20 * time.Second
-	if testing.Short() {
-		dur = 5 * time.Second
+	// It saturates the machine (two spinning guests per CPU) for as long
+	// as it runs, and `go test ./...` runs other packages beside it: in CI
+	// a node-agent test's first boot, starved by it, missed its 10 s
+	// timeout. So 3 s by default; the 20 s measurement behind the
+	// deadlines' choice runs with KILN_BENCH=1.
+	dur := 3 * time.Second
+	if os.Getenv("KILN_BENCH") == "1" {
+		dur = 20 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dur)
 	defer cancel()
