@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,10 +112,25 @@ func enterJail(spec string) error {
 	if err := dropPrivileges(uid, gid); err != nil {
 		return fmt.Errorf("%w: privileges: %w", ErrJail, err)
 	}
+	if err := rearmParentDeath(); err != nil {
+		return fmt.Errorf("%w: parent-death signal: %w", ErrJail, err)
+	}
 	if err := loadSeccomp(); err != nil {
 		return fmt.Errorf("%w: seccomp: %w", ErrJail, err)
 	}
 	return nil
+}
+
+// rearmParentDeath sets the worker's parent-death signal again: a change
+// of effective uid clears it (prctl(2)), and it is what ends a worker that
+// cannot see its control socket close (stopped) when its agent dies. It is
+// set on the calling thread, which stays locked to this goroutine — the
+// worker's main one, serving until the process ends — so the thread that
+// holds the setting never exits first. A worker whose agent died before
+// this still sees its socket close, unless it is stopped in that instant.
+func rearmParentDeath() error {
+	runtime.LockOSThread()
+	return unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0)
 }
 
 func parseJailSpec(spec string) (uid, gid int, err error) {
