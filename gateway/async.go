@@ -63,8 +63,7 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 	}
 
 	limit := min(g.bodyLimit(fn), q.MaxBodyBytes())
-	tooBig := fmt.Sprintf("request body too large for an async invocation: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
-	body, ok := g.readBody(r, limit, tooBig, byName)
+	body, ok := g.readBody(r, limit, " for an async invocation", byName)
 	if !ok {
 		return
 	}
@@ -93,7 +92,7 @@ func (g *Gateway) invokeAsync(w http.ResponseWriter, r *http.Request) {
 	})
 	switch {
 	case errors.Is(err, asyncq.ErrTooLarge):
-		byName(outcome.TooLarge, tooBig)
+		byName(outcome.TooLarge, tooLarge(" for an async invocation", limit))
 		return
 	case err != nil:
 		g.log.Error("enqueueing an async invocation failed", "function", name, "err", err)

@@ -56,9 +56,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	if !g.callerMayInvoke(r, fn.Private, byName) {
 		return
 	}
-	limit := g.bodyLimit(fn)
-	tooBig := fmt.Sprintf("request body too large: the limit is %d bytes (%s); send less, or pass a reference to the data instead", limit, humanBytes(limit))
-	body, ok := g.readBody(r, limit, tooBig, byName)
+	body, ok := g.readBody(r, g.bodyLimit(fn), "", byName)
 	if !ok {
 		return
 	}

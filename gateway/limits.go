@@ -122,12 +122,12 @@ func (g *Gateway) bodyLimit(fn registry.Function) int64 {
 
 // readBody reads r's body when it has at most limit bytes and arrives
 // within the body timeout (bodyDeadline); else it refuses the request
-// (413, worded tooBig; 408 when it is too slow; 400 when it cannot be
+// (413, worded by tooLarge with what; 408 when it is too slow; 400 when it cannot be
 // read) and reports false. A body without Content-Length is read to
 // limit+1 bytes at most.
-func (g *Gateway) readBody(r *http.Request, limit int64, tooBig string, refuse func(k outcome.Kind, msg string)) ([]byte, bool) {
+func (g *Gateway) readBody(r *http.Request, limit int64, what string, refuse func(k outcome.Kind, msg string)) ([]byte, bool) {
 	if r.ContentLength > limit {
-		refuse(outcome.TooLarge, tooBig)
+		refuse(outcome.TooLarge, tooLarge(what, limit))
 		return nil, false
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
@@ -140,10 +140,17 @@ func (g *Gateway) readBody(r *http.Request, limit int64, tooBig string, refuse f
 		return nil, false
 	}
 	if int64(len(body)) > limit {
-		refuse(outcome.TooLarge, tooBig)
+		refuse(outcome.TooLarge, tooLarge(what, limit))
 		return nil, false
 	}
 	return body, true
+}
+
+// tooLarge words a 413 for a body over limit; what says for what (" for
+// an async invocation", or ""). Worded only when refused: readBody runs on
+// every call.
+func tooLarge(what string, limit int64) string {
+	return fmt.Sprintf("request body too large%s: the limit is %d bytes (%s); send less, or pass a reference to the data instead", what, limit, humanBytes(limit))
 }
 
 func humanBytes(n int64) string {
